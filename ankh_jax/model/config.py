@@ -1,0 +1,165 @@
+"""The T5 hyper-parameters of an Ankh model, as one frozen dataclass.
+
+Gin sees the class as ``T5Config`` (registered with ``gin.external_configurable``, so constructing ``T5Config(...)``
+in Python never picks up gin bindings by accident); model gin files (``configs/models/*.gin``) bind its fields and
+define the macro ``MODEL_CONFIG = @T5Config()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import gin
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Ankh's T5: gated-GELU feed-forward, RMSNorm, relative position bias, untied LM head."""
+
+    vocab_size: int = 144
+    d_model: int = 768
+    d_kv: int = 64
+    d_ff: int = 3072
+    num_heads: int = 12
+    num_encoder_layers: int = 48
+    num_decoder_layers: int = 24
+    relative_attention_num_buckets: int = 64
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.0
+    layer_norm_epsilon: float = 1e-6
+    dtype: str = "float32"          # activations / matmul inputs; "bfloat16" on TPU
+    param_dtype: str = "float32"    # parameters are kept in fp32
+    scan_layers: bool = False       # nn.scan over layers: one compiled layer, stacked params
+    remat_policy: str = "none"      # none | full | dots | dots_no_batch
+    decoder_start_token_id: int = 0
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+
+    def __post_init__(self):
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        for name in ("dtype", "param_dtype"):
+            jnp.dtype(getattr(self, name))  # raises on a bad name
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "relative_attention_num_buckets"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+
+    # -- presets -------------------------------------------------------------------------------------------
+    @classmethod
+    def ankh_base(cls, **overrides) -> T5Config:
+        """ElnaggarLab/ankh-base: 48 encoder / 24 decoder layers, d_model 768, 12 heads x 64."""
+        return cls(**{**dict(d_model=768, d_ff=3072, num_heads=12, d_kv=64), **overrides})
+
+    @classmethod
+    def ankh_large(cls, **overrides) -> T5Config:
+        """ElnaggarLab/ankh-large: 48 / 24 layers, d_model 1536, 16 heads x 64 (attention width 1024)."""
+        return cls(**{**dict(d_model=1536, d_ff=3840, num_heads=16, d_kv=64), **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> T5Config:
+        """A CPU-sized Ankh: same vocabulary and structure, 2 + 2 layers of width 64."""
+        return cls(**{**dict(d_model=64, d_ff=128, num_heads=4, d_kv=16, num_encoder_layers=2,
+                            num_decoder_layers=2, relative_attention_num_buckets=32,
+                            relative_attention_max_distance=64), **overrides})
+
+    # -- derived -------------------------------------------------------------------------------------------
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes) -> T5Config:
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> T5Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown T5Config fields {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> T5Config:
+        return cls.from_dict(json.loads(text))
+
+    def to_hf_dict(self) -> dict:
+        """A HuggingFace ``T5Config`` dict (``config.json``) for this model."""
+        return {
+            "architectures": ["T5ForConditionalGeneration"],
+            "model_type": "t5",
+            "vocab_size": self.vocab_size,
+            "d_model": self.d_model,
+            "d_kv": self.d_kv,
+            "d_ff": self.d_ff,
+            "num_heads": self.num_heads,
+            "num_layers": self.num_encoder_layers,
+            "num_decoder_layers": self.num_decoder_layers,
+            "relative_attention_num_buckets": self.relative_attention_num_buckets,
+            "relative_attention_max_distance": self.relative_attention_max_distance,
+            "dropout_rate": self.dropout_rate,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "feed_forward_proj": "gated-gelu",
+            "dense_act_fn": "gelu_new",
+            "is_gated_act": True,
+            "initializer_factor": 1.0,
+            "is_encoder_decoder": True,
+            # transformers 5 ties and rescales by d_model**-0.5 unless this is explicitly false.
+            "tie_word_embeddings": False,
+            "use_cache": True,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "torch_dtype": "float32",
+        }
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, **overrides) -> T5Config:
+        """Reads a HuggingFace T5 ``config.json``; rejects T5 variants that are not Ankh-shaped."""
+        proj = d.get("feed_forward_proj", "relu")
+        if proj not in ("gated-gelu",):
+            raise ValueError(f"feed_forward_proj={proj!r}: ankh_jax implements Ankh's gated-gelu T5 only")
+        if d.get("tie_word_embeddings") is True:
+            # Ankh's released models have an untied lm_head and no d_model**-0.5 rescale; a tied T5 would need both.
+            raise ValueError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
+        fields = dict(
+            vocab_size=d["vocab_size"], d_model=d["d_model"], d_kv=d["d_kv"], d_ff=d["d_ff"],
+            num_heads=d["num_heads"], num_encoder_layers=d["num_layers"],
+            num_decoder_layers=d.get("num_decoder_layers") or d["num_layers"],
+            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
+            dropout_rate=d.get("dropout_rate", 0.0), layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
+            decoder_start_token_id=d.get("decoder_start_token_id", 0) or 0,
+            pad_token_id=d.get("pad_token_id", 0) or 0, eos_token_id=d.get("eos_token_id", 1) or 1,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def num_params(self, *, encoder_only: bool = False) -> int:
+        """Exact parameter count (untied head), without building the model."""
+        d, h = self.d_model, self.num_heads * self.d_kv
+        attn = 4 * d * h
+        mlp = 3 * d * self.d_ff
+        enc = self.num_encoder_layers * (attn + mlp + 2 * d) + d + self.relative_attention_num_buckets * self.num_heads
+        emb = self.vocab_size * d
+        if encoder_only:
+            return emb + enc
+        dec = self.num_decoder_layers * (2 * attn + mlp + 3 * d) + d + self.relative_attention_num_buckets * self.num_heads
+        return emb + enc + dec + self.vocab_size * d
+
+
+gin.external_configurable(T5Config, name="T5Config")

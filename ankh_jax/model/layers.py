@@ -1,0 +1,195 @@
+"""The building blocks of Ankh's T5, with HuggingFace T5's exact semantics and logical axis names.
+
+Every parameter is created through ``nn.with_logical_partitioning`` and every large activation passes through
+``nn.with_logical_constraint``; both are no-ops until a trainer installs axis rules, after which the same model
+shards by rules alone (see ``ankh_jax/partitioning.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from ankh_jax.model.config import T5Config
+
+NEG_INF = -1e10  # added to masked attention logits (in float32); finite so fully masked rows stay NaN-free
+
+
+def normal_init(stddev: float):
+    return nn.initializers.normal(stddev=stddev)
+
+
+def constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, no bias; statistics in float32."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), cfg.params_dtype)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + cfg.layer_norm_epsilon)
+        return (y * scale.astype(jnp.float32)).astype(cfg.compute_dtype)
+
+
+def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int, max_distance: int,
+                             xp=np):
+    """T5's bucketing of ``key_pos - query_pos``: exact for small offsets, logarithmic up to ``max_distance``.
+
+    ``xp`` is numpy for static shapes (bit-identical to PyTorch's float32 arithmetic) or ``jax.numpy`` when the
+    positions are traced (packed examples).
+    """
+    buckets = 0
+    n = relative_position
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (n > 0).astype(np.int32) * num_buckets
+        n = xp.abs(n)
+    else:
+        n = -xp.minimum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    ratio = xp.maximum(n, 1).astype(np.float32) / np.float32(max_exact)
+    large = max_exact + (xp.log(ratio) / np.float32(math.log(max_distance / max_exact))
+                         * np.float32(num_buckets - max_exact)).astype(np.int32)
+    large = xp.minimum(large, num_buckets - 1)
+    return buckets + xp.where(is_small, n, large).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head bias from bucketed relative positions; computed once per stack and shared by its layers."""
+
+    config: T5Config
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int, q_positions=None, k_positions=None):
+        cfg = self.config
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(normal_init(cfg.d_model ** -0.5), ("heads", "relpos_buckets")),
+            (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.params_dtype)
+        kw = dict(bidirectional=self.bidirectional, num_buckets=cfg.relative_attention_num_buckets,
+                  max_distance=cfg.relative_attention_max_distance)
+        if q_positions is None:
+            rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
+            buckets = jnp.asarray(relative_position_bucket(rel, xp=np, **kw))      # [q, k]
+            bias = jnp.take(table, buckets, axis=1)[None]                           # [1, h, q, k]
+        else:
+            rel = k_positions[:, None, :] - q_positions[:, :, None]                 # [b, q, k]
+            buckets = relative_position_bucket(rel, xp=jnp, **kw)
+            bias = jnp.moveaxis(jnp.take(table, buckets, axis=1), 1, 0)            # [b, h, q, k]
+        return bias.astype(jnp.float32)
+
+
+class MultiHeadAttention(nn.Module):
+    """T5 attention: no 1/sqrt(d_kv) on the logits (folded into the query init), width heads x d_kv."""
+
+    config: T5Config
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x_q, x_kv, bias):
+        """``bias``: float32 [b or 1, h, q, k], position bias plus mask (NEG_INF where masked)."""
+        cfg = self.config
+        d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
+
+        def proj(name, std):
+            return nn.DenseGeneral(
+                features=(h, dk), axis=-1, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                kernel_init=nn.with_logical_partitioning(normal_init(std), ("embed", "heads", "kv")), name=name)
+
+        q = proj("query", (d * dk) ** -0.5)(x_q)
+        k = proj("key", d ** -0.5)(x_kv)
+        v = proj("value", d ** -0.5)(x_kv)
+        q = constrain(q, ("batch", "length", "heads", "kv"))
+        k = constrain(k, ("batch", "length", "heads", "kv"))
+        v = constrain(v, ("batch", "length", "heads", "kv"))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits + bias, axis=-1)
+        self.sow("intermediates", "attention_weights", weights)
+        if self.enable_dropout and cfg.dropout_rate > 0:
+            weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(cfg.compute_dtype), v)
+        out = constrain(out, ("batch", "length", "heads", "kv"))
+        out = nn.DenseGeneral(
+            features=d, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+            kernel_init=nn.with_logical_partitioning(normal_init((h * dk) ** -0.5), ("heads", "kv", "embed")),
+            name="out")(out)
+        return constrain(out, ("batch", "length", "embed"))
+
+
+class GatedGeluMlp(nn.Module):
+    """``wo(gelu_tanh(wi_0 x) * wi_1 x)``: HF's ``T5DenseGatedActDense`` with ``gelu_new``."""
+
+    config: T5Config
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+
+        def dense(name, features, std, axes):
+            return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                            kernel_init=nn.with_logical_partitioning(normal_init(std), axes), name=name)
+
+        gate = dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(x)
+        lin = dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(x)
+        hidden = jax.nn.gelu(gate, approximate=True) * lin
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        if self.enable_dropout and cfg.dropout_rate > 0:
+            hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=False)
+        out = dense("wo", cfg.d_model, cfg.d_ff ** -0.5, ("mlp", "embed"))(hidden)
+        return constrain(out, ("batch", "length", "embed"))
+
+
+def dropout(config: T5Config, enable: bool, x):
+    if enable and config.dropout_rate > 0:
+        return nn.Dropout(config.dropout_rate)(x, deterministic=False)
+    return x
+
+
+class EncoderLayer(nn.Module):
+    config: T5Config
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x, bias):
+        cfg, drop = self.config, self.enable_dropout
+        h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
+        h = MultiHeadAttention(cfg, drop, name="attention")(h, h, bias)
+        x = x + dropout(cfg, drop, h)
+        h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
+        h = GatedGeluMlp(cfg, drop, name="mlp")(h)
+        x = x + dropout(cfg, drop, h)
+        return constrain(x, ("batch", "length", "embed")), None
+
+
+class DecoderLayer(nn.Module):
+    config: T5Config
+    enable_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x, self_bias, encoded, cross_bias):
+        cfg, drop = self.config, self.enable_dropout
+        h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
+        h = MultiHeadAttention(cfg, drop, name="self_attention")(h, h, self_bias)
+        x = x + dropout(cfg, drop, h)
+        h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
+        h = MultiHeadAttention(cfg, drop, name="encoder_decoder_attention")(h, encoded, cross_bias)
+        x = x + dropout(cfg, drop, h)
+        h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
+        h = GatedGeluMlp(cfg, drop, name="mlp")(h)
+        x = x + dropout(cfg, drop, h)
+        return constrain(x, ("batch", "length", "embed")), None

@@ -1,0 +1,170 @@
+"""Ankh's encoder-decoder and the encoder-only path, assembled from ``layers.py``.
+
+``Transformer`` is the full model used for pretraining; ``EncoderOnly`` has exactly the ``token_embedder`` and
+``encoder`` parameter subtrees of a ``Transformer`` and never builds the decoder (embeddings, downstream heads).
+Layers are either unrolled (``layers_0`` .. ``layers_{n-1}``) or, with ``scan_layers``, one ``nn.scan`` over a
+``layers`` subtree whose parameters carry a leading ``layers`` axis; ``remat_policy`` wraps each layer in
+``nn.remat`` to trade compute for activation memory.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ankh_jax.model.config import T5Config
+from ankh_jax.model.layers import (
+    NEG_INF, DecoderLayer, EncoderLayer, RelativePositionBias, RMSNorm, constrain, dropout, normal_init)
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def attention_bias(mask):
+    """Boolean ``[b, q, k]`` mask -> float32 additive bias ``[b, 1, q, k]``."""
+    return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+
+
+def encoder_mask(tokens, segment_ids=None):
+    """Keys that are padding are hidden; with packing, attention stays inside each segment."""
+    valid = tokens != 0
+    mask = valid[:, None, :] & jnp.ones_like(valid)[:, :, None]
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    return mask
+
+
+def decoder_causal_mask(tokens, segment_ids=None):
+    """Causal self-attention; the start token is id 0 too, so padding is not masked by id (causality suffices)."""
+    n = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((n, n), dtype=bool))[None]
+    mask = jnp.broadcast_to(causal, (tokens.shape[0], n, n))
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    return mask
+
+
+def cross_mask(decoder_tokens, encoder_tokens, decoder_segment_ids=None, encoder_segment_ids=None):
+    mask = jnp.broadcast_to((encoder_tokens != 0)[:, None, :],
+                            (encoder_tokens.shape[0], decoder_tokens.shape[1], encoder_tokens.shape[1]))
+    if decoder_segment_ids is not None and encoder_segment_ids is not None:
+        mask &= decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
+    return mask
+
+
+class Encoder(nn.Module):
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, embedded, tokens, segment_ids=None, positions=None, enable_dropout=False):
+        cfg = self.config
+        length = tokens.shape[1]
+        pos_bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
+            length, length, positions, positions)
+        bias = pos_bias + attention_bias(encoder_mask(tokens, segment_ids))
+        x = dropout(cfg, enable_dropout, embedded)
+        x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, enable_dropout, x, bias)
+        x = RMSNorm(cfg, name="encoder_norm")(x)
+        return dropout(cfg, enable_dropout, x)
+
+
+class Decoder(nn.Module):
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, embedded, tokens, encoded, encoder_tokens, segment_ids=None, positions=None,
+                 encoder_segment_ids=None, enable_dropout=False):
+        cfg = self.config
+        length = tokens.shape[1]
+        pos_bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(
+            length, length, positions, positions)
+        self_bias = pos_bias + attention_bias(decoder_causal_mask(tokens, segment_ids))
+        cross_bias = attention_bias(cross_mask(tokens, encoder_tokens, segment_ids, encoder_segment_ids))
+        x = dropout(cfg, enable_dropout, embedded)
+        x = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, enable_dropout, x, self_bias, encoded, cross_bias)
+        x = RMSNorm(cfg, name="decoder_norm")(x)
+        x = dropout(cfg, enable_dropout, x)
+        # Untied head: no d_model**-0.5 rescale (that belongs to tied T5 only).
+        logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                          kernel_init=nn.with_logical_partitioning(normal_init(cfg.d_model ** -0.5),
+                                                                   ("embed", "vocab")),
+                          name="logits_dense")(x)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+
+def _run_stack(parent: nn.Module, layer_cls, num_layers: int, enable_dropout: bool, x, *args):
+    """Applies the layers inside ``parent``'s scope so their names are ``layers_{i}`` (or ``layers``)."""
+    cfg = parent.config
+    cls = layer_cls
+    if cfg.remat_policy != "none":
+        cls = nn.remat(cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+        scanned = nn.scan(
+            cls, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args), length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = scanned(cfg, enable_dropout, parent=parent, name="layers")(x, *args)
+        return x
+    for i in range(num_layers):
+        x, _ = cls(cfg, enable_dropout, parent=parent, name=f"layers_{i}")(x, *args)
+    return x
+
+
+class TokenEmbedder(nn.Module):
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, tokens):
+        cfg = self.config
+        table = self.param("embedding", nn.with_logical_partitioning(normal_init(1.0), ("vocab", "embed")),
+                           (cfg.vocab_size, cfg.d_model), cfg.params_dtype)
+        x = jnp.take(table, tokens, axis=0).astype(cfg.compute_dtype)
+        return constrain(x, ("batch", "length", "embed"))
+
+
+class EncoderOnly(nn.Module):
+    """The encoder alone (embeddings, downstream heads): ``[b, l] -> [b, l, d_model]`` float32."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, input_tokens, segment_ids=None, positions=None, enable_dropout=False):
+        embedded = TokenEmbedder(self.config, name="token_embedder")(input_tokens)
+        out = Encoder(self.config, name="encoder")(embedded, input_tokens, segment_ids, positions, enable_dropout)
+        return out.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+    """Ankh's T5 encoder-decoder, returning float32 logits ``[b, l_dec, vocab]``."""
+
+    config: T5Config
+
+    def setup(self):
+        self.token_embedder = TokenEmbedder(self.config)
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+
+    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, enable_dropout=False):
+        embedded = self.token_embedder(encoder_input_tokens)
+        return self.encoder(embedded, encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+
+    def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, decoder_positions=None, enable_dropout=False):
+        embedded = self.token_embedder(decoder_input_tokens)
+        return self.decoder(embedded, decoder_input_tokens, encoded, encoder_input_tokens, decoder_segment_ids,
+                            decoder_positions, encoder_segment_ids, enable_dropout)
+
+    def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
+                 decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, enable_dropout=False):
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                           decoder_segment_ids, decoder_positions, enable_dropout)
+
+
+def shift_right(targets, start_id: int = 0):
+    """Decoder inputs from targets: prepend the start token (id 0), drop the last position."""
+    return jnp.concatenate([jnp.full_like(targets[:, :1], start_id), targets[:, :-1]], axis=1)
