@@ -1,0 +1,44 @@
+# ankh_jax: `make install` then `make test`; `make demo` runs the main job on the proteins shipped in data/.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEMO   ?= demo_out
+# Tests and demo run on the CPU; eight fake devices stand in for a pod slice where a test needs a mesh.
+export JAX_PLATFORMS ?= cpu
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: install test test-all demo lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	# The CPU build of torch first (it is on disk here); a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "import jax, flax, seqio, transformers; print('ankh_jax installed: jax', jax.__version__, 'flax', flax.__version__, 'transformers', transformers.__version__)"
+
+test:
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+test-all:
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+demo:
+	$(PY) -m ankh_jax.train --gin_file=configs/pretrain_tiny_cpu.gin --gin.MODEL_DIR="'$(DEMO)/pretrain'"
+	$(PY) -m ankh_jax.export_hf --model=$(DEMO)/pretrain --output=$(DEMO)/hf_export
+	$(PY) -m ankh_jax.embed --model=$(DEMO)/hf_export --fasta=data/sample_proteins.fasta \
+	    --output=$(DEMO)/embeddings.h5 --pooling=mean
+	$(PY) scripts/demo_summary.py --model_dir=$(DEMO)/pretrain --hf_dir=$(DEMO)/hf_export --embeddings=$(DEMO)/embeddings.h5
+
+lint:
+	$(PY) -m ruff check ankh_jax tasks scripts tests
+
+bench:
+	$(PY) scripts/bench_embed.py
+	$(PY) scripts/bench_train.py
+	$(PY) scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin --mesh=64,1,1
+
+clean:
+	rm -rf $(DEMO) build .pytest_cache
