@@ -1,0 +1,245 @@
+"""Orbax checkpoints: periodic async saves, keep-last-K, preemption saves, resume with fallback, and loading params.
+
+Layout of ``MODEL_DIR``::
+
+    model_config.json          T5Config.to_json(): lets loaders rebuild the model without gin
+    config.gin                 the operative gin config of the run
+    checkpoints/<step>/        one orbax step directory per checkpoint, with three items:
+        params/                the parameters (sharded arrays, float32)
+        opt_state/             the optimizer state
+        meta/                  JSON: step, the input pipeline's state, a fingerprint of the arrays
+    checkpoints_unreadable/    checkpoints that failed to restore are moved here, never silently deleted
+
+Resuming picks the newest checkpoint that restores cleanly. A checkpoint that raises while reading, or whose
+arrays do not match the fingerprint written beside them (per-leaf sums of |x|), is reported on the log, moved
+aside, and the previous one is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+UNREADABLE_SUBDIR = "checkpoints_unreadable"
+MODEL_CONFIG_FILE = "model_config.json"
+FINGERPRINT_RTOL = 1e-4
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint, or a checkpoint that does not fit the model."""
+
+
+@jax.jit
+def _fingerprint(tree: Any) -> list[jax.Array]:
+    return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def fingerprint(tree: Any) -> list[float]:
+    """Per-leaf sums of |x| (float32): cheap, and any real corruption of the bytes changes them."""
+    return [float(v) for v in jax.device_get(_fingerprint(tree))]
+
+
+class Checkpointer:
+    """Saves and restores (params, opt_state, step, input state) under ``MODEL_DIR/checkpoints``."""
+
+    def __init__(self, model_dir: str, *, save_interval_steps: int, max_to_keep: int = 3,
+                 async_save: bool = True):
+        if save_interval_steps <= 0:
+            raise ValueError(f"save_interval_steps must be positive, got {save_interval_steps}")
+        self.model_dir = os.path.abspath(model_dir)
+        self.directory = os.path.join(self.model_dir, CHECKPOINT_SUBDIR)
+        self.save_interval_steps = save_interval_steps
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self._options = options
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # -- saving ---------------------------------------------------------------------------------------------
+    def should_save(self, step: int) -> bool:
+        return step % self.save_interval_steps == 0
+
+    def save(self, step: int, params: Any, opt_state: Any, input_state: Any) -> bool:
+        """Starts an (async) save of ``step``; returns False if that step is already saved."""
+        if step in self.manager.all_steps():
+            return False
+        meta = {"step": int(step), "input_state": input_state,
+                "fingerprint": {"params": fingerprint(params), "opt_state": fingerprint(opt_state)}}
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+        return True
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    # -- restoring ------------------------------------------------------------------------------------------
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
+                       report: Callable[[str], None] = log.warning) -> tuple[int, Any, Any, Any] | None:
+        """(step, params, opt_state, input_state) from the newest readable checkpoint, or None if there is none.
+
+        The abstract trees carry the target shardings (``jax.ShapeDtypeStruct(..., sharding=...)``).
+        """
+        steps = self.all_steps()
+        for i, step in enumerate(reversed(steps)):
+            try:
+                return self._restore_step(step, abstract_params, abstract_opt_state)
+            except Exception as err:  # noqa: BLE001 - any failure to read means "try the previous one"
+                older = steps[-i - 2] if i + 1 < len(steps) else None
+                fallback = f"falling back to step {older}" if older is not None else "no older checkpoint left"
+                report(f"checkpoint at step {step} in {self.directory} is unreadable "
+                       f"({type(err).__name__}: {_first_line(err)}); moved to "
+                       f"{os.path.join(self.model_dir, UNREADABLE_SUBDIR)}; {fallback}")
+                self._move_aside(step)
+        if steps:
+            raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be restored")
+        return None
+
+    def _restore_step(self, step: int, abstract_params: Any, abstract_opt_state: Any):
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
+            meta=ocp.args.JsonRestore()))
+        meta = restored.meta
+        if int(meta["step"]) != step:
+            raise CheckpointError(f"metadata says step {meta['step']}")
+        for name in ("params", "opt_state"):
+            expected = np.asarray(meta["fingerprint"][name])
+            got = np.asarray(fingerprint(restored[name]))
+            if expected.shape != got.shape or not np.allclose(got, expected, rtol=FINGERPRINT_RTOL, atol=1e-6):
+                bad = int(np.flatnonzero(~np.isclose(got, expected, rtol=FINGERPRINT_RTOL, atol=1e-6))[0]) \
+                    if expected.shape == got.shape else -1
+                raise CheckpointError(f"{name} do not match their fingerprint (leaf {bad})")
+        return step, restored.params, restored.opt_state, meta.get("input_state")
+
+    def _move_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            src = os.path.join(self.directory, str(step))
+            dst_root = os.path.join(self.model_dir, UNREADABLE_SUBDIR)
+            os.makedirs(dst_root, exist_ok=True)
+            dst = os.path.join(dst_root, str(step))
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            if os.path.exists(src):
+                shutil.move(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"ankh_jax_move_aside_{step}")
+        self.manager.reload()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM (TPU preemption, ``kill``) into "save a checkpoint and stop" at a step boundary.
+
+    On several hosts jax's preemption sync point makes every host agree on the same step; on one host a signal
+    handler sets a flag.
+    """
+
+    def __init__(self):
+        self._flag = threading.Event()
+        self._previous = None
+        self._multi_host = jax.process_count() > 1
+        if not self._multi_host and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        self._flag.set()
+
+    def reached(self, step: int) -> bool:
+        if self._multi_host:
+            from jax.experimental import multihost_utils
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the preemption service is not running (e.g. no jax.distributed)
+                return False
+        return self._flag.is_set()
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+# -- loading for inference / export -------------------------------------------------------------------------------
+def write_model_config(model_dir: str, config: Any) -> None:
+    """``MODEL_DIR/model_config.json`` (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json())
+    os.replace(tmp, path)
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)) and \
+        os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR))
+
+
+def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -> tuple[Any, dict]:
+    """(T5Config, params) from an ankh_jax ``MODEL_DIR``: the latest checkpoint, or ``step``.
+
+    Params come back as jax arrays on the default device (or with ``sharding``, a single sharding applied to
+    every leaf); the optimizer state is not read.
+    """
+    from ankh_jax.model.config import T5Config
+
+    config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
+    with open(config_path) as f:
+        config = T5Config.from_json(f.read())
+    directory = os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR)
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("params", "opt_state", "meta"))
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise CheckpointError(f"{directory} holds no checkpoint")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise CheckpointError(f"no checkpoint at step {step} in {directory}; available: {steps}")
+        metadata = manager.item_metadata(step)["params"]
+        metadata = getattr(metadata, "tree", metadata)
+        target_sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=target_sharding), metadata,
+            is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        return config, restored.params
+    finally:
+        manager.close()
+
+
+def read_meta(model_dir: str, step: int) -> dict:
+    """The JSON metadata (step, input state, fingerprint) saved with a checkpoint."""
+    path = os.path.join(model_dir, CHECKPOINT_SUBDIR, str(step), "meta", "metadata")
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,72 @@
+"""Optimizers and learning-rate schedules (optax), gin-configurable.
+
+Ankh was pretrained with Adafactor, a linear warm-up of 10k steps then a linear decay, and no weight decay. The
+Adafactor here is optax's (factored second moments, update clipping by block RMS 1.0, decay 0.8, learning rate
+scaled by the parameter RMS as in t5x), preceded by optional global-norm clipping of the raw gradients.
+"""
+
+from __future__ import annotations
+
+import gin
+import jax.numpy as jnp
+import optax
+
+
+@gin.configurable
+def make_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int = 0, total_steps: int | None = None,
+                  decay: str = "linear", end_learning_rate: float = 0.0,
+                  init_learning_rate: float = 0.0) -> optax.Schedule:
+    """Linear warm-up from ``init_learning_rate`` to the peak, then a decay to ``end_learning_rate``.
+
+    decay: ``linear`` (to end_learning_rate at total_steps), ``cosine`` (same end points), ``rsqrt``
+    (peak * sqrt(warmup / step), t5x's default) or ``constant``.
+    """
+    if peak_learning_rate <= 0:
+        raise ValueError(f"peak_learning_rate must be positive, got {peak_learning_rate}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if decay in ("linear", "cosine"):
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"{decay} decay needs total_steps > warmup_steps ({warmup_steps}), got {total_steps}")
+        decay_steps = total_steps - warmup_steps
+        if decay == "linear":
+            after = optax.linear_schedule(peak_learning_rate, end_learning_rate, decay_steps)
+        else:
+            after = optax.cosine_decay_schedule(peak_learning_rate, decay_steps,
+                                                alpha=end_learning_rate / peak_learning_rate)
+    elif decay == "rsqrt":
+        floor = max(warmup_steps, 1)
+
+        def after(count):
+            return peak_learning_rate * jnp.sqrt(floor / jnp.maximum(count + warmup_steps, floor))
+    elif decay == "constant":
+        after = optax.constant_schedule(peak_learning_rate)
+    else:
+        raise ValueError(f"unknown decay {decay!r}: expected linear, cosine, rsqrt or constant")
+    if warmup_steps == 0:
+        return after
+    warmup = optax.linear_schedule(init_learning_rate, peak_learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+@gin.configurable
+def make_optimizer(learning_rate: optax.Schedule, name: str = "adafactor", clip_grad_norm: float | None = 1.0,
+                   weight_decay: float = 0.0, adafactor_decay_rate: float = 0.8,
+                   adafactor_multiply_by_parameter_scale: bool = True,
+                   adafactor_clipping_threshold: float | None = 1.0, adafactor_momentum: float | None = None,
+                   adafactor_min_dim_size_to_factor: int = 128, adam_b1: float = 0.9, adam_b2: float = 0.999,
+                   adam_eps: float = 1e-8) -> optax.GradientTransformation:
+    """``adafactor`` (Ankh's pretraining optimizer) or ``adamw``; gradients are clipped to a global norm first."""
+    if name == "adafactor":
+        core = optax.adafactor(
+            learning_rate=learning_rate, min_dim_size_to_factor=adafactor_min_dim_size_to_factor,
+            decay_rate=adafactor_decay_rate, multiply_by_parameter_scale=adafactor_multiply_by_parameter_scale,
+            clipping_threshold=adafactor_clipping_threshold, momentum=adafactor_momentum,
+            weight_decay_rate=weight_decay or None)
+    elif name == "adamw":
+        core = optax.adamw(learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: expected adafactor or adamw")
+    if clip_grad_norm:
+        return optax.chain(optax.clip_by_global_norm(clip_grad_norm), core)
+    return core
