@@ -1,0 +1,147 @@
+"""The notebook API: load an Ankh model (ankh_jax or HuggingFace directory) and embed sequences.
+
+    import ankh_jax
+    model = ankh_jax.load_large_model()          # a local copy of ElnaggarLab/ankh-large
+    per_residue = model.embed(["MKALCLLLLPVLGLLVSS", "GSHMSLFDFFKNKGSA"])        # [L, 1536] each
+    pooled = model.embed(sequences, pooling="mean")                             # [1536] each
+
+``load_model(path)`` takes either an ankh_jax training directory (it holds ``model_config.json``) or a HuggingFace
+model directory (``config.json`` plus safetensors / ``pytorch_model.bin``, full model or ``T5EncoderModel``).
+Nothing is downloaded: the released weights are found through an environment variable or a fixed local folder,
+and without them the error says exactly how to fetch them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+from ankh_jax import hf
+from ankh_jax.model.config import T5Config
+from ankh_jax.tokenizer import AnkhTokenizer
+
+ANKH_JAX_CONFIG_FILE = "model_config.json"  # written by ankh_jax.checkpoints into a training directory
+HOME_ENV = "ANKH_JAX_HOME"                  # holds ankh-base/ and ankh-large/ (default ~/.cache/ankh_jax)
+RELEASED = {
+    "base": ("ElnaggarLab/ankh-base", "ANKH_JAX_BASE_MODEL", "ankh-base", T5Config.ankh_base),
+    "large": ("ElnaggarLab/ankh-large", "ANKH_JAX_LARGE_MODEL", "ankh-large", T5Config.ankh_large),
+}
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such model directory")
+    if os.path.exists(os.path.join(path, ANKH_JAX_CONFIG_FILE)):
+        return "ankh_jax"
+    if os.path.exists(os.path.join(path, hf.CONFIG_FILE)):
+        return "hf"
+    raise FileNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
+                            f"HuggingFace model directory ({hf.CONFIG_FILE})")
+
+
+def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None,
+                           **config_overrides) -> tuple[T5Config, dict]:
+    """``(config, params)`` from either kind of directory: plain, unrolled params (numpy or jax arrays).
+
+    With ``encoder_only`` only the ``token_embedder`` and ``encoder`` subtrees are returned (and read, for HF).
+    ``step`` picks a checkpoint of an ankh_jax directory (default: the latest).
+    """
+    path = os.fspath(path)
+    if model_format(path) == "hf":
+        if step is not None:
+            raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
+        return hf.load_hf_model(path, encoder_only=encoder_only, **config_overrides)
+    from ankh_jax.checkpoints import load_params  # noqa: PLC0415 - the orbax stack only for training dirs
+
+    config, params = load_params(path, step=step)
+    params = hf.plain_params(params, config)
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    if encoder_only:
+        params = {k: params[k] for k in ("token_embedder", "encoder")}
+    return config, params
+
+
+@dataclasses.dataclass
+class AnkhModel:
+    """A loaded model: ``config``, ``params`` (plain, unrolled), ``tokenizer`` and where it came from."""
+
+    config: T5Config
+    params: dict
+    tokenizer: AnkhTokenizer
+    path: str | None = None
+    _device_params: object = dataclasses.field(default=None, repr=False)
+
+    @property
+    def has_decoder(self) -> bool:
+        return "decoder" in self.params
+
+    @property
+    def encoder_params(self) -> dict:
+        """The ``EncoderOnly`` params: the ``token_embedder`` and ``encoder`` subtrees."""
+        return {k: self.params[k] for k in ("token_embedder", "encoder")}
+
+    def num_params(self) -> int:
+        import jax  # noqa: PLC0415
+
+        return int(sum(x.size for x in jax.tree_util.tree_leaves(self.params)))
+
+    def embed(self, sequences: Sequence[str], *, pooling: str = "none", dtype: str = "float32",
+              batch_tokens: int | None = None, max_length: int | None = None, progress: bool = False):
+        """Per-residue ``[L, d_model]`` (``</s>`` dropped) or mean-pooled ``[d_model]`` float32 numpy arrays, in
+        input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``."""
+        from ankh_jax import embed as embed_lib  # noqa: PLC0415
+
+        if self._device_params is None:
+            self._device_params = embed_lib.prepare_params(self.config, self.encoder_params)
+        kwargs = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
+        return embed_lib.embed_sequences(self.config, self._device_params, list(sequences), pooling=pooling,
+                                         dtype=dtype, max_length=max_length, progress=progress, **kwargs)
+
+
+def load_model(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None) -> AnkhModel:
+    """An ankh_jax or HuggingFace model directory as an :class:`AnkhModel`."""
+    config, params = load_config_and_params(path, encoder_only=encoder_only, step=step)
+    return AnkhModel(config=config, params=params, tokenizer=AnkhTokenizer(), path=os.fspath(path))
+
+
+def released_model_dir(which: str) -> str:
+    """Where the released Ankh ``which`` ('base' / 'large') is looked for (it may not exist)."""
+    _, env, folder, _ = RELEASED[which]
+    if os.environ.get(env):
+        return os.environ[env]
+    home = os.environ.get(HOME_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
+    return os.path.join(home, folder)
+
+
+def _load_released(which: str, path, encoder_only: bool) -> AnkhModel:
+    repo, env, _, preset = RELEASED[which]
+    model_dir = os.fspath(path) if path is not None else released_model_dir(which)
+    if not os.path.exists(os.path.join(model_dir, hf.CONFIG_FILE)) and not os.path.exists(
+            os.path.join(model_dir, ANKH_JAX_CONFIG_FILE)):
+        raise FileNotFoundError(
+            f"No local copy of {repo} at {model_dir}. ankh_jax never downloads; fetch it once with\n"
+            f"    huggingface-cli download {repo} --local-dir {model_dir}\n"
+            f"(or `hf download {repo} --local-dir {model_dir}` with huggingface_hub >= 1.0), then call "
+            f"load_{which}_model() again, or point {env} (or {HOME_ENV}, which holds ankh-base/ and "
+            f"ankh-large/) at the folder, or pass its path.")
+    model = load_model(model_dir, encoder_only=encoder_only)
+    want, got = preset(), model.config
+    for field in ("d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "vocab_size"):
+        if getattr(want, field) != getattr(got, field):
+            raise ValueError(f"{model_dir}: {field}={getattr(got, field)}, but Ankh {which.capitalize()} has "
+                             f"{getattr(want, field)}; is this the right model? (use load_model for any other)")
+    return model
+
+
+def load_base_model(path: str | os.PathLike | None = None, *, encoder_only: bool = False) -> AnkhModel:
+    """Ankh Base (``ElnaggarLab/ankh-base``) from ``path`` or the local copy, like ``ankh.load_base_model()``."""
+    return _load_released("base", path, encoder_only)
+
+
+def load_large_model(path: str | os.PathLike | None = None, *, encoder_only: bool = False) -> AnkhModel:
+    """Ankh Large (``ElnaggarLab/ankh-large``) from ``path`` or the local copy, like ``ankh.load_large_model()``."""
+    return _load_released("large", path, encoder_only)

@@ -1,0 +1,331 @@
+"""Protein embeddings from Ankh's encoder: the batching library and ``python -m ankh_jax.embed``.
+
+    python -m ankh_jax.embed --model=PATH --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
+        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N]
+
+Sequences are sorted by length and padded to a few length buckets, and each bucket is cut into batches of about
+``batch_tokens`` tokens, so a large FASTA compiles the encoder once per bucket rather than once per batch; the
+encoder runs with its layers under ``nn.scan``, so each compile is cheap whatever the depth. Padding never
+changes a result (pad keys are masked). Per-residue output drops the ``</s>`` position; ``mean`` pooling averages
+residues only. The CLI writes one HDF5 dataset per id (``/`` in an id is stored as ``%2F``, the exact id is the
+dataset's ``id`` attribute), appends to an existing file skipping the ids already there, and writes a metrics
+JSON next to the output. TensorFlow is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ankh_jax.model.config import T5Config
+from ankh_jax.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
+
+POOLINGS = ("none", "mean")
+DTYPES = ("float32", "bfloat16")
+DEFAULT_BATCH_TOKENS = 8192
+FORMAT_VERSION = 1
+
+
+def length_buckets(longest: int) -> list[int]:
+    """Padded lengths (tokens): 32..96 by 16s-32s, then 1, 1.25, 1.5 x powers of two (padding waste <= 25%)."""
+    buckets = [32, 48, 64, 80, 96]
+    k = 128
+    while buckets[-1] < longest:
+        buckets += [k, k * 5 // 4, k * 3 // 2]
+        k *= 2
+    return buckets
+
+
+def bucket_for(n_tokens: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if b >= n_tokens:
+            return b
+    raise ValueError(f"{n_tokens} tokens exceed the largest bucket {buckets[-1]}")
+
+
+def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 buckets: Sequence[int] | None = None) -> list[tuple[int, list[int]]]:
+    """``[(padded_length, [sequence indices]), ...]``, longest first.
+
+    Inside a bucket the sequences (sorted by length) are split into equal-sized batches of at most
+    ``batch_tokens // padded_length`` rows (at least one), so a bucket has a single batch shape.
+    """
+    lengths = np.asarray(token_lengths)
+    if buckets is None:
+        buckets = length_buckets(int(lengths.max(initial=1)))
+    order = np.argsort(-lengths, kind="stable")
+    by_bucket: dict[int, list[int]] = {}
+    for i in order:
+        by_bucket.setdefault(bucket_for(int(lengths[i]), buckets), []).append(int(i))
+    plan = []
+    for width in sorted(by_bucket, reverse=True):
+        members = by_bucket[width]
+        max_rows = max(1, batch_tokens // width)
+        n_batches = -(-len(members) // max_rows)
+        rows = -(-len(members) // n_batches)
+        plan += [(width, members[j: j + rows]) for j in range(0, len(members), rows)]
+    return plan
+
+
+def batch_rows(plan: list[tuple[int, list[int]]]) -> dict[int, int]:
+    """The fixed number of rows of each bucket's batches (a short last batch is padded with dummy rows)."""
+    rows: dict[int, int] = {}
+    for width, members in plan:
+        rows[width] = max(rows.get(width, 0), len(members))
+    return rows
+
+
+def embedding_config(config: T5Config, dtype: str) -> T5Config:
+    """Inference settings: compute ``dtype``, no dropout / remat, layers scanned (one compiled layer)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; expected one of {DTYPES}")
+    return config.replace(dtype=dtype, dropout_rate=0.0, remat_policy="none", scan_layers=True)
+
+
+def prepare_params(config: T5Config, params):
+    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result)."""
+    import jax  # noqa: PLC0415
+
+    from ankh_jax.hf import plain_params  # noqa: PLC0415
+    from ankh_jax.model import params_layout  # noqa: PLC0415
+
+    params = plain_params(params, config)
+    params = {k: params[k] for k in ("token_embedder", "encoder")}
+    stacked = params_layout.stack_layers(params, config.replace(scan_layers=True))
+    return PreparedParams(jax.device_put(stacked))
+
+
+class PreparedParams:
+    """Marks params already stacked and on device, so :func:`embed_sequences` does not redo it per call."""
+
+    def __init__(self, tree):
+        self.tree = tree
+
+
+@functools.lru_cache(maxsize=16)
+def _encoder_fn(config: T5Config, pooling: str):
+    """The jitted encoder for one config and pooling (jit then caches one executable per batch shape)."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    from ankh_jax.model.network import EncoderOnly  # noqa: PLC0415
+
+    model = EncoderOnly(config)
+
+    def run(params, ids):
+        hidden = model.apply({"params": params}, ids)
+        if pooling == "none":
+            return hidden
+        residues = ((ids != PAD_ID) & (ids != EOS_ID)).astype(jnp.float32)[..., None]
+        return (hidden * residues).sum(axis=1) / jnp.maximum(residues.sum(axis=1), 1.0)
+
+    return jax.jit(run)
+
+
+def _encode_all(sequences: Sequence[str], max_length: int | None) -> list[np.ndarray]:
+    tok = AnkhTokenizer()
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length={max_length}: it counts </s>, so at least 2")
+    out = []
+    for i, seq in enumerate(sequences):
+        ids = tok.encode(clean_sequence(seq, record=f"#{i}"), clean=False)
+        if max_length is not None and len(ids) > max_length:
+            ids = np.append(ids[: max_length - 1], EOS_ID).astype(np.int32)
+        out.append(ids)
+    return out
+
+
+def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
+                    dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
+                    buckets: Sequence[int] | None = None, progress: bool = False, progress_desc: str = "embed"
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(index into sequences, embedding)`` batch by batch, longest sequences first.
+
+    Every sequence is validated and tokenized before the first batch runs. The next batch is dispatched before
+    the previous one is copied back, so host work overlaps the encoder.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens={batch_tokens} must be positive")
+    run_config = embedding_config(config, dtype)
+    encoded = _encode_all(sequences, max_length)
+    if not encoded:
+        return
+    if not isinstance(params, PreparedParams):
+        params = prepare_params(config, params)
+    fn = _encoder_fn(run_config, pooling)
+    plan = plan_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets)
+    rows = batch_rows(plan)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=int(sum(len(e) - 1 for e in encoded)), unit="res", unit_scale=True, desc=progress_desc,
+                   dynamic_ncols=True, smoothing=0.05)
+
+    def finish(pending):
+        out, members = pending
+        out = np.asarray(out)
+        for r, idx in enumerate(members):
+            n_res = len(encoded[idx]) - 1
+            yield idx, (out[r, :n_res].copy() if pooling == "none" else out[r].copy())
+        if bar is not None:
+            bar.update(sum(len(encoded[i]) - 1 for i in members))
+
+    pending = None
+    try:
+        for width, members in plan:
+            ids = np.zeros((rows[width], width), dtype=np.int32)
+            ids[:, 0] = EOS_ID  # dummy rows hold a lone </s>, so no row is all padding
+            for r, idx in enumerate(members):
+                ids[r, : len(encoded[idx])] = encoded[idx]
+            current = (fn(params.tree, ids), members)
+            if pending is not None:
+                yield from finish(pending)
+            pending = current
+        if pending is not None:
+            yield from finish(pending)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
+                    dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
+                    progress: bool = False) -> list[np.ndarray]:
+    """Embeddings of ``sequences`` in input order: ``[L, d_model]`` per residue (``</s>`` dropped), or
+    ``[d_model]`` with ``pooling='mean'`` (mean over residues, not padding); float32 numpy.
+
+    ``params``: an ankh_jax model's params (full model or encoder only, boxed or plain, scanned or unrolled), or
+    the result of :func:`prepare_params` to skip re-stacking on repeated calls. ``dtype`` is the compute dtype.
+    ``max_length`` (tokens, ``</s>`` included) truncates longer sequences; without it nothing is truncated.
+    """
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    for idx, emb in iter_embeddings(config, params, sequences, pooling=pooling, dtype=dtype,
+                                    batch_tokens=batch_tokens, max_length=max_length, progress=progress):
+        out[idx] = emb
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HDF5 output and the command line
+# ----------------------------------------------------------------------------------------------------------------
+
+def h5_key(record_id: str) -> str:
+    """The dataset name for a sequence id (HDF5 treats ``/`` as a group separator)."""
+    return record_id.replace("%", "%25").replace("/", "%2F")
+
+
+def read_embeddings(path: str) -> dict[str, np.ndarray]:
+    """All embeddings of an output file, keyed by the original sequence ids."""
+    import h5py  # noqa: PLC0415
+
+    with h5py.File(path, "r") as f:
+        return {ds.attrs["id"]: ds[()] for ds in f.values()}
+
+
+def _open_output(path: str, file_attrs: dict):
+    """Opens (or creates) the HDF5 output; an existing file must have been written with the same settings."""
+    import h5py  # noqa: PLC0415
+
+    f = h5py.File(path, "a")
+    if len(f) or len(f.attrs):
+        for key in ("pooling", "dtype", "model", "max_length"):
+            old = f.attrs.get(key)
+            if old is not None and str(old) != str(file_attrs[key]):
+                f.close()
+                raise ValueError(f"{path} was written with {key}={old}, this run has {key}={file_attrs[key]}: "
+                                 "use another --output (or the same settings to resume)")
+    for key, value in file_attrs.items():
+        f.attrs[key] = value
+    return f
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ankh_jax.embed",
+                                description="Embed a FASTA file with an Ankh encoder into HDF5.")
+    p.add_argument("--model", required=True, help="an ankh_jax training directory or a HuggingFace model directory")
+    p.add_argument("--fasta", required=True, help="input FASTA, plain or gzip")
+    p.add_argument("--output", required=True, help="output HDF5; re-running appends, skipping ids already there")
+    p.add_argument("--pooling", choices=POOLINGS, default="none", help="none: [L, d] per residue; mean: [d]")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="compute dtype (output is float32)")
+    p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
+    p.add_argument("--max_length", type=int, default=None,
+                   help="truncate sequences to this many tokens (</s> included); default: no truncation")
+    p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ankh_jax.api import load_config_and_params  # noqa: PLC0415
+    from ankh_jax.fasta import load_fasta  # noqa: PLC0415
+
+    # Everything that can be wrong with the input is found before the model is loaded or anything computed.
+    records = load_fasta(args.fasta)  # invalid residues, empty records, duplicate ids: errors naming the record
+    if not records:
+        raise ValueError(f"{args.fasta}: no sequences")
+    if args.batch_tokens < 1:
+        raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
+    file_attrs = {"model": os.path.abspath(args.model), "pooling": args.pooling, "dtype": args.dtype,
+                  "max_length": -1 if args.max_length is None else args.max_length,
+                  "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta)}
+    out = _open_output(args.output, file_attrs)
+    try:
+        done = {out[k].attrs["id"] for k in out.keys()}
+        todo = [r for r in records if r.id not in done]
+        metrics = {"sequences_total": len(records), "skipped_existing": len(records) - len(todo),
+                   "sequences_embedded": len(todo), "residues_embedded": int(sum(len(r.sequence) for r in todo))}
+        t0 = time.perf_counter()
+        if todo:
+            config, params = load_config_and_params(args.model, encoder_only=True)
+            file_attrs["d_model"] = config.d_model
+            out.attrs["d_model"] = config.d_model
+            metrics["load_seconds"] = round(time.perf_counter() - t0, 3)
+            t1 = last_flush = time.perf_counter()
+            for idx, emb in iter_embeddings(config, params, [r.sequence for r in todo], pooling=args.pooling,
+                                            dtype=args.dtype, batch_tokens=args.batch_tokens,
+                                            max_length=args.max_length, progress=not args.no_progress,
+                                            progress_desc=os.path.basename(args.fasta)):
+                rec = todo[idx]
+                ds = out.create_dataset(h5_key(rec.id), data=emb)
+                ds.attrs.update({"id": rec.id, "length": len(rec.sequence),
+                                 "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length,
+                                 "pooling": args.pooling, "dtype": args.dtype})
+                if time.perf_counter() - last_flush > 5.0:  # an interrupted run keeps what it wrote
+                    out.flush()
+                    last_flush = time.perf_counter()
+            seconds = time.perf_counter() - t1
+            metrics.update(embed_seconds=round(seconds, 3),
+                           residues_per_second=round(metrics["residues_embedded"] / max(seconds, 1e-9), 1))
+    finally:
+        out.close()
+    return metrics
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        metrics = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"embed: error: {e}", file=sys.stderr)
+        return 2
+    metrics_file = args.metrics_file or os.path.splitext(args.output)[0] + ".metrics.json"
+    with open(metrics_file, "w") as f:
+        json.dump({**metrics, "output": args.output, "model": args.model, "pooling": args.pooling,
+                   "dtype": args.dtype}, f, indent=1)
+    print(f"embedded {metrics['sequences_embedded']} sequences ({metrics['skipped_existing']} already in "
+          f"{args.output}); metrics in {metrics_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``python -m ankh_jax.export_hf --model=PATH --output=DIR [--encoder_only]``: an ankh_jax model as a HF T5.
+
+Writes ``config.json`` (``tie_word_embeddings: false``, so transformers 4 and 5 neither tie nor rescale the head),
+``model.safetensors`` (PyTorch layout, float32; sharded above ``--max_shard_size_gb``), ``generation_config.json``,
+the tokenizer files (``tokenizer.json`` & co., read by ``transformers.AutoTokenizer``) and a short model card.
+The result loads with ``T5ForConditionalGeneration.from_pretrained(DIR)`` (or ``T5EncoderModel`` with
+``--encoder_only``). Never imports TensorFlow or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ankh_jax import hf
+from ankh_jax.model.config import T5Config
+from ankh_jax.tokenizer import write_hf_tokenizer
+
+_CARD = """---
+library_name: transformers
+tags: [protein, ankh, t5, ankh_jax]
+---
+# {name}
+
+An Ankh-architecture protein language model (T5 {kind}) exported by
+ankh_jax (JAX/Flax) from `{source}`.
+
+| | |
+|---|---|
+| encoder / decoder layers | {enc} / {dec} |
+| d_model, d_ff | {d_model}, {d_ff} |
+| heads x d_kv | {heads} x {d_kv} |
+| parameters | {params:,} |
+
+```python
+from transformers import AutoTokenizer, {cls}
+tokenizer = AutoTokenizer.from_pretrained("{name}")
+model = {cls}.from_pretrained("{name}").eval()
+ids = tokenizer(["MKALCLLLLPVLGLLVSS"], return_tensors="pt")  # plain strings, one token per residue + </s>
+```
+Per-residue embeddings: drop the final `</s>` position. Do not pass `is_split_into_words=True` with
+transformers 5 (it inserts `<unk>` tokens); plain strings tokenize correctly.
+"""
+
+
+def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = False, source: str = "params",
+           max_shard_bytes: int | None = None) -> list[str]:
+    """Writes an HF model directory; returns the paths written."""
+    state = hf.params_to_hf(params, config, encoder_only=encoder_only)
+    os.makedirs(output_dir, exist_ok=True)
+    written = hf.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
+    config_path = os.path.join(output_dir, hf.CONFIG_FILE)
+    with open(config_path, "w") as f:
+        json.dump(hf.config_to_hf(config, encoder_only=encoder_only), f, indent=2, sort_keys=True)
+    written.append(config_path)
+    if not encoder_only:
+        gen_path = os.path.join(output_dir, "generation_config.json")
+        with open(gen_path, "w") as f:
+            json.dump({"decoder_start_token_id": config.decoder_start_token_id, "eos_token_id": config.eos_token_id,
+                       "pad_token_id": config.pad_token_id}, f, indent=2)
+        written.append(gen_path)
+    written += write_hf_tokenizer(output_dir)
+    card_path = os.path.join(output_dir, "README.md")
+    with open(card_path, "w") as f:
+        f.write(_CARD.format(
+            name=os.path.basename(os.path.abspath(output_dir)), source=source,
+            kind="encoder only" if encoder_only else "encoder-decoder",
+            cls="T5EncoderModel" if encoder_only else "T5ForConditionalGeneration",
+            enc=config.num_encoder_layers, dec=0 if encoder_only else config.num_decoder_layers,
+            d_model=config.d_model, d_ff=config.d_ff, heads=config.num_heads, d_kv=config.d_kv,
+            params=int(sum(v.size for v in state.values()))))
+    written.append(card_path)
+    return written
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ankh_jax.export_hf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="an ankh_jax training directory or a HuggingFace model directory")
+    p.add_argument("--output", required=True, help="directory to write the HuggingFace model to")
+    p.add_argument("--encoder_only", action="store_true", help="write a T5EncoderModel (no decoder, no lm_head)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory (default latest)")
+    p.add_argument("--max_shard_size_gb", type=float, default=None,
+                   help="split model.safetensors into shards of at most this size (default: one file)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ankh_jax.api import load_config_and_params  # noqa: PLC0415
+
+    try:
+        config, params = load_config_and_params(args.model, encoder_only=args.encoder_only, step=args.step)
+        max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
+        written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
+                         max_shard_bytes=max_bytes)
+    except (hf.CheckpointError, FileNotFoundError) as e:
+        print(f"export_hf: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} files to {args.output}:")
+    for path in written:
+        print(f"  {os.path.basename(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
