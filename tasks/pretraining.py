@@ -1,0 +1,127 @@
+"""seqio tasks for pretraining Ankh on UniRef50 (importing this module registers them).
+
+* ``uniref50_ankh``: splits ``train`` and ``validation`` of the TFDS ``uniref50`` dataset
+  (``ankh_jax.data.uniref50``), tokenised, randomly cropped to the inputs length, corrupted with Ankh's 1-gram span
+  masking (``ankh_jax.data.span_corruption``; knobs by gin: ``span_corruption.noise_density = 0.15`` ...), then
+  ``</s>`` appended.
+* ``uniref50_ankh_validation``: the same pipeline over the ``validation`` split only, for eval configs that name
+  a task rather than a split.
+
+Where the data comes from (resolved when the data is first read, so a gin binding applies even though this module
+registers the tasks at import time):
+
+1. ``uniref50_data_dir.data_dir = "/path"`` in gin (or ``set_data_dir``): a tfds data dir holding
+   ``uniref50/1.0.0`` built by ``scripts/prepare_uniref50.py``. Missing -> an error naming the path and the command.
+2. Otherwise ``$ANKH_JAX_DATA_DIR``, else ``<checkout>/build/tfds``: the dataset built from the shipped
+   ``data/sample_proteins.fasta`` (1,446 real proteins, 8 shards per split, 5% validation), built on first use
+   under a file lock (concurrent processes wait for one build) and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+
+import gin
+import seqio
+
+from ankh_jax.data import span_corruption, uniref50
+from ankh_jax.tokenizer import seqio_vocabulary
+
+TASK = "uniref50_ankh"
+VALIDATION_TASK = "uniref50_ankh_validation"
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_FASTA = os.path.join(CHECKOUT, "data", "sample_proteins.fasta")
+SAMPLE_NUM_SHARDS = 8
+SAMPLE_VALIDATION_FRACTION = 0.05
+
+_explicit_data_dir: str | None = None
+
+
+def set_data_dir(data_dir: str | None) -> None:
+    """Points the tasks at a built dataset (``None``: back to the default sample build)."""
+    global _explicit_data_dir
+    _explicit_data_dir = None if data_dir is None else os.fspath(data_dir)
+
+
+def default_data_dir() -> str:
+    return os.environ.get("ANKH_JAX_DATA_DIR") or os.path.join(CHECKOUT, "build", "tfds")
+
+
+def _dataset_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, uniref50.NAME, str(uniref50.Uniref50.VERSION))
+
+
+def _is_built(data_dir: str) -> bool:
+    return os.path.isfile(os.path.join(_dataset_dir(data_dir), "dataset_info.json"))
+
+
+def ensure_sample_dataset(data_dir: str) -> str:
+    """Builds the shipped sample into ``data_dir`` unless already there (one builder at a time, by file lock)."""
+    if _is_built(data_dir):
+        return data_dir
+    if not os.path.isfile(SAMPLE_FASTA):
+        raise FileNotFoundError(f"no UniRef50 dataset in {data_dir} and no shipped sample at {SAMPLE_FASTA} to "
+                                "build one from; run scripts/prepare_uniref50.py and bind uniref50_data_dir.data_dir")
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, ".uniref50_sample.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not _is_built(data_dir):
+                uniref50.build(SAMPLE_FASTA, data_dir, num_shards=SAMPLE_NUM_SHARDS,
+                               validation_fraction=SAMPLE_VALIDATION_FRACTION)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return data_dir
+
+
+@gin.configurable
+def uniref50_data_dir(data_dir: str | None = None) -> str:
+    """The tfds data dir the tasks read (see the module docstring); builds the sample dataset when defaulted."""
+    chosen = data_dir or _explicit_data_dir
+    if chosen is None:
+        return ensure_sample_dataset(default_data_dir())
+    if not _is_built(chosen):
+        raise FileNotFoundError(
+            f"no UniRef50 dataset at {_dataset_dir(chosen)} (missing dataset_info.json); build it with "
+            f"`python scripts/prepare_uniref50.py --fasta=uniref50.fasta.gz --output_dir={chosen}`")
+    return chosen
+
+
+class UniRef50Source(seqio.TfdsDataSource):
+    """``seqio.TfdsDataSource`` over ``uniref50`` whose data dir is resolved on use, not at registration."""
+
+    def __init__(self, splits=("train", "validation")):
+        super().__init__(tfds_name=f"{uniref50.NAME}:{uniref50.Uniref50.VERSION}", splits=splits, read_only=True)
+
+    @property
+    def tfds_dataset(self):
+        loader = self._tfds_dataset
+        loader.override_data_dir(uniref50_data_dir())
+        return loader
+
+
+def output_features() -> dict[str, seqio.Feature]:
+    vocab = seqio_vocabulary()
+    return {"inputs": seqio.Feature(vocab, add_eos=True, required=False),
+            "targets": seqio.Feature(vocab, add_eos=True)}
+
+
+PREPROCESSORS = (
+    functools.partial(span_corruption.tokenize_residues, sequence_key="sequence", output_key="targets"),
+    span_corruption.random_crop,
+    span_corruption.span_corruption,
+    seqio.preprocessors.append_eos_after_trim,
+)
+
+
+def _register(name: str, splits) -> None:
+    if name in seqio.TaskRegistry.names():
+        return
+    seqio.TaskRegistry.add(name, source=UniRef50Source(splits), preprocessors=list(PREPROCESSORS),
+                           output_features=output_features(), metric_fns=[])
+
+
+_register(TASK, ("train", "validation"))
+_register(VALIDATION_TASK, {"validation": "validation"})
