@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 
 from ankh_jax import hf
@@ -44,7 +45,8 @@ def model_format(path: str | os.PathLike) -> str:
 
 def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None,
                            **config_overrides) -> tuple[T5Config, dict]:
-    """``(config, params)`` from either kind of directory: plain, unrolled params (numpy or jax arrays).
+    """``(config, params)`` from either kind of directory: plain params (numpy or jax arrays), unrolled
+    (``layers_{i}``) unless ``scan_layers=True`` is among the overrides.
 
     With ``encoder_only`` only the ``token_embedder`` and ``encoder`` subtrees are returned (and read, for HF).
     ``step`` picks a checkpoint of an ankh_jax directory (default: the latest).
@@ -57,11 +59,14 @@ def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = Fals
     from ankh_jax.checkpoints import load_params  # noqa: PLC0415 - the orbax stack only for training dirs
 
     config, params = load_params(path, step=step)
-    params = hf.plain_params(params, config)
-    if config_overrides:
-        config = config.replace(**config_overrides)
+    params = hf.plain_params(params, config)  # unboxed and unrolled, whatever layout training used
+    config = config.replace(scan_layers=False, **config_overrides)
     if encoder_only:
         params = {k: params[k] for k in ("token_embedder", "encoder")}
+    if config.scan_layers:
+        from ankh_jax.model import params_layout  # noqa: PLC0415
+
+        params = params_layout.stack_layers(params, config)
     return config, params
 
 
@@ -145,3 +150,11 @@ def load_base_model(path: str | os.PathLike | None = None, *, encoder_only: bool
 def load_large_model(path: str | os.PathLike | None = None, *, encoder_only: bool = False) -> AnkhModel:
     """Ankh Large (``ElnaggarLab/ankh-large``) from ``path`` or the local copy, like ``ankh.load_large_model()``."""
     return _load_released("large", path, encoder_only)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (reported in one line), as opposed to bugs (which keep their traceback)."""
+    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+    if "ankh_jax.checkpoints" in sys.modules:
+        errors += (sys.modules["ankh_jax.checkpoints"].CheckpointError,)
+    return errors

@@ -313,9 +313,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ankh_jax.api import user_errors  # noqa: PLC0415
+
     try:
         metrics = run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except user_errors() as e:
         print(f"embed: error: {e}", file=sys.stderr)
         return 2
     metrics_file = args.metrics_file or os.path.splitext(args.output)[0] + ".metrics.json"

@@ -88,14 +88,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import load_config_and_params  # noqa: PLC0415
+    from ankh_jax.api import load_config_and_params, user_errors  # noqa: PLC0415
 
     try:
         config, params = load_config_and_params(args.model, encoder_only=args.encoder_only, step=args.step)
         max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
                          max_shard_bytes=max_bytes)
-    except (hf.CheckpointError, FileNotFoundError) as e:
+    except user_errors() as e:
         print(f"export_hf: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} files to {args.output}:")
