@@ -139,38 +139,61 @@ def _random_partition(total, num_parts, seed):
     """Lengths of ``num_parts`` non-empty parts of ``total`` items, uniformly among such partitions (T5's scheme)."""
     # Choose num_parts - 1 cut points among the total - 1 gaps.
     gaps = tf.maximum(total - 1, 0)
+    cuts = tf.maximum(num_parts - 1, 0)
     order = tf.argsort(tf.random.stateless_uniform([gaps], seed=seed))
-    is_cut = tf.scatter_nd(order[: num_parts - 1, None], tf.ones([num_parts - 1], tf.int32), [gaps])
-    segment = tf.concat([[0], tf.cumsum(is_cut)], axis=0)
+    is_cut = tf.scatter_nd(order[:cuts, None], tf.ones([cuts], tf.int32), [gaps])
+    segment = tf.concat([[0], tf.cumsum(is_cut)], axis=0)[:total]
     return tf.math.unsorted_segment_sum(tf.ones([total], tf.int32), segment, num_parts)
 
 
 def noise_mask(length, seed, noise_density: float, mean_noise_span_length: float):
-    """Boolean ``[length]`` mask with exactly :func:`num_noise_tokens` ones, and whether each one starts a span."""
+    """Boolean ``[length]`` mask with exactly :func:`num_noise_tokens` ones (see the module docstring)."""
     length = tf.convert_to_tensor(length, tf.int32)
     n64 = tf.cast(length, tf.float64)
     noise = tf.cast(tf.floor(n64 * noise_density + 0.5), tf.int32)
     noise = tf.where(length < 2, 0, tf.clip_by_value(noise, 1, tf.maximum(length - 1, 1)))
-    seed_a, seed_b, seed_c = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    seed_a, seed_b = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if mean_noise_span_length == 1:
         order = tf.argsort(tf.random.stateless_uniform([length], seed=seed_a))
-        mask = tf.scatter_nd(order[:noise, None], tf.ones([noise], tf.int32), [length]) > 0
-        return mask, mask
+        return tf.scatter_nd(order[:noise, None], tf.ones([noise], tf.int32), [length]) > 0
     spans = tf.cast(tf.floor(tf.cast(noise, tf.float64) / mean_noise_span_length + 0.5), tf.int32)
     spans = tf.minimum(tf.maximum(spans, 1), tf.maximum(length - noise, 1))
     spans = tf.where(noise == 0, 0, spans)
     noise_lengths = _random_partition(noise, spans, seed_a)
-    keep_lengths = _random_partition(length - noise, spans, seed_b)
-    # Alternate keep, noise, keep, noise, ... then rotate by a random offset so that a span can open the sequence.
-    interleaved = tf.reshape(tf.stack([keep_lengths, noise_lengths], axis=1), [-1])
+    # The kept residues form spans + 1 stretches, the inner ones non-empty (spans never touch) and the outer two
+    # possibly empty (a span may open or close the sequence): a partition of kept + 2 into spans + 1 parts, less
+    # one at each end. Unlike T5 (which always starts with kept residues and ends with a span) every position is
+    # masked at close to the nominal density.
+    keep_lengths = (_random_partition(length - noise + 2, spans + 1, seed_b)
+                    - tf.one_hot(0, spans + 1, dtype=tf.int32) - tf.one_hot(spans, spans + 1, dtype=tf.int32))
+    interleaved = tf.reshape(tf.stack([keep_lengths, tf.pad(noise_lengths, [[0, 1]])], axis=1), [-1])[:-1]
     starts = tf.cumsum(interleaved, exclusive=True)
+    # A zero-length stretch shares its start with the next one: the flags add up and parity stays right.
     start_flags = tf.scatter_nd(starts[:, None], tf.ones_like(starts), [length + 1])[:length]
-    span_index = tf.cumsum(start_flags) - 1
-    mask = tf.math.floormod(span_index, 2) == 1
-    offset = tf.random.stateless_uniform([], seed=seed_c, maxval=tf.maximum(length, 1), dtype=tf.int32)
-    mask = tf.roll(mask, offset, axis=0)
-    previous = tf.pad(mask[:-1], [[1, 0]])
-    return mask, mask & ~previous
+    segment = tf.cumsum(start_flags) - 1
+    return tf.math.floormod(segment, 2) == 1
+
+
+def corrupt_with_mask(tokens, mask, *, one_sentinel_per_residue: bool, full_reconstruction: bool = False):
+    """(inputs, targets) of ``tokens`` for a given boolean noise ``mask``, both without ``</s>``.
+
+    A span is a run of masked positions (or, with ``one_sentinel_per_residue``, each masked position); span ``k``
+    becomes sentinel ``143 - k`` in the inputs, and ``sentinel, residues of the span`` in the targets.
+    """
+    tokens = tf.convert_to_tensor(tokens, tf.int32)
+    mask = tf.convert_to_tensor(mask, tf.bool)
+    starts = mask if one_sentinel_per_residue else mask & ~tf.pad(mask[:-1], [[1, 0]])
+    span_count = tf.reduce_sum(tf.cast(starts, tf.int32))
+    check = tf.debugging.assert_less_equal(
+        span_count, NUM_SENTINELS, message=f"span corruption needs more than {NUM_SENTINELS} sentinels")
+    with tf.control_dependencies([check]):
+        sentinels = VOCAB_SIZE - tf.cumsum(tf.cast(starts, tf.int32))  # the first span gets 143
+    inputs = tf.boolean_mask(tf.where(starts, sentinels, tokens), ~mask | starts)
+    if full_reconstruction:
+        return inputs, tokens
+    pairs = tf.stack([tf.boolean_mask(sentinels, mask), tf.boolean_mask(tokens, mask)], axis=1)
+    keep = tf.stack([tf.boolean_mask(starts, mask), tf.ones_like(tf.boolean_mask(mask, mask))], axis=1)
+    return inputs, tf.boolean_mask(tf.reshape(pairs, [-1]), tf.reshape(keep, [-1]))
 
 
 # -------------------------------------------------------------------------------------------- the preprocessors
@@ -235,26 +258,12 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
     if sequence_length is not None and input_feature_key in sequence_length:
         check_sentinel_budget(sequence_length[input_feature_key], noise_density, mean_noise_span_length,
                               merge_adjacent_spans)
-    merge = merge_adjacent_spans and mean_noise_span_length == 1
 
     def corrupt(x, seed):
         tokens = x[target_feature_key]
-        mask, starts = noise_mask(tf.size(tokens), seed, noise_density, mean_noise_span_length)
-        if merge:
-            starts = mask & ~tf.pad(mask[:-1], [[1, 0]])
-        span_count = tf.reduce_sum(tf.cast(starts, tf.int32))
-        check = tf.debugging.assert_less_equal(
-            span_count, NUM_SENTINELS,
-            message=f"span corruption needs more than {NUM_SENTINELS} sentinels for this example")
-        with tf.control_dependencies([check]):
-            sentinels = VOCAB_SIZE - tf.cumsum(tf.cast(starts, tf.int32))  # first span -> 143
-        inputs = tf.boolean_mask(tf.where(starts, sentinels, tokens), ~mask | starts)
-        if full_reconstruction:
-            targets = tokens
-        else:
-            pairs = tf.stack([tf.boolean_mask(sentinels, mask), tf.boolean_mask(tokens, mask)], axis=1)
-            keep = tf.stack([tf.boolean_mask(starts, mask), tf.ones_like(tf.boolean_mask(mask, mask))], axis=1)
-            targets = tf.boolean_mask(tf.reshape(pairs, [-1]), tf.reshape(keep, [-1]))
+        mask = noise_mask(tf.size(tokens), seed, noise_density, mean_noise_span_length)
+        inputs, targets = corrupt_with_mask(tokens, mask, one_sentinel_per_residue=mean_noise_span_length == 1
+                                            and not merge_adjacent_spans, full_reconstruction=full_reconstruction)
         return {input_feature_key: inputs, target_feature_key: targets}
 
     return _map_with_seed(dataset, corrupt, salt=2)

@@ -210,7 +210,14 @@ def build(fasta: str, data_dir: str, *, num_shards: int | None = None, validatio
         shutil.rmtree(builder.data_dir)
     config = tfds.download.DownloadConfig(manual_dir=os.path.dirname(fasta), num_shards=num_shards,
                                           try_download_gcs=False)
-    builder.download_and_prepare(download_config=config)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except AssertionError as e:  # tfds's way of saying a split is smaller than the shard count
+        if "number_of_shards" not in str(e):
+            raise
+        counts = {k: v.kept for k, v in builder.split_stats.items()}
+        raise ValueError(f"cannot write {num_shards} shards per split: records per split {counts}; lower "
+                         f"num_shards or raise validation_fraction ({e})") from e
     if not builder.split_stats and not overwrite:  # reused: reload the info written by the earlier build
         builder = tfds.builder(NAME, data_dir=data_dir)
     return builder
