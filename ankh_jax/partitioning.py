@@ -122,21 +122,35 @@ class Partitioner:
       mesh_shape: sizes of (data, fsdp, model); one may be -1 for "all remaining devices".
       axis_rules: logical axis rules, see ``DEFAULT_AXIS_RULES``.
       devices: the devices to use (default: all of them). Tests pass ``jax.devices()[:1]``.
+      activation_constraints: apply the model's logical activation constraints (see :meth:`activate`).
     """
 
     def __init__(self, mesh_shape: Sequence[int] = (-1, 1, 1),
                  axis_rules: Sequence[tuple[str, Any]] = DEFAULT_AXIS_RULES,
-                 devices: Sequence[jax.Device] | None = None):
+                 devices: Sequence[jax.Device] | None = None, activation_constraints: bool = False):
         self.mesh = make_mesh(mesh_shape, devices)
+        self.activation_constraints = activation_constraints
         self.axis_rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in axis_rules)
         self.replicated_dims: list[str] = []
 
     # -- contexts -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def activate(self):
-        """The mesh and rules in force while tracing, so the model's logical constraints take effect."""
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
-            yield
+        """The mesh (and, with ``activation_constraints``, the rules) in force while tracing a step.
+
+        Never used around ``model.init``: parameters get their shardings from ``out_shardings``.
+        Activation constraints are off by default: flax 0.12.8 re-runs every parameter's init under
+        ``eval_shape`` during ``apply`` (a shape check), and ``nn.DenseGeneral`` applies a multi-axis kernel's
+        logical constraint to the flattened kernel there, which fails whenever rules are active. Without rules
+        the parameters and the batch are still sharded by the jit in/out shardings, and XLA's sharding
+        propagation lays out the activations from them.
+        """
+        if self.activation_constraints:
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+                yield
+        else:
+            with jax.set_mesh(self.mesh):
+                yield
 
     # -- specs and shardings --------------------------------------------------------------------------------
     def mesh_spec(self, logical: PartitionSpec | None, shape: Sequence[int], name: str = "") -> PartitionSpec:
@@ -221,9 +235,13 @@ class Partitioner:
         return out
 
     def describe(self) -> str:
+        """One line for the mesh, plus a summary of the dimensions left replicated because they don't divide."""
         lines = [f"mesh {dict(self.mesh.shape)} over {self.mesh.devices.size} {self.mesh.devices.flat[0].platform} "
                  f"devices"]
-        lines += sorted(set(self.replicated_dims))
+        replicated = sorted(set(self.replicated_dims))
+        if replicated:
+            lines.append(f"{len(replicated)} parameter dimensions replicated (size not divisible by their mesh "
+                         f"axes), e.g. {replicated[0]}")
         return "\n".join(lines)
 
 

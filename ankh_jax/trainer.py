@@ -1,0 +1,368 @@
+"""The pretraining loop: gin-configured ``train()``: data in, sharded steps, metrics, checkpoints, resume.
+
+One call of :func:`train` does, in this order (everything that can fail on bad input happens before the first
+write to ``model_dir``):
+
+1. the mesh and rules (``Partitioner``), the model, the optimizer and the state layout (abstract shapes only);
+2. the training (and validation) input iterators, each host reading its own shard of the global batch;
+3. the state: resumed from the newest readable checkpoint in ``model_dir`` (with the input position), else loaded
+   from a HuggingFace Ankh directory (``init_from_hf``), else random; always created already sharded;
+4. ``model_config.json`` and ``config.gin`` written by process 0, then the loop: one jitted step per batch, a
+   finiteness check per step (a NaN/inf loss stops the run naming the step, without saving), metrics every
+   ``log_every_steps``, an async checkpoint every ``checkpoint_every_steps``, eval every ``eval_every_steps``, and a
+   checkpoint-and-stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+
+from ankh_jax import checkpoints as ckpt_lib
+from ankh_jax import flops as flops_lib
+from ankh_jax.metrics_writer import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsWriter, Timer
+from ankh_jax.optim import make_optimizer, make_schedule
+from ankh_jax.partitioning import Partitioner
+from ankh_jax.train_steps import BATCH_KEYS_REQUIRED, StateLayout, jit_train_step, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+# Fields that must agree between the run's T5Config and a HuggingFace checkpoint it starts from.
+_ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers",
+                "relative_attention_num_buckets", "relative_attention_max_distance")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the run stopped without saving."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    params: Any
+    stopped_by: str  # "finished" | "preempted"
+    last_train_metrics: dict
+    last_eval_metrics: dict | None
+
+
+def _default_input_fn():
+    from ankh_jax.data.input_pipeline import make_input  # noqa: PLC0415 - TF only when the trainer reads data
+
+    return make_input
+
+
+class InputError(RuntimeError):
+    """The training or validation data cannot be read."""
+
+
+def _first_batch(iterator, where: str) -> dict:
+    """The first batch, read before anything is written, so a missing data path or split fails early."""
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise InputError(f"{where} is empty") from None
+    except Exception as err:
+        raise InputError(f"cannot read {where}: {type(err).__name__}: {err}") from err
+    missing = [k for k in BATCH_KEYS_REQUIRED if k not in batch]
+    if missing:
+        raise InputError(f"{where}: batches lack {missing}; got {sorted(batch)}")
+    return batch
+
+
+@gin.configurable
+def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name: str = gin.REQUIRED,
+          feature_lengths: Mapping[str, int] = gin.REQUIRED, global_batch_size: int = gin.REQUIRED,
+          num_train_steps: int = gin.REQUIRED, input_fn: Callable | None = None, pack: bool = False,
+          data_seed: int = 0, seed: int = 0, log_every_steps: int = 50, checkpoint_every_steps: int = 1000,
+          keep_checkpoints: int = 3, async_checkpoints: bool = True, eval_every_steps: int = 0,
+          eval_task_name: str | None = None, eval_split: str = "validation", eval_steps: int | None = None,
+          num_microbatches: int = 1, label_smoothing: float = 0.0, z_loss: float = 0.0,
+          init_from_hf: str | None = None, peak_flops_per_device: float | None = None,
+          partitioner: Partitioner | None = None, progress_bar: bool = True) -> TrainResult:
+    """Pretrains (or continues pretraining) an Ankh model. See the module docstring and configs/runs/pretrain.gin.
+
+    Args (the non-obvious ones):
+      model_config: a ``T5Config`` (gin: ``%MODEL_CONFIG`` from configs/models/*.gin).
+      feature_lengths: ``{"inputs": 512, "targets": ...}`` for the seqio task.
+      global_batch_size: examples per step over all hosts (each host reads global / num_hosts).
+      input_fn: ``make_input``-compatible factory (default ``ankh_jax.data.input_pipeline.make_input``).
+      eval_steps: at most this many validation batches per eval (default: the whole split).
+      num_microbatches: gradient accumulation; the batch is split into this many micro-batches per step.
+      init_from_hf: a HuggingFace Ankh directory to start from when ``model_dir`` holds no checkpoint.
+      peak_flops_per_device: for MFU; default a table by device kind, or a measured matmul on CPU.
+    """
+    if num_train_steps <= 0:
+        raise ValueError(f"num_train_steps must be positive, got {num_train_steps}")
+    for name, value in (("log_every_steps", log_every_steps), ("checkpoint_every_steps", checkpoint_every_steps)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if global_batch_size % num_microbatches:
+        raise ValueError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
+                         f"{num_microbatches}")
+    from ankh_jax.model.network import Transformer  # noqa: PLC0415
+
+    model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    partitioner = partitioner or Partitioner()
+    model = Transformer(model_config)
+    schedule = make_schedule()
+    tx = make_optimizer(schedule)
+    layout = StateLayout(model, tx, partitioner)
+    log.info("%s", partitioner.describe())
+
+    # -- inputs (a missing data path fails here, before anything is written) -------------------------------
+    shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
+    if host_batch % num_microbatches and num_microbatches > 1:
+        raise ValueError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
+    make_input = input_fn or _default_input_fn()
+    common = dict(feature_lengths=dict(feature_lengths), batch_size=host_batch, pack=pack, shard_id=shard_id,
+                  num_shards=num_shards)
+    train_iter = make_input(task_name, "train", seed=data_seed, shuffle=True, repeat=True, **common)
+    eval_factory = None
+    if eval_every_steps:
+        eval_task = eval_task_name or task_name
+
+        def eval_factory():
+            return make_input(eval_task, eval_split, seed=data_seed, shuffle=False, repeat=False, **common)
+        _first_batch(eval_factory(), f"task {eval_task!r} split {eval_split!r}")  # fails early if missing
+
+    # -- state ----------------------------------------------------------------------------------------------
+    _check_model_dir_config(model_dir, model_config)
+    checkpointer = None
+    restored = None
+    if os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)):
+        checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
+                                             max_to_keep=keep_checkpoints, async_save=async_checkpoints)
+        abstract = layout.abstract_state()
+        restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=_warn)
+    if restored is not None:
+        start_step, params, opt_state, input_state = restored
+        from ankh_jax.train_steps import TrainState  # noqa: PLC0415
+
+        state = TrainState(step=jax.device_put(np.int32(start_step), partitioner.replicated()), params=params,
+                           opt_state=opt_state)
+        if input_state is not None:
+            train_iter.set_state(input_state)
+        _info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
+    elif init_from_hf:
+        state = layout.from_params(_load_hf_params(init_from_hf, model_config))
+        start_step = 0
+        _info(f"initialised from the HuggingFace model in {init_from_hf}")
+    else:
+        state = layout.create(jax.random.key(seed))
+        start_step = 0
+    pending = _first_batch(train_iter, f"task {task_name!r} split 'train'")
+    if start_step >= num_train_steps:
+        _info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
+        return TrainResult(start_step, state.params, "finished", {}, None)
+
+    # -- first writes -----------------------------------------------------------------------------------------
+    ckpt_lib.write_model_config(model_dir, model_config)
+    _write_operative_config(model_dir)
+    if checkpointer is None:
+        checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
+                                             max_to_keep=keep_checkpoints, async_save=async_checkpoints)
+    writer = MetricsWriter(model_dir, total_steps=num_train_steps, start_step=start_step,
+                           progress=progress_bar)
+    step_fn = jit_train_step(make_train_step(model, tx, schedule, num_microbatches=num_microbatches,
+                                             label_smoothing=label_smoothing, z_loss=z_loss,
+                                             enable_dropout=model_config.dropout_rate > 0), layout)
+    eval_fn = make_eval_step(model, layout) if eval_factory else None
+    rng = jax.random.key(seed + 1)
+    watcher = ckpt_lib.PreemptionWatcher()
+    peak, peak_source = flops_lib.peak_flops_per_device(override=peak_flops_per_device)
+    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * jax.device_count()
+    writer.log_line(f"{partitioner.describe()}\npeak for MFU: {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
+
+    step = start_step
+    timer, acc = Timer(), _Accumulator()
+    last_train: dict = {}
+    last_eval = None
+    stopped_by = "finished"
+    flops_per_step = None
+    first_step = True
+    try:
+        while step < num_train_steps:
+            local, pending = (pending, None) if pending is not None else (next(train_iter), None)
+            if flops_per_step is None:
+                flops_per_step = flops_lib.train_step_flops(
+                    model_config, global_batch_size, local["encoder_input_tokens"].shape[1],
+                    local["decoder_target_tokens"].shape[1])
+            state, metrics = step_fn(state, partitioner.make_global_batch(local), rng)
+            metrics = jax.device_get(metrics)
+            step += 1
+            if not bool(metrics["finite"]):
+                raise NonFiniteLossError(
+                    f"step {step}: loss is {_ratio(metrics['loss_sum'], metrics['weight_sum'])} and grad norm "
+                    f"{float(metrics['grad_norm'])}; stopped without saving. The last good checkpoint is "
+                    f"{_last_step(checkpointer)} in {checkpointer.directory}. Lower the learning rate, enable "
+                    f"z_loss, or check the data near this step.")
+            acc.add(metrics)
+            if first_step:  # the first step compiles: rates start after it
+                first_step = False
+                timer.reset()
+            else:
+                timer.add(float(metrics["weight_sum"]))
+            writer.advance(1, loss=f"{float(metrics['loss_sum']) / max(float(metrics['weight_sum']), 1):.4f}")
+            if step % log_every_steps == 0 or step == num_train_steps:
+                last_train = acc.summary()
+                elapsed = timer.elapsed()
+                steps_per_s = timer.steps / elapsed if timer.steps else 0.0
+                row = dict(last_train, steps_per_s=steps_per_s,
+                           target_tokens_per_s=timer.tokens / elapsed if timer.steps else 0.0,
+                           mfu=(flops_per_step * steps_per_s / total_peak) if timer.steps else 0.0)
+                writer.write(step, "train", row)
+                writer.log_line(f"step {step}/{num_train_steps}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+                                f"lr {row['learning_rate']:.3g}  |g| {row['grad_norm']:.3g}  "
+                                f"{steps_per_s:.2f} steps/s  {row['target_tokens_per_s']:.0f} tgt tok/s  "
+                                f"MFU {100 * row['mfu']:.1f}%  ETA {writer.eta(step, steps_per_s)}")
+                acc, _ = _Accumulator(), timer.reset()
+            preempted = watcher.reached(step)
+            if checkpointer.should_save(step) or step == num_train_steps or preempted:
+                checkpointer.save(step, state.params, state.opt_state, train_iter.get_state())
+            if eval_fn is not None and (step % eval_every_steps == 0 or step == num_train_steps):
+                last_eval = _evaluate(eval_fn, eval_factory, state.params, partitioner, eval_steps)
+                writer.write(step, "eval", last_eval)
+                writer.log_line(f"step {step} eval: loss {last_eval['loss']:.4f}  "
+                                f"acc {last_eval['accuracy']:.4f}  ({last_eval['target_tokens']:.0f} target tokens)")
+            if preempted:
+                stopped_by = "preempted"
+                checkpointer.wait()
+                writer.log_line(f"preemption signal: saved the checkpoint at step {step} and stopped")
+                break
+    finally:
+        watcher.close()
+        writer.close()
+        checkpointer.close()
+    if stopped_by == "finished":
+        _print_summary(model_dir, step)
+    return TrainResult(step, state.params, stopped_by, last_train, last_eval)
+
+
+class _Accumulator:
+    """Token-weighted sums of the train metrics between log steps (the loss is exact over the interval)."""
+
+    def __init__(self):
+        self.sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
+        self.last: dict = {}
+        self.grad_norm_sq = 0.0
+        self.steps = 0
+
+    def add(self, metrics: dict) -> None:
+        for k in self.sums:
+            self.sums[k] += float(metrics[k])
+        self.grad_norm_sq += float(metrics["grad_norm"]) ** 2
+        self.steps += 1
+        self.last = metrics
+
+    def summary(self) -> dict:
+        w = max(self.sums["weight_sum"], 1.0)
+        return {"loss": self.sums["loss_sum"] / w, "accuracy": self.sums["correct_sum"] / w,
+                "z_loss": self.sums["z_loss_sum"] / w, "learning_rate": float(self.last["learning_rate"]),
+                "grad_norm": float(np.sqrt(self.grad_norm_sq / max(self.steps, 1))),
+                "target_tokens": self.sums["weight_sum"]}
+
+
+def _evaluate(eval_fn, eval_factory, params, partitioner: Partitioner, max_batches: int | None) -> dict:
+    totals = {"loss": 0.0, "correct": 0.0, "weight": 0.0}
+    it = eval_factory()
+    multi_host = jax.process_count() > 1
+    n = 0
+    template = None
+    while max_batches is None or n < max_batches:
+        try:
+            local = next(it)
+            template = local
+            has = True
+        except StopIteration:
+            has = False
+        if multi_host:  # hosts may run out at different batches: all continue until none has data
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            any_has = bool(np.any(multihost_utils.process_allgather(np.asarray(has))))
+            if not any_has:
+                break
+            if not has:
+                local = {k: np.zeros_like(v) for k, v in template.items()}
+        elif not has:
+            break
+        sums = jax.device_get(eval_fn(params, partitioner.make_global_batch(local)))
+        for k in totals:
+            totals[k] += float(sums[k])
+        n += 1
+    w = max(totals["weight"], 1.0)
+    return {"loss": totals["loss"] / w, "accuracy": totals["correct"] / w, "target_tokens": totals["weight"],
+            "batches": n}
+
+
+def _load_hf_params(path: str, config) -> Any:
+    from ankh_jax.hf import load_hf_model  # noqa: PLC0415
+
+    hf_config, params = load_hf_model(path, scan_layers=config.scan_layers)
+    diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in _ARCH_FIELDS
+             if getattr(hf_config, f) != getattr(config, f)}
+    if diffs:
+        detail = ", ".join(f"{k}: HF {a} vs gin {b}" for k, (a, b) in diffs.items())
+        raise ValueError(f"init_from_hf={path}: the HuggingFace model does not match MODEL_CONFIG ({detail}); "
+                         "use the model gin file that matches it")
+    return params
+
+
+def _check_model_dir_config(model_dir: str, config) -> None:
+    path = os.path.join(model_dir, ckpt_lib.MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = type(config).from_json(f.read())
+    diffs = [f for f in _ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if diffs:
+        raise ValueError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
+                         "pick a new MODEL_DIR or the matching model gin file")
+
+
+def _write_operative_config(model_dir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = os.path.join(model_dir, "config.gin.tmp")
+    with open(tmp, "w") as f:
+        f.write(gin.operative_config_str())
+    os.replace(tmp, os.path.join(model_dir, "config.gin"))
+
+
+def _ratio(a, b) -> float:
+    return float(a) / max(float(b), 1.0)
+
+
+def _last_step(checkpointer) -> str:
+    steps = checkpointer.all_steps()
+    return f"step {steps[-1]}" if steps else "none (no checkpoint yet)"
+
+
+def _info(text: str) -> None:
+    log.info(text)
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
+def _warn(text: str) -> None:
+    log.warning(text)
+    if jax.process_index() == 0:
+        print(f"WARNING: {text}", flush=True)
+
+
+def _print_summary(model_dir: str, step: int) -> None:
+    if jax.process_index() != 0:
+        return
+    print(f"\nTrained to step {step}.\n"
+          f"  checkpoints:  {os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)}\n"
+          f"  metrics:      {os.path.join(model_dir, METRICS_FILE)}\n"
+          f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, TENSORBOARD_SUBDIR)}\n"
+          f"  gin config:   {os.path.join(model_dir, 'config.gin')}\n"
+          f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)
