@@ -105,6 +105,9 @@ class EpochDatasetFactory:
         ds = ds.batch(self.config["batch_size"]).prefetch(2)
         options = tf.data.Options()
         options.deterministic = True
+        # Fusing the ~10 per-example maps (ours and seqio's) into one function is worth ~40% on one core.
+        options.experimental_optimization.map_fusion = True
+        options.experimental_optimization.map_parallelization = True
         return ds.with_options(options)
 
     def rows(self, epoch: int, position: int, row: int) -> Iterator[dict[str, np.ndarray]]:
