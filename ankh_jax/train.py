@@ -72,6 +72,7 @@ def parse_gin(files: list[str], bindings: list[str], search_paths: list[str]) ->
     import ankh_jax.partitioning  # noqa: F401
     import ankh_jax.trainer  # noqa: F401
 
+    gin.clear_config()  # a fresh config per call (tests call main() repeatedly in one process)
     for path in [os.getcwd(), CHECKOUT] + search_paths:
         gin.add_config_file_search_path(path)
     for f in files:
