@@ -37,8 +37,8 @@ def parse_args(argv=None):
 
 
 def build_dataset(data_dir: str, copies: int) -> None:
-    from ankh_jax.data import uniref50  # noqa: PLC0415
-    from ankh_jax.fasta import load_fasta, write_fasta  # noqa: PLC0415
+    from ankh_jax.data import uniref50
+    from ankh_jax.fasta import load_fasta, write_fasta
 
     records = load_fasta(os.path.join(REPO, "data", "sample_proteins.fasta"))
     os.makedirs(data_dir, exist_ok=True)
@@ -64,11 +64,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, set(cores))  # before TF sizes its thread pools
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    import tasks.pretraining as pretraining  # noqa: PLC0415
-    from ankh_jax.data.input_pipeline import make_input  # noqa: PLC0415
-    from ankh_jax.data.span_corruption import targets_length_for  # noqa: PLC0415
+    from ankh_jax.data.input_pipeline import make_input
+    from ankh_jax.data.span_corruption import targets_length_for
+    from tasks import pretraining
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="ankh_bench_data_")
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     rows = []
     unpacked = timed(make(False), args.seconds, lambda b: len(b["encoder_input_tokens"]))
     rows.append(("unpacked", *unpacked))
-    packed_count = lambda b: int(sum(len(np.unique(s[s > 0])) for s in b["encoder_segment_ids"]))  # noqa: E731
+    packed_count = lambda b: int(sum(len(np.unique(s[s > 0])) for s in b["encoder_segment_ids"]))
     packed = timed(make(True), args.seconds, packed_count)
     rows.append(("packed", *packed))
 

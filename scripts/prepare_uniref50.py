@@ -44,9 +44,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--num_shards must be >= 1, got {args.num_shards}")
     if not os.path.isfile(args.fasta):
         raise SystemExit(f"--fasta: no such file: {args.fasta}")
-    import tensorflow_datasets as tfds  # noqa: PLC0415 - after the flags, so --help is instant
+    import tensorflow_datasets as tfds
 
-    from ankh_jax.data import uniref50  # noqa: PLC0415
+    from ankh_jax.data import uniref50
 
     tfds.disable_progress_bar()  # ours counts records/s per pass instead
     start = time.time()

@@ -32,7 +32,7 @@ class EpochDatasetFactory:
         self.config = config
         task = seqio.get_mixture_or_task(config["task_name"])
         if not isinstance(task, seqio.Task):
-            raise ValueError(f"{config['task_name']!r} is a seqio mixture; the resumable pipeline reads one task")
+            raise TypeError(f"{config['task_name']!r} is a seqio mixture; the resumable pipeline reads one task")
         self.task = task
         self.lengths = dict(config["feature_lengths"])
         self.converter = seqio.EncDecFeatureConverter(pack=config["pack"], use_custom_packing_ops=False)

@@ -68,7 +68,7 @@ def make_input(task_name: str, split: str, *, feature_lengths: Mapping[str, int]
       num_parallel_calls: parallelism of the preprocessing maps; default tf.data's autotuning.
     """
     if shard_id is None or num_shards is None:
-        import jax  # noqa: PLC0415 - only the trainer's processes need it
+        import jax
 
         shard_id = jax.process_index() if shard_id is None else shard_id
         num_shards = jax.process_count() if num_shards is None else num_shards
@@ -80,7 +80,7 @@ def make_input(task_name: str, split: str, *, feature_lengths: Mapping[str, int]
     if "inputs" not in lengths:
         raise ValueError(f"feature_lengths needs 'inputs', got {dict(feature_lengths)}")
     if "targets" not in lengths:
-        from ankh_jax.data.span_corruption import targets_length_for  # noqa: PLC0415
+        from ankh_jax.data.span_corruption import targets_length_for
 
         lengths["targets"] = targets_length_for(lengths["inputs"])
     config = {
@@ -97,7 +97,7 @@ class ResumableIterator(Iterator):
     """Numpy batches of a seqio task whose position is a small JSON dict (see the module docstring)."""
 
     def __init__(self, config: dict, *, num_parallel_calls: int | None = None):
-        from ankh_jax.data.epoch_dataset import EpochDatasetFactory  # noqa: PLC0415 - imports TF and seqio
+        from ankh_jax.data.epoch_dataset import EpochDatasetFactory
 
         self.config = dict(config)
         self._factory = EpochDatasetFactory(self.config, num_parallel_calls=num_parallel_calls)

@@ -80,7 +80,8 @@ class Uniref50(tfds.core.GeneratorBasedBuilder):
     """UniRef50 protein clusters' representative sequences (``id``, cleaned ``sequence``)."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Sequences cleaned with Ankh's rules; validation split by SHA-1 of the id."}
+    RELEASE_NOTES = {  # noqa: RUF012 - the attribute tfds reads
+        "1.0.0": "Sequences cleaned with Ankh's rules; validation split by SHA-1 of the id."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download uniref50.fasta.gz from https://ftp.uniprot.org/pub/databases/uniprot/uniref/uniref50/ into the "
         "manual directory (or pass --fasta to scripts/prepare_uniref50.py, which points tfds at it).")
@@ -143,7 +144,7 @@ class Uniref50(tfds.core.GeneratorBasedBuilder):
                              on_skip=lambda rid, why: skipped_invalid.append((rid, why)))
         bar = None
         if self.progress:
-            from tqdm import tqdm  # noqa: PLC0415
+            from tqdm import tqdm
 
             bar = tqdm(desc=f"{split} pass", unit=" records", mininterval=1.0, smoothing=0.1)
         start = time.time()

@@ -15,8 +15,8 @@ SMALL = {"inputs": 64, "targets": 27}
 
 
 def make(sample_tfds_dir, **kw):
-    args = dict(task_name="uniref50_ankh", split="train", feature_lengths=SMALL, batch_size=8, seed=3,
-                shard_id=0, num_shards=1)
+    args = {"task_name": "uniref50_ankh", "split": "train", "feature_lengths": SMALL, "batch_size": 8, "seed": 3,
+            "shard_id": 0, "num_shards": 1}
     args.update(kw)
     return make_input(**args)
 
@@ -85,8 +85,8 @@ def test_per_host_shards_are_disjoint_and_complete(sample_tfds_dir, sample_fasta
 @pytest.mark.parametrize("pack", [False, True])
 def test_state_round_trip_continues_identically(sample_tfds_dir, pack):
     # The validation split (69 proteins) with repeat: 12 batches cross two epoch boundaries.
-    kw = dict(split="validation", pack=pack, batch_size=16 if not pack else 4,
-              feature_lengths={"inputs": 128, "targets": 51})
+    kw = {"split": "validation", "pack": pack, "batch_size": 16 if not pack else 4,
+          "feature_lengths": {"inputs": 128, "targets": 51}}
     it = make(sample_tfds_dir, **kw)
     take(it, 3)
     state = json.loads(json.dumps(it.get_state()))

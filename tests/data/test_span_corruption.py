@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from ankh_jax.data import span_corruption as sc
 from ankh_jax.fasta import load_fasta
-from ankh_jax.tokenizer import EOS_ID, AnkhTokenizer, seqio_vocabulary, sentinel_id
+from ankh_jax.tokenizer import EOS_ID, AnkhTokenizer, sentinel_id, seqio_vocabulary
 
 TOK = AnkhTokenizer()
 LENGTHS = {"inputs": 512, "targets": 205}
@@ -143,7 +143,7 @@ def test_ablation_knobs(features):
         assert e["targets"][:-1].tolist() in [ids(p)[i: i + k] for i in range(len(p) - k + 1)]
     merged = run(proteins, features, merge_adjacent_spans=True)
     plain = run(proteins, features)
-    adjacent = lambda x: np.any((x[1:] >= 28) & (x[:-1] >= 28))  # noqa: E731
+    adjacent = lambda x: np.any((x[1:] >= 28) & (x[:-1] >= 28))
     assert not any(adjacent(e["inputs"]) for e in merged) and any(adjacent(e["inputs"]) for e in plain)
     tri = run(proteins, features, mean_noise_span_length=3.0)
     for k, e in zip(n, tri):

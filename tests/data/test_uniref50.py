@@ -53,7 +53,8 @@ def test_sample_build_splits_shards_and_stats(sample_tfds_dir, sample_records):
 
 @pytest.fixture()
 def bad_fasta(tmp_path, sample_fasta):
-    text = open(sample_fasta).read().split(">")[1:41]
+    with open(sample_fasta) as f:
+        text = f.read().split(">")[1:41]
     records = [">" + r for r in text]
     records.insert(3, ">BAD1 broken\nMKVL\nAA1GG\n")
     path = tmp_path / "bad.fasta.gz"
