@@ -158,8 +158,8 @@ def masked_pool(x: jax.Array, mask, pooling: str) -> jax.Array:
     if mask is None:
         return x.max(axis=1) if pooling == "max" else x.mean(axis=1)
     m = mask.astype(bool)[..., None]
-    if pooling == "max":
-        return jnp.where(m, x, -jnp.inf).max(axis=1)
+    if pooling == "max":  # a row without residues (batch filler) pools to 0, not -inf
+        return jnp.where(m.any(axis=1), jnp.where(m, x, -jnp.inf).max(axis=1), 0.0)
     count = jnp.maximum(m.sum(axis=1), 1).astype(x.dtype)
     return jnp.where(m, x, 0).sum(axis=1) / count
 

@@ -1,0 +1,127 @@
+"""Fixed-shape batches for head training: sequences grouped by length bucket, padded, labels padded to match.
+
+A batch is a dict of numpy arrays:
+
+* ``inputs``: float32 [B, T, d] embeddings (frozen mode) or int32 [B, T + 1] token ids with ``</s>`` (full mode);
+* ``mask``: int32 [B, T], 1 on residues;
+* ``labels``: int32 [B] / float32 [B] / float32 [B, n] / int32 [B, T] / int32 [B, T, T] by label kind, ignored
+  entries -100 (integer labels);
+* ``weights``: float32 [B], 0 for the empty rows that fill the last batch of a bucket.
+
+T is a bucket length (powers of two from ``min_bucket``), so a whole run compiles a handful of shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from ankh_jax.downstream.metrics import IGNORE
+from ankh_jax.downstream.task_spec import Examples
+from ankh_jax.tokenizer import AnkhTokenizer
+
+
+def bucket_length(n: int, min_bucket: int = 32) -> int:
+    t = min_bucket
+    while t < n:
+        t *= 2
+    return t
+
+
+def contact_labels(contacts: np.ndarray, valid: np.ndarray, min_separation: int) -> np.ndarray:
+    """[L, L] int32: 1 contact, 0 not, -100 for pairs with an invalid residue or |i - j| < min_separation."""
+    n = contacts.shape[0]
+    out = contacts.astype(np.int32)
+    idx = np.arange(n)
+    bad = (np.abs(idx[:, None] - idx[None, :]) < min_separation) | ~valid[:, None] | ~valid[None, :]
+    out[bad] = IGNORE
+    return out
+
+
+def _label_array(kind: str, labels: list, rows: int, length: int, num_classes: int | None,
+                 min_separation: int) -> np.ndarray:
+    if kind == "sequence_class":
+        out = np.full(rows, IGNORE, np.int32)
+        out[:len(labels)] = labels
+    elif kind in ("sequence_binary", "sequence_regression"):
+        out = np.zeros(rows, np.float32)
+        out[:len(labels)] = labels
+    elif kind == "sequence_multilabel":
+        out = np.zeros((rows, num_classes), np.float32)
+        if labels:
+            out[:len(labels)] = np.stack(labels)
+    elif kind == "residue_class":
+        out = np.full((rows, length), IGNORE, np.int32)
+        for i, y in enumerate(labels):
+            out[i, :len(y)] = y
+    elif kind == "contact":
+        out = np.full((rows, length, length), IGNORE, np.int32)
+        for i, (contacts, valid) in enumerate(labels):
+            n = len(valid)
+            out[i, :n, :n] = contact_labels(contacts, valid, min_separation)
+    else:
+        raise ValueError(f"no batches for label kind {kind!r}")
+    return out
+
+
+def make_batches(examples: Examples, kind: str, *, batch_size: int, embeddings: Callable[[str], np.ndarray] | None,
+                 num_classes: int | None = None, shuffle_rng: np.random.Generator | None = None,
+                 min_bucket: int = 32, max_tokens: int | None = None, min_separation: int = 6
+                 ) -> Iterator[tuple[list[int], dict]]:
+    """Yields ``(example indices, batch)``; with ``embeddings`` None the inputs are token ids (full mode).
+
+    Batches hold ``batch_size`` sequences, fewer for long buckets when ``max_tokens`` caps B x T (rows stay a power
+    of two, so shapes stay few). With ``shuffle_rng``, the order of examples within buckets and of batches is
+    shuffled (training); otherwise it is deterministic (evaluation).
+    """
+    tokenizer = AnkhTokenizer()
+    lengths = np.array([len(s) for s in examples.sequences])
+    buckets: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        buckets.setdefault(bucket_length(int(n), min_bucket), []).append(i)
+    plan = []
+    for t, idx in sorted(buckets.items()):
+        rows = batch_size
+        while max_tokens and rows > 1 and rows * t > max_tokens:
+            rows //= 2
+        idx = list(idx)
+        if shuffle_rng is not None:
+            shuffle_rng.shuffle(idx)
+        plan += [(t, rows, idx[s:s + rows]) for s in range(0, len(idx), rows)]
+    if shuffle_rng is not None:
+        plan = [plan[i] for i in shuffle_rng.permutation(len(plan))]
+    for t, rows, idx in plan:
+        mask = np.zeros((rows, t), np.int32)
+        if embeddings is not None:
+            first = embeddings(examples.sequences[idx[0]])
+            inputs = np.zeros((rows, t, first.shape[1]), np.float32)
+        else:
+            inputs = np.zeros((rows, t + 1), np.int32)
+        for r, i in enumerate(idx):
+            seq = examples.sequences[i]
+            n = len(seq)
+            mask[r, :n] = 1
+            if embeddings is not None:
+                inputs[r, :n] = embeddings(seq)
+            else:
+                inputs[r, :n + 1] = tokenizer.encode(seq, clean=False)
+        weights = np.zeros(rows, np.float32)
+        weights[:len(idx)] = 1.0
+        labels = _label_array(kind, [examples.labels[i] for i in idx], rows, t, num_classes, min_separation)
+        yield idx, {"inputs": inputs, "mask": mask, "labels": labels, "weights": weights}
+
+
+def count_batches(examples: Examples, *, batch_size: int, min_bucket: int = 32, max_tokens: int | None = None
+                  ) -> int:
+    counts: dict[int, int] = {}
+    for s in examples.sequences:
+        t = bucket_length(len(s), min_bucket)
+        counts[t] = counts.get(t, 0) + 1
+    total = 0
+    for t, c in counts.items():
+        rows = batch_size
+        while max_tokens and rows > 1 and rows * t > max_tokens:
+            rows //= 2
+        total += -(-c // rows)
+    return total

@@ -1,0 +1,78 @@
+"""The frozen protocol's embedding cache: per-residue encoder outputs computed once, kept in HDF5 next to the run.
+
+``MODEL_DIR/embeddings.h5`` holds one dataset per distinct sequence, named by the SHA-1 of the sequence, shape
+[L, d_model] (the ``</s>`` position dropped), plus attributes naming the encoder. A rerun (or another run pointed
+at the same file) only embeds sequences that are not there yet; a file written by a different encoder is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import h5py
+import numpy as np
+
+from ankh_jax.downstream.encoder_source import Encoder
+
+
+def sequence_key(sequence: str) -> str:
+    return hashlib.sha1(sequence.encode()).hexdigest()
+
+
+def _embed(encoder: Encoder, sequences: list[str], batch_tokens: int, progress: bool) -> list[np.ndarray]:
+    from ankh_jax.embed import embed_sequences
+
+    return embed_sequences(encoder.config, encoder.params, sequences, pooling="none", batch_tokens=batch_tokens,
+                           progress=progress)
+
+
+class EmbeddingStore:
+    """Read access to cached per-residue embeddings; ``store[sequence]`` -> float32 [L, d]."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = h5py.File(path, "r")
+        self._memory: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, sequence: str) -> np.ndarray:
+        key = sequence_key(sequence)
+        hit = self._memory.get(key)
+        if hit is None:
+            hit = self._memory[key] = np.asarray(self._file[key], dtype=np.float32)
+        return hit
+
+    @property
+    def dim(self) -> int:
+        return int(self._file.attrs["d_model"])
+
+    def close(self):
+        self._file.close()
+
+
+def build_cache(encoder: Encoder, sequences: list[str], path: str, *, batch_tokens: int = 16384,
+                storage_dtype: str = "float32", progress: bool = True, log=print) -> EmbeddingStore:
+    """Embeds the sequences missing from ``path`` (creating it if needed) and opens the store."""
+    unique = list(dict.fromkeys(sequences))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with h5py.File(path, "a") as f:
+        if "encoder" in f.attrs and f.attrs["encoder"] != encoder.source:
+            raise ValueError(f"{path} holds embeddings of encoder {f.attrs['encoder']!r}, not {encoder.source!r}; "
+                             "delete it or point the run elsewhere")
+        f.attrs["encoder"] = encoder.source
+        f.attrs["d_model"] = encoder.d_model
+        f.attrs["model_config"] = encoder.config.to_json()
+        todo = [s for s in unique if sequence_key(s) not in f]
+        if todo:
+            residues = sum(len(s) for s in todo)
+            log(f"embedding {len(todo)} sequences ({residues} residues; {len(unique) - len(todo)} cached) "
+                f"into {path}")
+            start = time.perf_counter()
+            for seq, emb in zip(todo, _embed(encoder, todo, batch_tokens, progress), strict=True):
+                if emb.shape != (len(seq), encoder.d_model):
+                    raise RuntimeError(f"embedding of shape {emb.shape} for a sequence of {len(seq)} residues")
+                f.create_dataset(sequence_key(seq), data=np.asarray(emb, dtype=storage_dtype))
+            seconds = time.perf_counter() - start
+            log(f"embedded {residues} residues in {seconds:.1f} s ({residues / max(seconds, 1e-9):.0f} residues/s)")
+    return EmbeddingStore(path)

@@ -1,0 +1,247 @@
+"""``python -m ankh_jax.downstream.finetune``: train a ConvBERT head on an Ankh encoder for one benchmark task.
+
+    python -m ankh_jax.downstream.finetune --gin_file=configs/downstream/ssp3.gin \\
+        --gin.MODEL_DIR="'/runs/ssp3'" --gin.ENCODER="'/models/ankh-base'" [--gin.run.mode="'full'"]
+
+Flags follow t5x: repeatable ``--gin_file``, ``--gin.NAME=VALUE`` (strings quoted), ``--gin_search_paths``
+(default: the current directory and the repository's ``configs/``). ``ENCODER`` is an HF or ankh_jax model
+directory, or ``'random:tiny'`` (a random tiny encoder: a testing aid, not a model).
+
+Modes (``run.mode``):
+* ``frozen`` (the paper's protocol): per-residue embeddings computed once into ``MODEL_DIR/embeddings.h5`` (reused
+  when present), then only the head is trained;
+* ``full``: encoder and head trained together; with ``LoraConfig.rank > 0`` the encoder stays frozen and only
+  LoRA adapters on ``LoraConfig.targets`` are trained next to the head.
+Tasks of kind ``lookup`` train nothing (nearest-neighbour search on mean embeddings), and contact tasks can use
+``run.mode='attention'``: logistic regression on the encoder's attention maps.
+
+``MODEL_DIR`` ends with ``config.gin``, ``metrics.jsonl``, ``best/`` (orbax checkpoint of the trained params),
+``labels.json`` and ``results.json``; a table of each test set's metric is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+
+from ankh_jax.downstream import lora as lora_lib
+from ankh_jax.downstream import objectives, trainer
+from ankh_jax.downstream.embedding_cache import build_cache
+from ankh_jax.downstream.encoder_source import load_encoder
+from ankh_jax.downstream.task_spec import POOLED_KINDS, TaskData, TaskSpec, load_task
+
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+TASK_MODULES = ("tasks.pfam_family", "tasks.ssp", "tasks.deeploc", "tasks.remote_homology", "tasks.solubility",
+                "tasks.fluorescence", "tasks.contacts", "tasks.lookup")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """The ConvBERT head; defaults are the Ankh notebooks' (hidden = d_model / 2, 4 heads, kernel 7, max pool)."""
+
+    nhead: int = 4
+    hidden_dim: int | None = None
+    num_layers: int = 1
+    kernel_size: int = 7
+    dropout: float = 0.2
+    pooling: str = "max"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 0                     # 0: no LoRA (full mode trains the whole encoder)
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("query", "value")
+
+
+def _forward_fns(head, encoder, mode: str, lora_cfg: LoraConfig, residues_only: bool = True):
+    """(forward, uses_embeddings). forward(trainable, frozen, batch, rng, deterministic) -> logits."""
+    def head_apply(params, hidden, batch, rng, det):
+        rngs = None if det or rng is None else {"dropout": rng}
+        return head.apply({"params": params}, hidden, attention_mask=batch["mask"], deterministic=det, rngs=rngs)
+
+    if mode == "frozen":
+        def forward(t, f, batch, rng, det):
+            return head_apply(t["head"], batch["inputs"], batch, rng, det)
+        return forward
+
+    module = encoder.module()
+
+    def encode(enc_params, batch, rng, det):
+        rngs = None
+        if not det and rng is not None:
+            rng, sub = jax.random.split(rng)
+            rngs = {"dropout": sub}
+        hidden = module.apply({"params": enc_params}, batch["inputs"], enable_dropout=not det, rngs=rngs)
+        return hidden[:, :batch["mask"].shape[1]], rng   # drop the </s> column (masked out for shorter ones)
+
+    if lora_cfg.rank > 0:
+        def forward(t, f, batch, rng, det):
+            merged = lora_lib.merge(f, t["lora"], alpha=lora_cfg.alpha, rank=lora_cfg.rank)
+            hidden, rng = encode(merged, batch, rng, det)
+            return head_apply(t["head"], hidden, batch, rng, det)
+    else:
+        def forward(t, f, batch, rng, det):
+            hidden, rng = encode(t["encoder"], batch, rng, det)
+            return head_apply(t["head"], hidden, batch, rng, det)
+    return forward
+
+
+def _print_table(rows: list[tuple[str, dict]], title: str):
+    names = sorted({k for _, r in rows for k in r})
+    print(f"\n{title}")
+    print("| split | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for split, r in rows:
+        print(f"| {split} | " + " | ".join(f"{r[n]:.4f}" if n in r else "" for n in names) + " |")
+
+
+@gin.configurable
+def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: str = gin.REQUIRED,
+        mode: str = "frozen", seed: int = 0, embedding_cache: str | None = None, batch_tokens: int = 16384,
+        cache_dtype: str = "float32", progress: bool = True, log_every: int = 20,
+        head_config: HeadConfig | None = None, optimizer: trainer.OptimizerConfig | None = None,
+        lora: LoraConfig | None = None) -> dict:
+    """Runs one task end to end and returns what ``results.json`` holds."""
+    head_cfg = head_config or HeadConfig()
+    opt_cfg = optimizer or trainer.OptimizerConfig()
+    lora_cfg = lora or LoraConfig()
+    if mode not in ("frozen", "full", "attention"):
+        raise ValueError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin.operative_config_str() if gin.config_is_locked() else gin.config_str())
+    started = time.perf_counter()
+    data = load_task(task)
+    sizes = {k: len(v.sequences) for k, v in data.splits.items()}
+    print(f"task {task.name} ({task.kind}, metric {task.metric}): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    with open(os.path.join(model_dir, "labels.json"), "w") as f:
+        json.dump({"task": task.name, "kind": task.kind, "classes": data.classes}, f, indent=1)
+    enc = load_encoder(encoder)
+    if task.kind == "lookup" or mode == "attention":
+        from tasks import contacts, lookup  # the two tasks that train no ConvBERT head
+        runner = lookup.run_lookup if task.kind == "lookup" else contacts.run_attention_contacts
+        if mode == "attention" and task.kind != "contact":
+            raise ValueError("run.mode='attention' is for contact tasks only")
+        results = runner(data, enc, model_dir=model_dir, seed=seed, progress=progress)
+    else:
+        results = _train_head(data, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
+                              batch_tokens, cache_dtype, progress, log_every)
+    results.update(task=task.name, kind=task.kind, metric=task.metric, mode=mode, encoder=enc.source,
+                   split_sizes=sizes, seconds_total=time.perf_counter() - started)
+    with open(os.path.join(model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    _print_table([(k, v) for k, v in results["tests"].items()], f"{task.name}: test results ({mode})")
+    return results
+
+
+def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
+                batch_tokens, cache_dtype, progress, log_every) -> dict:
+    spec = data.spec
+    train_labels = data.splits["train"].labels
+    mean = float(np.mean(train_labels)) if spec.kind == "sequence_regression" else None
+    pooling = head_cfg.pooling if spec.kind in POOLED_KINDS else None
+    head = objectives.build_head(data, enc.d_model, nhead=head_cfg.nhead,
+                                 hidden_dim=head_cfg.hidden_dim or enc.d_model // 2, num_layers=head_cfg.num_layers,
+                                 kernel_size=head_cfg.kernel_size, dropout=head_cfg.dropout, pooling=pooling,
+                                 training_labels_mean=mean)
+    key = jax.random.key(seed)
+    dummy = np.zeros((1, 32, enc.d_model), np.float32)
+    trainable = {"head": head.init(key, dummy, np.ones((1, 32), np.int32))["params"]}
+    frozen, embeddings, timings = None, None, {}
+    if mode == "frozen":
+        every = [s for split in data.splits.values() for s in split.sequences]
+        t0 = time.perf_counter()
+        store = build_cache(enc, every, embedding_cache or os.path.join(model_dir, "embeddings.h5"),
+                            batch_tokens=batch_tokens, storage_dtype=cache_dtype, progress=progress)
+        timings["embed_seconds"] = time.perf_counter() - t0
+        embeddings = store.__getitem__
+    elif lora_cfg.rank > 0:
+        frozen = enc.params
+        trainable["lora"] = lora_lib.init(enc.params, lora_cfg.rank, lora_cfg.targets,
+                                          key=jax.random.fold_in(key, 1))
+        print(f"LoRA rank {lora_cfg.rank} on {lora_cfg.targets}: {lora_lib.count(trainable['lora'])} parameters")
+    else:
+        trainable["encoder"] = enc.params
+    forward = _forward_fns(head, enc, mode, lora_cfg)
+    common = dict(kind=spec.kind, embeddings=embeddings, num_classes=data.num_classes,
+                  min_separation=spec.min_contact_separation)
+    result = trainer.train(forward, trainable, frozen, data.splits["train"], data.splits["valid"],
+                           metric=spec.metric, cfg=opt_cfg, model_dir=model_dir, seed=seed, progress=progress,
+                           log_every=log_every, **{k: v for k, v in common.items() if k != "kind"},
+                           kind=spec.kind)
+    timings["train_seconds"] = result.seconds
+    tests = {}
+    for name in data.test_names():
+        tests[name[len("test/"):]] = trainer.evaluate(forward, result.trainable, frozen, data.splits[name],
+                                                      metric=spec.metric, cfg=opt_cfg, **common)
+    return {"valid_best": result.best_metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "steps": result.steps, "tests": tests, **timings}
+
+
+def parse_flags(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ankh-finetune", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument("--gin_search_paths", default="", help="comma-separated gin include paths")
+    args, rest = parser.parse_known_args(argv)
+    bindings = []
+    for item in rest:
+        if not item.startswith("--gin."):
+            parser.error(f"unrecognised argument {item!r} (bindings are --gin.NAME=VALUE)")
+        name, sep, value = item[len("--gin."):].partition("=")
+        if not sep:
+            parser.error(f"{item!r}: expected --gin.NAME=VALUE")
+        bindings.append(f"{name} = {value}")
+    args.gin_bindings = bindings
+    if not args.gin_file:
+        parser.error("at least one --gin_file is needed (one per task under configs/downstream/)")
+    return args
+
+
+def configure(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+    import importlib
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    for path in [*search_paths, REPO_CONFIGS]:
+        if path:
+            gin.add_config_file_search_path(path)
+    # gin logs an ERROR for every search path an include is not under before it finds the file; hide those.
+    quiet = _DropMessages("Path not found")
+    logging.getLogger().addFilter(quiet)
+    try:
+        gin.parse_config_files_and_bindings(gin_files, bindings)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_flags(sys.argv[1:] if argv is None else argv)
+    configure(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
+    run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The head-training loop shared by every mode: AdamW with warmup, accumulation, early stopping, best checkpoint.
+
+The model is described by a ``forward(trainable, frozen, batch, rng, deterministic) -> logits`` function; only
+``trainable`` gets gradients (head; head + encoder; head + LoRA adapters). Each epoch ends with an evaluation on the
+validation split; the best ``trainable`` (by the task's first metric) is saved with orbax under
+``MODEL_DIR/best`` and restored at the end. ``MODEL_DIR/metrics.jsonl`` gets one JSON row per log step and per
+evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from ankh_jax.downstream import batching, objectives
+from ankh_jax.downstream.task_spec import Examples
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW; ``learning_rate`` after ``warmup_steps`` of linear warmup, then ``schedule`` (constant | linear |
+    cosine decay to 0 at the last step). Defaults: the Ankh notebooks' lr 1e-3 (their 1000 warmup steps assume
+    batch 1 x 16 accumulation; warmup here is capped at a tenth of the run)."""
+
+    learning_rate: float = 1e-3
+    warmup_steps: int = 1000
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    max_epochs: int = 5
+    patience: int = 3                 # epochs without a better validation metric before stopping
+    max_tokens: int | None = 8192     # caps batch rows x bucket length for long sequences
+    encoder_learning_rate: float | None = None  # full mode: encoder LR (default: learning_rate)
+
+
+def make_schedule(cfg: OptimizerConfig, total_steps: int):
+    warmup = max(0, min(cfg.warmup_steps, total_steps // 10))
+    lr = cfg.learning_rate
+    after = max(total_steps - warmup, 1)
+    if cfg.schedule == "constant":
+        rest = optax.constant_schedule(lr)
+    elif cfg.schedule == "linear":
+        rest = optax.linear_schedule(lr, 0.0, after)
+    elif cfg.schedule == "cosine":
+        rest = optax.cosine_decay_schedule(lr, after)
+    else:
+        raise ValueError(f"schedule {cfg.schedule!r}; expected constant | linear | cosine")
+    if warmup == 0:
+        return rest
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), rest], [warmup])
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int, trainable) -> optax.GradientTransformation:
+    def adamw(schedule):
+        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                           optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    schedule = make_schedule(cfg, total_steps)
+    if cfg.encoder_learning_rate is not None and "encoder" in trainable:
+        enc = make_schedule(dataclasses.replace(cfg, learning_rate=cfg.encoder_learning_rate), total_steps)
+        labels = {k: ("encoder" if k == "encoder" else "rest") for k in trainable}
+        tx = optax.multi_transform({"encoder": adamw(enc), "rest": adamw(schedule)}, labels)
+    else:
+        tx = adamw(schedule)
+    if cfg.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
+    return tx, schedule
+
+
+class MetricsLog:
+    def __init__(self, path: str):
+        self._f = open(path, "a")
+
+    def write(self, row: dict):
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
+
+
+@dataclasses.dataclass
+class TrainResult:
+    trainable: dict
+    best_metrics: dict
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    seconds: float
+
+
+def _batches(examples, kind, cfg, embeddings, num_classes, rng, min_separation):
+    return batching.make_batches(examples, kind, batch_size=cfg.batch_size, embeddings=embeddings,
+                                 num_classes=num_classes, shuffle_rng=rng, max_tokens=cfg.max_tokens,
+                                 min_separation=min_separation)
+
+
+def predict(forward: Callable, trainable, frozen, examples: Examples, kind: str, cfg: OptimizerConfig, *,
+            embeddings, num_classes, min_separation: int = 6) -> list:
+    """Per-example outputs (see ``objectives.outputs_per_example``) in the order of ``examples``."""
+    step = _eval_step(forward)
+    out: list = [None] * len(examples.sequences)
+    for idx, batch in _batches(examples, kind, cfg, embeddings, num_classes, None, min_separation):
+        logits = np.asarray(step(trainable, frozen, batch))
+        for i, o in zip(idx, objectives.outputs_per_example(kind, logits, batch, len(idx)), strict=True):
+            out[i] = o
+    return out
+
+
+_EVAL_STEPS: dict = {}
+
+
+def _eval_step(forward):
+    if forward not in _EVAL_STEPS:
+        _EVAL_STEPS[forward] = jax.jit(lambda t, f, b: forward(t, f, b, None, True))
+    return _EVAL_STEPS[forward]
+
+
+def evaluate(forward, trainable, frozen, examples, kind, metric, cfg, **kw) -> dict[str, float]:
+    outputs = predict(forward, trainable, frozen, examples, kind, cfg, **kw)
+    return objectives.score(kind, metric, outputs, examples.labels)
+
+
+def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, kind: str,
+          metric: str, cfg: OptimizerConfig, model_dir: str, embeddings=None, num_classes=None, seed: int = 0,
+          min_separation: int = 6, log_every: int = 20, progress: bool = True, log=print) -> TrainResult:
+    steps_per_epoch = batching.count_batches(train_set, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
+    total_updates = max(1, steps_per_epoch * cfg.max_epochs // cfg.grad_accum_steps)
+    tx, schedule = make_optimizer(cfg, total_updates, trainable)
+    opt_state = tx.init(trainable)
+
+    def loss_of(t, f, batch, rng):
+        return objectives.loss_fn(kind, forward(t, f, batch, rng, False), batch)
+
+    @jax.jit
+    def train_step(t, opt, f, batch, rng):
+        loss, grads = jax.value_and_grad(loss_of)(t, f, batch, rng)
+        updates, opt = tx.update(grads, opt, t)
+        return optax.apply_updates(t, updates), opt, loss, optax.global_norm(grads)
+
+    best_dir = os.path.abspath(os.path.join(model_dir, "best"))
+    checkpointer = ocp.StandardCheckpointer()
+    mlog = MetricsLog(os.path.join(model_dir, "metrics.jsonl"))
+    rng_np = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    best, best_epoch, bad_epochs, step = None, -1, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(total=steps_per_epoch * cfg.max_epochs, disable=not progress, unit="step", dynamic_ncols=True,
+               desc="train")
+    epoch = 0
+    try:
+        for epoch in range(1, cfg.max_epochs + 1):
+            losses, t_epoch = [], time.perf_counter()
+            for _, batch in _batches(train_set, kind, cfg, embeddings, num_classes, rng_np, min_separation):
+                key, sub = jax.random.split(key)
+                trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, frozen, batch, sub)
+                step += 1
+                bar.update(1)
+                if step % log_every == 0 or step == 1:
+                    loss = float(loss)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss} at step {step} (epoch {epoch})")
+                    losses.append(loss)
+                    rate = step / (time.perf_counter() - start)
+                    mlog.write({"step": step, "epoch": epoch, "loss": loss, "grad_norm": float(gnorm),
+                                "learning_rate": float(schedule(step // cfg.grad_accum_steps)),
+                                "steps_per_s": rate})
+                    bar.set_postfix(loss=f"{loss:.4f}")
+            scores = evaluate(forward, trainable, frozen, valid_set, kind, metric, cfg, embeddings=embeddings,
+                              num_classes=num_classes, min_separation=min_separation)
+            watched = next(iter(scores.values()))
+            improved = best is None or watched > next(iter(best.values()))
+            mlog.write({"step": step, "epoch": epoch, "split": "valid", **scores, "best": improved,
+                        "epoch_seconds": time.perf_counter() - t_epoch})
+            log(f"epoch {epoch}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                + (" (best)" if improved else ""))
+            if improved:
+                best, best_epoch, bad_epochs = scores, epoch, 0
+                checkpointer.save(best_dir, trainable, force=True)
+                checkpointer.wait_until_finished()
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    log(f"early stopping: no better validation {next(iter(scores))} for {bad_epochs} epochs")
+                    break
+    finally:
+        bar.close()
+        mlog.close()
+    restored = checkpointer.restore(best_dir, target=jax.tree_util.tree_map(np.asarray, trainable))
+    checkpointer.close()
+    return TrainResult(jax.tree_util.tree_map(jnp.asarray, restored), best, best_epoch, epoch, step,
+                       time.perf_counter() - start)
