@@ -1,0 +1,263 @@
+"""Embedding throughput: ankh_jax vs HF transformers' PyTorch T5EncoderModel, same random weights, real proteins.
+
+    python scripts/bench_embed.py                        # CPU, Ankh Base width, 4 encoder layers, 256 proteins
+    python scripts/bench_embed.py --num_layers=48 --num_sequences=0          # the full Ankh Base encoder, all
+    python scripts/bench_embed.py --device=gpu --num_layers=48 --num_sequences=0 --torch_batch_size=32
+
+One random-weight encoder of Ankh Base width (d_model 768, 12 heads x 64, d_ff 3072; depth from --num_layers) is
+written as a HF directory; each framework then runs in its own subprocess (so peak RSS is its own) over the
+shipped proteins (data/sample_proteins.fasta, a seeded random subset unless --num_sequences=0):
+
+  * ankh_jax: ``ankh_jax.embed.embed_sequences`` (length-sorted, token-budget batches, padded to a few length
+    buckets, scanned encoder); a first pass compiles one program per bucket, the second pass is timed;
+  * torch "README": ``T5EncoderModel`` used as in the Ankh README: batches of --torch_batch_size sequences in file
+    order, padded to the longest, fp32, ``torch.no_grad()`` (plus an attention mask, which the README omits and
+    without which padding changes the embeddings);
+  * torch "sorted": the same, batches sorted by length (to separate framework speed from batching).
+
+Prints residues/s (real residues, </s> and padding not counted), the ratios, peak memory and the largest
+difference between the per-residue embeddings of the two frameworks; writes everything to --json_out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--num_layers", type=int, default=4, help="encoder depth (Ankh Base: 48)")
+    p.add_argument("--num_sequences", type=int, default=256, help="random subset of the proteins; 0 = all")
+    p.add_argument("--fasta", default=os.path.join(REPO, "data", "sample_proteins.fasta"))
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--batch_tokens", type=int, default=None, help="ankh_jax token budget per batch")
+    p.add_argument("--torch_batch_size", type=int, default=8, help="sequences per torch batch (README style)")
+    p.add_argument("--torch_modes", default="readme,sorted", help="comma list of readme, sorted (or empty)")
+    p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both (default: full fp32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json_out", default=os.path.join(REPO, "runs", "bench", "bench_embed.json"))
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def load_sequences(args) -> list[str]:
+    from ankh_jax.fasta import load_fasta
+
+    records = load_fasta(args.fasta)
+    if args.num_sequences and args.num_sequences < len(records):
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(records))[: args.num_sequences])
+        records = [records[i] for i in keep]
+    return [r.sequence for r in records]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def save_embeddings(path: str, embeddings: list[np.ndarray]) -> None:
+    np.savez(path, **{f"s{i}": e for i, e in enumerate(embeddings)})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Workers (each in its own process)
+# ----------------------------------------------------------------------------------------------------------------
+
+def jax_worker(args, workdir: str) -> dict:
+    import jax
+
+    if args.device == "gpu" and not args.tf32:
+        jax.config.update("jax_default_matmul_precision", "highest")
+    from ankh_jax import embed, hf
+
+    config, params = hf.load_hf_model(workdir + "/model", encoder_only=True)
+    seqs = load_sequences(args)
+    kwargs = {} if args.batch_tokens is None else {"batch_tokens": args.batch_tokens}
+    prepared = embed.prepare_params(config, params)
+    t0 = time.perf_counter()
+    embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=True, **kwargs)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=True, **kwargs)
+    steady = time.perf_counter() - t0
+    save_embeddings(workdir + "/jax.npz", out)
+    plan = embed.plan_batches([len(s) + 1 for s in seqs], **kwargs)
+    rows = embed.batch_rows(plan)
+    result = {"first_pass_seconds": first, "seconds": steady, "compiled_shapes": len(rows),
+              "padded_tokens": int(sum(rows[w] * w for w, _ in plan)), "device": str(jax.devices()[0]),
+              "peak_rss_gib": peak_rss_gib()}
+    if args.device == "gpu":
+        stats = jax.devices()[0].memory_stats() or {}
+        result["peak_device_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30
+    return result
+
+
+def torch_worker(args, workdir: str, mode: str) -> dict:
+    import torch
+    import transformers
+
+    from ankh_jax.tokenizer import AnkhTokenizer
+
+    device = torch.device("cuda" if args.device == "gpu" else "cpu")
+    if args.device == "gpu":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16
+    model = transformers.T5EncoderModel.from_pretrained(workdir + "/model", dtype=dtype).to(device).eval()
+    seqs = load_sequences(args)
+    order = list(range(len(seqs)))
+    if mode == "sorted":
+        order.sort(key=lambda i: -len(seqs[i]))
+    batches = [order[i: i + args.torch_batch_size] for i in range(0, len(order), args.torch_batch_size)]
+    tok = AnkhTokenizer()
+
+    def run(batch):
+        ids, mask = tok.batch_encode([seqs[i] for i in batch])
+        with torch.no_grad():
+            hidden = model(input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+                           attention_mask=torch.tensor(mask, device=device)).last_hidden_state
+        return hidden.float().cpu().numpy()
+
+    run(batches[0])  # warm-up (allocator, kernels)
+    if args.device == "gpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    out: list[np.ndarray | None] = [None] * len(seqs)
+    padded = 0
+    t0 = time.perf_counter()
+    for n, batch in enumerate(batches):
+        hidden = run(batch)
+        padded += hidden.shape[0] * hidden.shape[1]
+        for r, i in enumerate(batch):
+            out[i] = hidden[r, : len(seqs[i])]
+        if n % 20 == 0:
+            done = sum(len(seqs[i]) for b in batches[: n + 1] for i in b)
+            print(f"torch {mode}: batch {n + 1}/{len(batches)}, {done / (time.perf_counter() - t0):.0f} res/s",
+                  file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t0
+    if mode == "readme":
+        save_embeddings(workdir + "/torch.npz", out)
+    result = {"seconds": seconds, "padded_tokens": int(padded), "device": str(device),
+              "threads": torch.get_num_threads(), "peak_rss_gib": peak_rss_gib()}
+    if args.device == "gpu":
+        result["peak_device_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------------
+
+def build_model(args, workdir: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    from ankh_jax import export_hf
+    from ankh_jax.model import EncoderOnly, T5Config
+
+    config = T5Config.ankh_base(num_encoder_layers=args.num_layers, num_decoder_layers=1, dropout_rate=0.0)
+    params = nn.unbox(EncoderOnly(config).init(jax.random.PRNGKey(args.seed), jnp.ones((1, 8), jnp.int32)))
+    export_hf.export(config, params["params"], workdir + "/model", encoder_only=True, source="random init")
+    return {"d_model": config.d_model, "num_heads": config.num_heads, "d_ff": config.d_ff,
+            "num_layers": config.num_encoder_layers, "encoder_params": config.num_params(encoder_only=True)}
+
+
+def spawn(args, workdir: str, worker: str) -> dict:
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    env.pop("XLA_FLAGS", None)  # no fake devices: one CPU device using every core
+    cmd = [sys.executable, os.path.abspath(__file__), f"--_worker={worker}", f"--_workdir={workdir}"]
+    cmd += [a for a in sys.argv[1:] if not a.startswith("--_")]
+    subprocess.run(cmd, env=env, check=True)
+    with open(os.path.join(workdir, f"{worker}.json")) as f:
+        return json.load(f)
+
+
+def compare(workdir: str, n: int) -> dict:
+    a, b = np.load(workdir + "/jax.npz"), np.load(workdir + "/torch.npz")
+    max_abs, max_ref = 0.0, 0.0
+    for i in range(n):
+        x, y = a[f"s{i}"], b[f"s{i}"]
+        if x.shape != y.shape:
+            raise AssertionError(f"sequence {i}: shapes {x.shape} vs {y.shape}")
+        max_abs = max(max_abs, float(np.abs(x - y).max()))
+        max_ref = max(max_ref, float(np.abs(y).max()))
+    return {"max_abs_diff": max_abs, "max_abs_embedding": max_ref, "relative": max_abs / max(max_ref, 1e-30)}
+
+
+def print_table(meta: dict, results: dict, diff: dict | None) -> None:
+    residues = meta["residues"]
+    rows = [("ankh_jax (steady, compiled)", results["jax"]["seconds"], results["jax"]),
+            ("ankh_jax (first pass, incl. compile)", results["jax"]["first_pass_seconds"], results["jax"])]
+    for mode in ("readme", "sorted"):
+        if f"torch_{mode}" in results:
+            label = f"torch T5EncoderModel ({'README: file order' if mode == 'readme' else 'length-sorted'}, " \
+                    f"bs {meta['torch_batch_size']})"
+            rows.append((label, results[f"torch_{mode}"]["seconds"], results[f"torch_{mode}"]))
+    base = results.get("torch_readme", {}).get("seconds")
+    mem_key = "peak_device_gib" if meta["device"] == "gpu" else "peak_rss_gib"
+    print(f"\n{meta['num_sequences']} proteins, {residues} residues; encoder d_model {meta['d_model']}, "
+          f"{meta['num_layers']} layers ({meta['encoder_params'] / 1e6:.1f}M params), {meta['dtype']}, "
+          f"{meta['device']} ({results['jax']['device']})")
+    print(f"| {'run':<58} | {'residues/s':>10} | {'seconds':>8} | {'padded/real':>11} | "
+          f"{'x torch README':>14} | {'peak ' + ('GPU' if meta['device'] == 'gpu' else 'RSS') + ' GiB':>13} |")
+    print("|" + "-" * 60 + "|" + "-" * 12 + "|" + "-" * 10 + "|" + "-" * 13 + "|" + "-" * 16 + "|" + "-" * 15 + "|")
+    for label, secs, res in rows:
+        ratio = f"{base / secs:.2f}" if base else "-"
+        print(f"| {label:<58} | {residues / secs:>10.1f} | {secs:>8.1f} | "
+              f"{res['padded_tokens'] / residues:>11.2f} | {ratio:>14} | {res.get(mem_key, 0):>13.2f} |")
+    if diff:
+        print(f"max |ankh_jax - torch| over all per-residue embeddings: {diff['max_abs_diff']:.2e} "
+              f"({diff['relative']:.2e} of max |embedding| {diff['max_abs_embedding']:.2f})")
+    print(f"ankh_jax compiled {results['jax']['compiled_shapes']} batch shapes")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._worker:
+        if args._worker == "jax":
+            result = jax_worker(args, args._workdir)
+        else:
+            result = torch_worker(args, args._workdir, args._worker.split("_", 1)[1])
+        with open(os.path.join(args._workdir, f"{args._worker}.json"), "w") as f:
+            json.dump(result, f)
+        return 0
+    modes = [m for m in args.torch_modes.split(",") if m]
+    for m in modes:
+        if m not in ("readme", "sorted"):
+            raise SystemExit(f"--torch_modes: unknown mode {m!r}")
+    seqs = load_sequences(args)
+    with tempfile.TemporaryDirectory(prefix="bench_embed_") as workdir:
+        meta = build_model(args, workdir)
+        meta.update(num_sequences=len(seqs), residues=int(sum(map(len, seqs))), device=args.device,
+                    dtype=args.dtype, torch_batch_size=args.torch_batch_size)
+        results = {"jax": spawn(args, workdir, "jax")}
+        for m in modes:
+            results[f"torch_{m}"] = spawn(args, workdir, f"torch_{m}")
+        diff = compare(workdir, len(seqs)) if "torch_readme" in results else None
+    print_table(meta, results, diff)
+    for name, res in results.items():
+        res["residues_per_second"] = meta["residues"] / res["seconds"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+    with open(args.json_out, "w") as f:
+        json.dump({"meta": meta, "results": results, "difference": diff}, f, indent=1)
+    print(f"results written to {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
