@@ -1,5 +1,10 @@
-"""One epoch of a seqio task as a tf.data pipeline that can start at any (position, row): the engine behind
-:class:`ankh_jax.data.input_pipeline.ResumableIterator` (its module docstring explains the design).
+"""A seqio task's rows, epoch after epoch, as one tf.data pipeline that can start at any (epoch, position, row):
+the engine behind :class:`ankh_jax.data.input_pipeline.ResumableIterator` (its module docstring explains the
+design).
+
+Every epoch is the same traced function of the epoch number ``e`` (a ``flat_map`` over ``e = start, start+1, ...``),
+so crossing an epoch boundary costs nothing, and every row carries ``_epoch``, ``_position`` and ``_row`` so the
+iterator knows where the next row starts.
 """
 
 from __future__ import annotations
@@ -14,19 +19,28 @@ import tensorflow as tf
 
 from ankh_jax.data.span_corruption import EXAMPLE_SEED_KEY
 
+META_KEYS = ("_epoch", "_position", "_row")
+_LAST_EPOCH = 2**62
 
-def epoch_key(seed: int, epoch: int, shard_id: int) -> int:
-    """The 31-bit seed of one epoch on one shard (sha256 of the three numbers: stable across runs and machines)."""
-    digest = hashlib.sha256(json.dumps([int(seed), int(epoch), int(shard_id)]).encode()).digest()
+
+def base_key(seed: int, shard_id: int) -> int:
+    """A 31-bit number from (seed, shard) (sha256: stable across runs and machines, unlike ``hash``)."""
+    digest = hashlib.sha256(json.dumps([int(seed), int(shard_id)]).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _drop_key(x, key):
+def epoch_key(base: int, epoch) -> tf.Tensor:
+    """The seed of one epoch on one shard: a stateless random draw keyed by (base key, epoch), int64 scalar."""
+    seed = tf.stack([tf.constant(base, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform([], seed=seed, minval=0, maxval=2**31 - 1, dtype=tf.int64)
+
+
+def _without(x, key):
     return {k: v for k, v in x.items() if k != key}
 
 
 class EpochDatasetFactory:
-    """Builds the tf.data pipeline of one epoch from the iterator's configuration dict."""
+    """Builds the row stream from the iterator's configuration dict."""
 
     def __init__(self, config: dict, *, num_parallel_calls: int | None = None):
         self.config = config
@@ -37,9 +51,10 @@ class EpochDatasetFactory:
         self.lengths = dict(config["feature_lengths"])
         self.converter = seqio.EncDecFeatureConverter(pack=config["pack"], use_custom_packing_ops=False)
         self.num_parallel_calls = num_parallel_calls or tf.data.AUTOTUNE
+        self.base_key = base_key(config["seed"], config["shard_id"])
 
     # ---------------------------------------------------------------------------------------------- stages
-    def _source(self, key: int) -> tf.data.Dataset:
+    def _source(self, key: tf.Tensor) -> tf.data.Dataset:
         cfg = self.config
         shard = seqio.ShardInfo(index=cfg["shard_id"], num_shards=cfg["num_shards"])
         try:
@@ -56,52 +71,65 @@ class EpochDatasetFactory:
             ds = ds.shuffle(cfg["shuffle_buffer_size"], seed=key, reshuffle_each_iteration=False)
         return ds
 
-    def _preprocessed(self, epoch: int, first_example: int) -> tf.data.Dataset:
-        """Examples ``first_example, ...`` of the epoch, each keyed by ``(epoch key, example number)``."""
-        key = epoch_key(self.config["seed"], epoch, self.config["shard_id"])
-        ds = self._source(key).enumerate()
-        if first_example:
-            ds = ds.skip(first_example)  # raw records only: nothing is tokenised or masked for skipped examples
+    def _preprocessed(self, key: tf.Tensor, first_example) -> tf.data.Dataset:
+        """Examples ``first_example, ...`` of an epoch, each keyed by ``(epoch key, example number)``."""
+        ds = self._source(key).enumerate().skip(first_example)  # skipped: raw records only, never preprocessed
 
         def attach_seed(index, x):
             x = dict(x)
-            x[EXAMPLE_SEED_KEY] = tf.stack([tf.constant(key, tf.int64), index])
+            x[EXAMPLE_SEED_KEY] = tf.stack([key, index])
             return x
 
         ds = ds.map(attach_seed, num_parallel_calls=self.num_parallel_calls, deterministic=True)
-        ds = self.task.preprocess_precache(ds, seed=key)
-        ds = self.task.preprocess_postcache(ds, sequence_length=self.lengths, seed=key)
+        ds = self.task.preprocess_precache(ds)
+        ds = self.task.preprocess_postcache(ds, sequence_length=self.lengths)
         if EXAMPLE_SEED_KEY in ds.element_spec:
-            ds = ds.map(lambda x: _drop_key(x, EXAMPLE_SEED_KEY), num_parallel_calls=self.num_parallel_calls,
+            ds = ds.map(lambda x: _without(x, EXAMPLE_SEED_KEY), num_parallel_calls=self.num_parallel_calls,
                         deterministic=True)
         return ds
 
-    def _packed_rows(self, ds: tf.data.Dataset, first_chunk: int, first_row: int) -> tf.data.Dataset:
-        """Packs fixed chunks of consecutive examples; each row carries its chunk number and index in it."""
+    def _epoch_rows(self, epoch, start_epoch: int, start_position: int) -> tf.data.Dataset:
+        """The rows of one epoch (packed: its chunks), tagged; the first epoch starts at ``start_position``."""
+        first = tf.equal(epoch, start_epoch)
+        position = tf.where(first, tf.constant(start_position, tf.int64), tf.constant(0, tf.int64))
+        key = epoch_key(self.base_key, epoch)
+
+        def tag(x, pos, r):
+            x = dict(x)
+            x["_epoch"], x["_position"], x["_row"] = tf.cast(epoch, tf.int64), pos, r
+            return x
+
+        if not self.config["pack"]:
+            rows = self.converter(self._preprocessed(key, position), self.lengths).enumerate(start=position)
+            return rows.map(lambda i, x: tag(x, i, tf.constant(0, tf.int64)))
+        # Packed: fixed chunks of consecutive examples, each packed on its own (seqio's window when the chunk is
+        # max(feature_lengths)), so a chunk can be re-packed identically after a restart. This yields the chunks;
+        # dataset() packs them one flat_map level up, where seqio's autograph-converted packing loop traces.
         chunk = self.config["pack_chunk_size"]
-        keys = [k for k in ("inputs", "targets") if k in ds.element_spec]
-        ds = ds.map(lambda x: {k: x[k] for k in keys}).window(chunk).enumerate(start=first_chunk)
+        examples = self._preprocessed(key, position * chunk)
+        keys = [k for k in ("inputs", "targets") if k in examples.element_spec]
+        windows = examples.map(lambda x: {k: x[k] for k in keys}).window(chunk).enumerate(start=position)
+        return windows.map(lambda c, w: {"window": w, "_epoch": tf.cast(epoch, tf.int64), "_position": c})
 
-        def pack_chunk(chunk_index, window):
-            examples = tf.data.Dataset.zip(window)
-            packed = self.converter(examples, self.lengths).enumerate()
+    def _pack_chunk(self, chunk):
+        packed = self.converter(tf.data.Dataset.zip(chunk["window"]), self.lengths).enumerate()
 
-            def tag(row, x):
-                x = dict(x)
-                x["_position"], x["_row"] = chunk_index, row
-                return x
-            return packed.map(tag)
-
-        ds = ds.flat_map(pack_chunk)
-        return ds.skip(first_row) if first_row else ds
+        def tag(r, x):
+            x = dict(x)
+            x["_epoch"], x["_position"], x["_row"] = chunk["_epoch"], chunk["_position"], r
+            return x
+        return packed.map(tag)
 
     def dataset(self, epoch: int, position: int, row: int) -> tf.data.Dataset:
-        """Rows of ``epoch`` from ``(position, row)``, in blocks of up to ``batch_size`` rows."""
-        if self.config["pack"]:
-            ds = self._preprocessed(epoch, position * self.config["pack_chunk_size"])
-            ds = self._packed_rows(ds, position, row)
+        """Batches of ``batch_size`` rows from ``(epoch, position, row)`` on (one epoch only without repeat)."""
+        last = _LAST_EPOCH if self.config["repeat"] else 1
+        if epoch >= last:
+            epochs = tf.data.Dataset.range(0)
         else:
-            ds = self.converter(self._preprocessed(epoch, position), self.lengths)
+            epochs = tf.data.Dataset.range(epoch, last)
+        ds = epochs.flat_map(lambda e: self._epoch_rows(e, epoch, position))
+        if self.config["pack"]:
+            ds = ds.flat_map(self._pack_chunk).skip(row)  # rows of the first chunk already emitted
         ds = ds.batch(self.config["batch_size"]).prefetch(2)
         options = tf.data.Options()
         options.deterministic = True
@@ -117,4 +145,4 @@ class EpochDatasetFactory:
         spec = self.dataset(0, 0, 0).element_spec
         size = self.config["batch_size"]
         return {k: ((size,) + tuple(v.shape[1:]), v.dtype.as_numpy_dtype) for k, v in spec.items()
-                if not k.startswith("_")}
+                if k not in META_KEYS}

@@ -17,10 +17,11 @@ How resume works (seqio never shipped deterministic pipelines, its issue #243; t
   already emitted (``row`` is 0). Packed, examples are packed in fixed chunks of ``pack_chunk_size`` consecutive
   examples (by default seqio's own window, ``max(feature_lengths)``, so the rows equal seqio's packing), and
   ``position`` is the chunk of the next row and ``row`` how many of that chunk's packed rows were emitted.
-* **Restoring** rebuilds epoch ``e``, skips ``position`` (x chunk size) *raw* examples before any preprocessing
-  (only reading and the shuffle buffer are replayed, not tokenisation or masking), re-packs the one partially
-  used chunk and drops its first ``row`` rows. Batches are cut from the row stream in Python, across epoch
-  boundaries, so the batches after a restore are exactly those an uninterrupted run would have produced.
+* **Restoring** rebuilds the stream from epoch ``e``, skips ``position`` (x chunk size) *raw* examples before
+  any preprocessing (only reading and the shuffle buffer are replayed, not tokenisation or masking), re-packs the
+  one partially used chunk and drops its first ``row`` rows. Epochs follow each other inside one tf.data graph
+  (a ``flat_map`` over the epoch number) and batches are cut from that row stream, across epoch boundaries, so
+  the batches after a restore are exactly those an uninterrupted run would have produced.
 
 Why not ``tf.train.Checkpoint`` of the tf.data iterator: its state holds the shuffle buffer and every prefetch
 buffer (megabytes per host, opaque, tied to the TF version and the graph), while ours is a small JSON dict the
@@ -103,7 +104,6 @@ class ResumableIterator(Iterator):
         self._factory = EpochDatasetFactory(self.config, num_parallel_calls=num_parallel_calls)
         self._epoch, self._position, self._row = 0, 0, 0
         self._tf_iter = None
-        self._buffer: dict[str, np.ndarray] | None = None
         self._exhausted = False
 
     # ------------------------------------------------------------------------------------------- the state
@@ -125,7 +125,7 @@ class ResumableIterator(Iterator):
             raise ValueError(f"input pipeline state was saved with a different configuration ({detail}); "
                              "restoring it would not continue the same stream")
         self._epoch, self._position, self._row = int(state["epoch"]), int(state["position"]), int(state["row"])
-        self._tf_iter, self._buffer, self._exhausted = None, None, False
+        self._tf_iter, self._exhausted = None, False
 
     restore = set_state
 
@@ -139,60 +139,24 @@ class ResumableIterator(Iterator):
         return self._factory.batch_spec()
 
     # ------------------------------------------------------------------------------------------- iteration
-    def _next_rows(self) -> dict[str, np.ndarray] | None:
-        """The next block of rows (a tf.data batch) with ``_epoch/_position/_row`` per row, or None at the end."""
-        while True:
-            if self._tf_iter is None:
-                if not self.config["repeat"] and self._epoch > 0:
-                    return None
-                self._tf_epoch = self._epoch
-                self._tf_iter = self._factory.rows(self._epoch, self._position, self._row)
-                self._tf_next_position = self._position
-            try:
-                block = next(self._tf_iter)
-            except StopIteration:
-                self._tf_iter = None
-                if not self.config["repeat"]:
-                    return None
-                self._epoch, self._position, self._row = self._tf_epoch + 1, 0, 0
-                continue
-            n = len(block["decoder_target_tokens"])
-            block["_epoch"] = np.full(n, self._tf_epoch, np.int64)
-            if "_position" not in block:  # unpacked: rows are examples, numbered consecutively
-                block["_position"] = self._tf_next_position + np.arange(n, dtype=np.int64)
-                block["_row"] = np.zeros(n, np.int64)
-                self._tf_next_position += n
-            return block
-
     def __next__(self) -> dict[str, np.ndarray]:
         if self._exhausted:
             raise StopIteration
-        size = self.batch_size
-        parts, have = [], 0
-        if self._buffer is not None:
-            parts.append(self._buffer)
-            have = len(self._buffer["_epoch"])
-            self._buffer = None
-        while have < size:
-            block = self._next_rows()
-            if block is None:
-                break
-            parts.append(block)
-            have += len(block["_epoch"])
-        if have == 0:
+        if self._tf_iter is None:
+            self._tf_iter = self._factory.rows(self._epoch, self._position, self._row)
+        try:
+            rows = next(self._tf_iter)
+        except StopIteration:
             self._exhausted = True
-            raise StopIteration
-        rows = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        if have > size:
-            self._buffer = {k: v[size:] for k, v in rows.items()}
-            rows = {k: v[:size] for k, v in rows.items()}
-        # The next row is the one after the last emitted row.
+            raise
+        # The next row is the one after the last row of this batch.
         epoch, position, row = (int(rows[m][-1]) for m in _META)
         if self.config["pack"]:
             self._epoch, self._position, self._row = epoch, position, row + 1
         else:
             self._epoch, self._position, self._row = epoch, position + 1, 0
         batch = {k: v for k, v in rows.items() if k not in _META}
+        have, size = len(rows["_epoch"]), self.batch_size
         if have < size:  # end of a non-repeating epoch: pad with empty rows, all loss weights 0
             batch = {k: np.concatenate([v, np.zeros((size - have,) + v.shape[1:], v.dtype)])
                      for k, v in batch.items()}

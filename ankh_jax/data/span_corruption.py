@@ -256,8 +256,18 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
     if mean_noise_span_length < 1:
         raise ValueError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}")
     if sequence_length is not None and input_feature_key in sequence_length:
-        check_sentinel_budget(sequence_length[input_feature_key], noise_density, mean_noise_span_length,
-                              merge_adjacent_spans)
+        inputs_length = sequence_length[input_feature_key]
+        check_sentinel_budget(inputs_length, noise_density, mean_noise_span_length, merge_adjacent_spans)
+        needed = targets_length_for(inputs_length, noise_density=noise_density,
+                                    mean_noise_span_length=mean_noise_span_length,
+                                    full_reconstruction=full_reconstruction, merge_adjacent_spans=False)
+        given = sequence_length.get(target_feature_key)
+        if given is not None and given < needed and not merge_adjacent_spans:
+            raise ValueError(
+                f"targets length {given} is too short for span corruption of {inputs_length} inputs at "
+                f"noise_density={noise_density}, mean_noise_span_length={mean_noise_span_length}, "
+                f"full_reconstruction={full_reconstruction}: full-length crops need {needed} (targets would be "
+                "cut, losing masked residues); use span_corruption.targets_length_for or leave 'targets' out")
 
     def corrupt(x, seed):
         tokens = x[target_feature_key]

@@ -164,3 +164,8 @@ def test_tokenize_matches_seqio_vocabulary():
     bad = sc.tokenize_residues(tf.data.Dataset.from_tensor_slices({"sequence": ["MK1V"]}))
     with pytest.raises(tf.errors.InvalidArgumentError, match="a character outside Ankh"):
         list(bad.as_numpy_iterator())
+
+
+def test_too_short_targets_length_is_refused(features):
+    with pytest.raises(ValueError, match="targets length 100 is too short.*need 205"):
+        run(["MKV" * 10], features, {"inputs": 512, "targets": 100})
