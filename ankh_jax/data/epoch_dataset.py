@@ -58,8 +58,10 @@ class EpochDatasetFactory:
         cfg = self.config
         shard = seqio.ShardInfo(index=cfg["shard_id"], num_shards=cfg["num_shards"])
         try:
-            ds = self.task.source.get_dataset(split=cfg["split"], shuffle=cfg["shuffle"],
-                                              seed=key if cfg["shuffle"] else None, shard_info=shard)
+            # tfds's reader needs no AutoGraph (and AutoGraph warns about its wrapt decorators).
+            read = tf.autograph.experimental.do_not_convert(self.task.source.get_dataset)
+            ds = read(split=cfg["split"], shuffle=cfg["shuffle"], seed=key if cfg["shuffle"] else None,
+                      shard_info=shard)
         except ValueError as e:
             if "input_context" in str(e) or "num_input_pipelines" in str(e):
                 raise ValueError(
