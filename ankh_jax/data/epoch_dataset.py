@@ -54,21 +54,28 @@ class EpochDatasetFactory:
         self.base_key = base_key(config["seed"], config["shard_id"])
 
     # ---------------------------------------------------------------------------------------------- stages
+    def check_source(self) -> None:
+        """Fails early and plainly (not from inside a traced tf.data function) on a missing dataset or split, or
+        fewer files than hosts; a missing data dir raises the source's own FileNotFoundError here."""
+        cfg = self.config
+        source = self.task.source
+        if cfg["split"] not in source.splits:
+            raise ValueError(f"task {cfg['task_name']!r} has no split {cfg['split']!r} (it has {list(source.splits)})")
+        loader = getattr(source, "tfds_dataset", None)  # UniRef50Source resolves (and checks) its data dir here
+        files = loader.files(cfg["split"]) if loader is not None else None
+        if files is not None and len(files) < cfg["num_shards"]:
+            raise ValueError(
+                f"task {cfg['task_name']!r} split {cfg['split']!r} has {len(files)} files, fewer than the "
+                f"{cfg['num_shards']} hosts reading it: rebuild the dataset with at least that many shards "
+                "(scripts/prepare_uniref50.py --num_shards)")
+
     def _source(self, key: tf.Tensor) -> tf.data.Dataset:
         cfg = self.config
         shard = seqio.ShardInfo(index=cfg["shard_id"], num_shards=cfg["num_shards"])
-        try:
-            # tfds's reader needs no AutoGraph (and AutoGraph warns about its wrapt decorators).
-            read = tf.autograph.experimental.do_not_convert(self.task.source.get_dataset)
-            ds = read(split=cfg["split"], shuffle=cfg["shuffle"], seed=key if cfg["shuffle"] else None,
-                      shard_info=shard)
-        except ValueError as e:
-            if "input_context" in str(e) or "num_input_pipelines" in str(e):
-                raise ValueError(
-                    f"task {cfg['task_name']!r} split {cfg['split']!r} has fewer files than the "
-                    f"{cfg['num_shards']} hosts reading it; rebuild the dataset with at least that many shards "
-                    f"(scripts/prepare_uniref50.py --num_shards): {e}") from e
-            raise
+        # tfds's reader needs no AutoGraph (and AutoGraph warns about its wrapt decorators).
+        read = tf.autograph.experimental.do_not_convert(self.task.source.get_dataset)
+        ds = read(split=cfg["split"], shuffle=cfg["shuffle"], seed=key if cfg["shuffle"] else None,
+                  shard_info=shard)
         if cfg["shuffle"]:
             ds = ds.shuffle(cfg["shuffle_buffer_size"], seed=key, reshuffle_each_iteration=False)
         return ds
@@ -124,6 +131,7 @@ class EpochDatasetFactory:
 
     def dataset(self, epoch: int, position: int, row: int) -> tf.data.Dataset:
         """Batches of ``batch_size`` rows from ``(epoch, position, row)`` on (one epoch only without repeat)."""
+        self.check_source()
         last = _LAST_EPOCH if self.config["repeat"] else 1
         if epoch >= last:
             epochs = tf.data.Dataset.range(0)

@@ -151,3 +151,18 @@ def test_resume_in_a_fresh_process(sample_tfds_dir, repo_root):
     out = subprocess.run([sys.executable, "-c", script, json.dumps(state)], cwd=repo_root, capture_output=True,
                          text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == digest.hexdigest()
+
+
+def test_missing_data_dir_is_a_clear_error(sample_tfds_dir, tmp_path):
+    with gin.unlock_config():
+        gin.bind_parameter("uniref50_data_dir.data_dir", str(tmp_path / "nowhere"))
+    try:
+        with pytest.raises(FileNotFoundError, match=r"nowhere.*prepare_uniref50\.py"):
+            next(make(sample_tfds_dir))
+    finally:
+        gin.clear_config()
+
+
+def test_more_hosts_than_files_is_a_clear_error(sample_tfds_dir):
+    with pytest.raises(ValueError, match="8 files, fewer than the 16 hosts"):
+        next(make(sample_tfds_dir, shard_id=3, num_shards=16))
