@@ -88,10 +88,10 @@ def jax_worker(args, workdir: str) -> dict:
     kwargs = {} if args.batch_tokens is None else {"batch_tokens": args.batch_tokens}
     prepared = embed.prepare_params(config, params)
     t0 = time.perf_counter()
-    embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=True, **kwargs)
+    embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=sys.stderr.isatty(), **kwargs)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=True, **kwargs)
+    out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=sys.stderr.isatty(), **kwargs)
     steady = time.perf_counter() - t0
     save_embeddings(workdir + "/jax.npz", out)
     plan = embed.plan_batches([len(s) + 1 for s in seqs], **kwargs)
@@ -179,6 +179,8 @@ def spawn(args, workdir: str, worker: str) -> dict:
     env = dict(os.environ)
     if args.device == "cpu":
         env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    else:
+        env.pop("JAX_PLATFORMS", None)  # the driver itself runs jax on the CPU only
     env.pop("XLA_FLAGS", None)  # no fake devices: one CPU device using every core
     cmd = [sys.executable, os.path.abspath(__file__), f"--_worker={worker}", f"--_workdir={workdir}"]
     cmd += [a for a in sys.argv[1:] if not a.startswith("--_")]
@@ -240,6 +242,7 @@ def main(argv=None) -> int:
     for m in modes:
         if m not in ("readme", "sorted"):
             raise SystemExit(f"--torch_modes: unknown mode {m!r}")
+    os.environ["JAX_PLATFORMS"] = "cpu"  # building the random model here must not claim the GPU's memory
     seqs = load_sequences(args)
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as workdir:
         meta = build_model(args, workdir)
