@@ -127,7 +127,7 @@ class Partitioner:
 
     def __init__(self, mesh_shape: Sequence[int] = (-1, 1, 1),
                  axis_rules: Sequence[tuple[str, Any]] = DEFAULT_AXIS_RULES,
-                 devices: Sequence[jax.Device] | None = None, activation_constraints: bool = False):
+                 devices: Sequence[jax.Device] | None = None, activation_constraints: bool = True):
         self.mesh = make_mesh(mesh_shape, devices)
         self.activation_constraints = activation_constraints
         self.axis_rules = tuple((name, tuple(ax) if isinstance(ax, list) else ax) for name, ax in axis_rules)
@@ -136,21 +136,19 @@ class Partitioner:
     # -- contexts -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def activate(self):
-        """The mesh (and, with ``activation_constraints``, the rules) in force while tracing a step.
+        """The mesh and the rules in force while tracing a step, so the model's logical constraints apply.
 
-        Never used around ``model.init``: parameters get their shardings from ``out_shardings``.
-        Activation constraints are off by default: flax 0.12.8 re-runs every parameter's init under
-        ``eval_shape`` during ``apply`` (a shape check), and ``nn.DenseGeneral`` applies a multi-axis kernel's
-        logical constraint to the flattened kernel there, which fails whenever rules are active. Without rules
-        the parameters and the batch are still sharded by the jit in/out shardings, and XLA's sharding
-        propagation lays out the activations from them.
+        Never used around ``model.init``: parameters get their shardings from ``out_shardings`` there.
+        ``activation_constraints=False`` keeps only the mesh: parameters and batch are still sharded by the
+        jit in/out shardings and XLA propagates shardings to the activations by itself (with FSDP it tends to
+        replicate activations, so keep the constraints on for real runs).
         """
-        if self.activation_constraints:
-            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
-                yield
-        else:
+        if not self.activation_constraints:
             with jax.set_mesh(self.mesh):
                 yield
+            return
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules), _tolerate_flattened_kernels():
+            yield
 
     # -- specs and shardings --------------------------------------------------------------------------------
     def mesh_spec(self, logical: PartitionSpec | None, shape: Sequence[int], name: str = "") -> PartitionSpec:
@@ -243,6 +241,32 @@ class Partitioner:
             lines.append(f"{len(replicated)} parameter dimensions replicated (size not divisible by their mesh "
                          f"axes), e.g. {replicated[0]}")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _tolerate_flattened_kernels():
+    """Skips a boxed parameter's logical constraint when the value's rank differs from its names.
+
+    flax 0.12.8 re-runs each parameter's initialiser under ``eval_shape`` during ``apply`` (a shape check), and
+    ``nn.DenseGeneral`` unboxes a multi-axis kernel (e.g. ``embed, heads, kv``) while it is still flattened to
+    2-D, so with rules active that constraint fails on the rank. Parameter constraints are redundant inside our
+    steps anyway (the parameters arrive with their shardings through ``in_shardings``); only this one mismatched
+    case is skipped, and only while a step is traced.
+    """
+    cls = nn.spmd.LogicallyPartitioned
+    original = cls.unbox
+
+    def unbox(self, apply_constraint=True):
+        value = self.value
+        if apply_constraint and getattr(value, "ndim", None) is not None and value.ndim != len(self.names):
+            return value
+        return original(self, apply_constraint)
+
+    cls.unbox = unbox
+    try:
+        yield
+    finally:
+        cls.unbox = original
 
 
 def _opt_leaf_spec(path: tuple, shape: tuple, params_by_path: dict) -> PartitionSpec:
