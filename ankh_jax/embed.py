@@ -262,7 +262,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="truncate sequences to this many tokens (</s> included); default: no truncation")
     p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--compilation_cache_dir", default=None,
+                   help="persistent XLA compilation cache, so a re-run skips compiling (default: "
+                        "$ANKH_JAX_HOME/xla_cache or ~/.cache/ankh_jax/xla_cache; empty string: off)")
     return p.parse_args(argv)
+
+
+def enable_compilation_cache(directory: str | None) -> str | None:
+    """Points jax's persistent compilation cache at ``directory`` (default under ANKH_JAX_HOME; '' = off)."""
+    if directory is None:
+        home = os.environ.get("ANKH_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
+        directory = os.path.join(home, "xla_cache")
+    if not directory:
+        return None
+    import jax  # noqa: PLC0415
+
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -286,6 +304,7 @@ def run(args: argparse.Namespace) -> dict:
                    "sequences_embedded": len(todo), "residues_embedded": int(sum(len(r.sequence) for r in todo))}
         t0 = time.perf_counter()
         if todo:
+            metrics["compilation_cache_dir"] = enable_compilation_cache(args.compilation_cache_dir)
             config, params = load_config_and_params(args.model, encoder_only=True)
             file_attrs["d_model"] = config.d_model
             out.attrs["d_model"] = config.d_model

@@ -130,7 +130,8 @@ def test_input_errors_are_reported_before_any_compute(tmp_path, model_dir, capsy
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         out = tmp_path / (name + ".h5")
-        rc = embed.main([f"--model={model_dir}", f"--fasta={tmp_path / name}", f"--output={out}", "--no_progress"])
+        rc = embed.main([f"--model={model_dir}", f"--fasta={tmp_path / name}", f"--output={out}", "--no_progress",
+                         "--compilation_cache_dir="])
         err = capsys.readouterr().err
         assert rc == 2 and name in err
         assert re.search(expected[name], err), err
@@ -141,7 +142,8 @@ def test_cli_writes_hdf5_and_resumes(tmp_path, model_dir, records, params):
     fasta = tmp_path / "in.fasta"
     write_fasta(fasta, records[:10])
     out = tmp_path / "out.h5"
-    args = [f"--model={model_dir}", f"--output={out}", "--no_progress", "--batch_tokens=512"]
+    args = [f"--model={model_dir}", f"--output={out}", "--no_progress", "--batch_tokens=512",
+            "--compilation_cache_dir="]
     assert embed.main(args + [f"--fasta={fasta}"]) == 0
     first = embed.read_embeddings(str(out))
     assert set(first) == {r.id for r in records[:10]}  # ids with '/' survive (stored as %2F)
@@ -171,7 +173,7 @@ def test_mean_pooling_cli(tmp_path, model_dir, records, params):
     write_fasta(fasta, records[:3])
     out = tmp_path / "pooled.h5"
     assert embed.main([f"--model={model_dir}", f"--fasta={fasta}", f"--output={out}", "--pooling=mean",
-                       "--no_progress"]) == 0
+                       "--no_progress", "--compilation_cache_dir="]) == 0
     got = embed.read_embeddings(str(out))
     for r in records[:3]:
         assert got[r.id].shape == (CFG.d_model,)
@@ -183,11 +185,14 @@ def test_embed_cli_never_imports_tensorflow(tmp_path, model_dir, sample_fasta):
     with gzip.open(fasta, "wt") as f:
         f.write(">x/1-3\nMKVLA\n>y\nGSWWC\n")
     out = tmp_path / "o.h5"
-    code = ("import sys; from ankh_jax import embed; rc = embed.main(['--model=%s', '--fasta=%s', '--output=%s']); "
+    cache = tmp_path / "xla_cache"
+    code = ("import sys; from ankh_jax import embed; rc = embed.main(['--model=%s', '--fasta=%s', '--output=%s', "
+            "'--compilation_cache_dir=%s']); "
             "bad = [m for m in ('tensorflow', 'seqio', 'transformers', 'torch') if m in sys.modules]; "
-            "assert rc == 0 and not bad, (rc, bad)" % (model_dir, fasta, out))
+            "assert rc == 0 and not bad, (rc, bad)" % (model_dir, fasta, out, cache))
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"},
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "res/s" in proc.stderr  # the progress bar reports residues per second
     assert set(embed.read_embeddings(str(out))) == {"x/1-3", "y"}
+    assert any(cache.iterdir())  # the compiled encoder was cached for the next run
