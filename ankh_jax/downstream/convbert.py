@@ -33,9 +33,7 @@ def mixed_attention_shape(input_dim: int, nhead: int, head_ratio: int = HEAD_RAT
     """(number of attention heads, width of one head) as ``ConvBertSelfAttention`` derives them."""
     if input_dim % nhead != 0:
         raise ValueError(f"input_dim={input_dim} is not a multiple of nhead={nhead}")
-    heads = nhead // head_ratio
-    if heads < 1:
-        heads = 1
+    heads = max(nhead // head_ratio, 1)
     if input_dim % heads != 0:
         raise ValueError(f"input_dim={input_dim} is not a multiple of the {heads} attention heads")
     head_dim = (input_dim // heads) // 2
@@ -44,12 +42,12 @@ def mixed_attention_shape(input_dim: int, nhead: int, head_ratio: int = HEAD_RAT
     return heads, head_dim
 
 
-def _windows(x: jax.Array, kernel_size: int) -> jax.Array:
-    """[B, L, C] -> [B, L, kernel_size, C]: for each position, its zero-padded neighbourhood (tap j = offset j-k//2)."""
+def _taps(x: jax.Array, kernel_size: int) -> list[jax.Array]:
+    """[B, L, C] -> kernel_size arrays [B, L, C]; tap j holds x[l + j - k//2] (zero beyond the ends)."""
     pad = kernel_size // 2
     padded = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
     length = x.shape[1]
-    return jnp.stack([padded[:, j:j + length] for j in range(kernel_size)], axis=2)
+    return [padded[:, j:j + length] for j in range(kernel_size)]
 
 
 class MixedAttention(nn.Module):
@@ -79,7 +77,7 @@ class MixedAttention(nn.Module):
         depthwise = self.param("key_conv_depthwise", dense_init, (k, self.input_dim))
         pointwise = self.param("key_conv_pointwise", dense_init, (self.input_dim, width))
         conv_bias = self.param("key_conv_bias", nn.initializers.zeros, (width,))
-        key_conv = jnp.einsum("blkc,kc->blc", _windows(x_conv, k), depthwise)
+        key_conv = sum(tap * depthwise[j] for j, tap in enumerate(_taps(x_conv, k)))
         key_conv = key_conv @ pointwise + conv_bias
 
         # One softmax-normalised kernel per position and head, predicted from query * conv(x).
@@ -88,8 +86,8 @@ class MixedAttention(nn.Module):
         conv_in = nn.Dense(width, kernel_init=dense_init, name="conv_out")(x)
         if mask is not None:
             conv_in = conv_in * mask[..., None].astype(conv_in.dtype)
-        spans = _windows(conv_in, k).reshape(batch, length, k, heads, head_dim)
-        conv_heads = jnp.einsum("blkhd,blhk->blhd", spans, kernels)
+        conv_heads = sum(tap.reshape(batch, length, heads, head_dim) * kernels[..., j, None]
+                         for j, tap in enumerate(_taps(conv_in, k)))
 
         q = query.reshape(batch, length, heads, head_dim)
         kk = key.reshape(batch, length, heads, head_dim)

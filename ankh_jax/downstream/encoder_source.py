@@ -1,8 +1,9 @@
 """The encoder a downstream run starts from: an HF / ankh_jax model directory, or a random one for testing.
 
 ``ENCODER`` (a gin macro of the runner) is either a path, loaded with ``ankh_jax.load_model`` (a HuggingFace Ankh
-directory or an ankh_jax training directory), or ``random:PRESET[:SEED]`` with PRESET one of ``tiny``, ``base``,
-``large`` (a *testing aid*: an Ankh-shaped encoder with random weights, so tests and demos run without weights).
+directory or an ankh_jax training directory), or ``random:PRESET[:SEED[:LAYERS]]`` with PRESET one of ``tiny``,
+``base``, ``large`` (a *testing aid*: an Ankh-shaped encoder with random weights, so tests, demos and benchmarks
+run without weights; LAYERS overrides the encoder depth).
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def random_encoder(preset: str = "tiny", seed: int = 0, **overrides) -> Encoder:
 
 
 def load_encoder(spec: str) -> Encoder:
-    """``random:PRESET[:SEED]`` or a model directory (see the module docstring)."""
+    """``random:PRESET[:SEED[:LAYERS]]`` or a model directory (see the module docstring)."""
     spec = str(spec)
     if spec.startswith("random:"):
         parts = spec.split(":")
-        seed = int(parts[2]) if len(parts) > 2 else 0
-        return random_encoder(parts[1], seed)
+        try:
+            seed = int(parts[2]) if len(parts) > 2 else 0
+            overrides = {"num_encoder_layers": int(parts[3])} if len(parts) > 3 else {}
+        except ValueError:
+            raise ValueError(f"ENCODER={spec!r}: expected random:PRESET[:SEED[:LAYERS]]") from None
+        enc = random_encoder(parts[1], seed, **overrides)
+        enc.source = spec
+        return enc
     import ankh_jax
 
     loader = getattr(ankh_jax, "load_model", None)

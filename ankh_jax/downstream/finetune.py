@@ -175,12 +175,11 @@ def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, l
     else:
         trainable["encoder"] = enc.params
     forward = _forward_fns(head, enc, mode, lora_cfg)
-    common = dict(kind=spec.kind, embeddings=embeddings, num_classes=data.num_classes,
-                  min_separation=spec.min_contact_separation)
+    common = {"kind": spec.kind, "embeddings": embeddings, "num_classes": data.num_classes,
+              "min_separation": spec.min_contact_separation}
     result = trainer.train(forward, trainable, frozen, data.splits["train"], data.splits["valid"],
                            metric=spec.metric, cfg=opt_cfg, model_dir=model_dir, seed=seed, progress=progress,
-                           log_every=log_every, **{k: v for k, v in common.items() if k != "kind"},
-                           kind=spec.kind)
+                           log_every=log_every, **common)
     timings["train_seconds"] = result.seconds
     tests = {}
     for name in data.test_names():

@@ -67,8 +67,7 @@ def merge(encoder_params: dict, adapters: dict, *, alpha: float, rank: int) -> d
                 if name in adapters and "kernel" in v:
                     ad = adapters[name]
                     delta = (ad["a"] @ ad["b"]).reshape(v["kernel"].shape) * scale
-                    v = {**v, "kernel": (v["kernel"] + delta.astype(v["kernel"].dtype))}
-                    out[k] = {kk: vv if kk == "kernel" else vv for kk, vv in v.items()}
+                    out[k] = {**v, "kernel": v["kernel"] + delta.astype(v["kernel"].dtype)}
                 else:
                     out[k] = visit(v, name)
             else:

@@ -18,8 +18,8 @@ from ankh_jax.downstream.task_spec import TaskData
 def build_head(data: TaskData, input_dim: int, *, nhead: int, hidden_dim: int, num_layers: int, kernel_size: int,
                dropout: float, pooling: str, training_labels_mean: float | None = None):
     kind = data.spec.kind
-    common = dict(input_dim=input_dim, nhead=nhead, hidden_dim=hidden_dim, num_layers=num_layers,
-                  kernel_size=kernel_size, dropout=dropout)
+    common = {"input_dim": input_dim, "nhead": nhead, "hidden_dim": hidden_dim, "num_layers": num_layers,
+              "kernel_size": kernel_size, "dropout": dropout}
     if kind == "sequence_binary":
         return heads.ConvBertForBinaryClassification(**common, pooling=pooling)
     if kind == "sequence_regression":

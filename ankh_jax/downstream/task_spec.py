@@ -215,8 +215,9 @@ def load_task(spec: TaskSpec) -> TaskData:
             splits["valid"] = _read_split(spec, spec.source(spec.valid), classes, False)
         elif spec.valid_fraction > 0:
             is_valid = [_in_valid(s, spec.valid_fraction) for s in train.sequences]
-            pick = lambda flag: Examples([s for s, v in zip(train.sequences, is_valid) if v == flag],  # noqa: E731
-                                         [y for y, v in zip(train.labels, is_valid) if v == flag])
+            def pick(flag: bool) -> Examples:
+                return Examples([s for s, v in zip(train.sequences, is_valid) if v == flag],
+                                [y for y, v in zip(train.labels, is_valid) if v == flag])
             splits["train"], splits["valid"] = pick(False), pick(True)
             if not splits["valid"].sequences:
                 raise DataError(f"task {spec.name}: valid_fraction={spec.valid_fraction} left no validation rows")

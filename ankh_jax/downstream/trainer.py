@@ -82,8 +82,10 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int, trainable) -> optax.G
 
 
 class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl`` (flushed per row, so a crash loses nothing)."""
+
     def __init__(self, path: str):
-        self._f = open(path, "a")
+        self._f = open(path, "a")  # noqa: SIM115 - kept open for the whole run, closed by close()
 
     def write(self, row: dict):
         self._f.write(json.dumps(row) + "\n")

@@ -32,9 +32,9 @@ def write_saved_split(directory, columns: dict):
     """The layout ``datasets.Dataset.save_to_disk`` writes: Arrow IPC stream + state.json."""
     os.makedirs(directory, exist_ok=True)
     table = pa.table(columns)
-    with pa.OSFile(os.path.join(directory, "data-00000-of-00001.arrow"), "wb") as sink:
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+    with pa.OSFile(os.path.join(directory, "data-00000-of-00001.arrow"), "wb") as sink, \
+            pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
     with open(os.path.join(directory, "state.json"), "w") as f:
         json.dump({"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_split": None}, f)
     with open(os.path.join(directory, "dataset_info.json"), "w") as f:

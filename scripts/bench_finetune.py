@@ -1,0 +1,93 @@
+"""Benchmark of the frozen protocol on this machine: embed the shipped proteins, then train a ConvBERT head.
+
+    .venv/bin/python scripts/bench_finetune.py [--preset tiny|base] [--layers N] [--epochs 5] [--one_by_one 64]
+        [--output bench_finetune.json]
+
+Steps, each timed:
+1. embed all 1,446 shipped proteins (data/pfam_family_*.csv) with token-budget batching (``ankh_jax.embed``);
+2. embed the first ``--one_by_one`` of them one sequence at a time, as the Ankh notebooks do, and extrapolate;
+3. train the Pfam-family head for ``--epochs`` epochs on the cached embeddings through the runner.
+The encoder has random weights (Ankh shapes; ``--preset base --layers 4`` = Ankh Base width at reduced depth): the
+timings, not the accuracy, are the point. Prints a table and writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ankh_jax.downstream import finetune
+from ankh_jax.downstream.encoder_source import load_encoder
+from ankh_jax.downstream.task_spec import load_task
+from ankh_jax.embed import embed_sequences
+from tasks.pfam_family import pfam_family_task
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
+    p.add_argument("--layers", type=int, default=None, help="encoder depth (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max_length", type=int, default=512, help="residues kept per protein")
+    p.add_argument("--one_by_one", type=int, default=64, help="proteins embedded one at a time (0: skip)")
+    p.add_argument("--batch_tokens", type=int, default=16384)
+    p.add_argument("--output", default="bench_finetune.json")
+    args = p.parse_args(argv)
+
+    encoder_spec = f"random:{args.preset}:0" + ("" if args.layers is None else f":{args.layers}")
+    enc = load_encoder(encoder_spec)
+    data = load_task(pfam_family_task(max_length=args.max_length))
+    sequences = [s for split in data.splits.values() for s in split.sequences]
+    residues = sum(len(s) for s in sequences)
+    rows = []
+
+    embed_sequences(enc.config, enc.params, sequences[:8], batch_tokens=args.batch_tokens)  # warm the cache
+    t0 = time.perf_counter()
+    embed_sequences(enc.config, enc.params, sequences, batch_tokens=args.batch_tokens, progress=True)
+    batched = time.perf_counter() - t0
+    rows.append(("embed, token-budget batches", len(sequences), residues, batched))
+
+    if args.one_by_one:
+        subset = sequences[:args.one_by_one]
+        t0 = time.perf_counter()
+        for s in subset:
+            embed_sequences(enc.config, enc.params, [s], batch_tokens=args.batch_tokens)
+        alone = time.perf_counter() - t0
+        sub_res = sum(len(s) for s in subset)
+        rows.append(("embed, one at a time (notebook way)", len(subset), sub_res, alone))
+        rows.append(("  -> extrapolated to all proteins", len(sequences), residues, alone * residues / sub_res))
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        finetune.configure(["configs/downstream/pfam_family.gin"], [
+            f"MODEL_DIR = '{model_dir}'", f"ENCODER = '{encoder_spec}'", "run.progress = True",
+            f"pfam_family_task.max_length = {args.max_length}", f"OptimizerConfig.max_epochs = {args.epochs}",
+            f"OptimizerConfig.patience = {args.epochs}", f"run.batch_tokens = {args.batch_tokens}"])
+        results = finetune.run()
+    rows.append(("head training (frozen), incl. compile", len(data.splits["train"].sequences),
+                 sum(len(s) for s in data.splits["train"].sequences) * results["epochs_run"],
+                 results["train_seconds"]))
+    rows.append(("whole run: load + embed + train + test", len(sequences), residues, results["seconds_total"]))
+
+    print(f"\nFrozen protocol on this CPU: random {args.preset} encoder (d_model {enc.d_model}, "
+          f"{enc.config.num_encoder_layers} layers), {args.epochs} epochs; test accuracy "
+          f"{results['tests']['pfam_family']['accuracy']:.3f} (random weights)")
+    print(f"| {'step':40s} | proteins | residues | seconds | residues/s |")
+    print(f"|{'-' * 42}|---------:|---------:|--------:|-----------:|")
+    for name, n, res, sec in rows:
+        print(f"| {name:40s} | {n:8d} | {res:8d} | {sec:7.1f} | {res / max(sec, 1e-9):10.0f} |")
+    with open(args.output, "w") as f:
+        json.dump({"preset": args.preset, "layers": enc.config.num_encoder_layers, "epochs": args.epochs,
+                   "rows": [{"step": a, "proteins": b, "residues": c, "seconds": d} for a, b, c, d in rows],
+                   "test_accuracy": results["tests"]["pfam_family"]["accuracy"]}, f, indent=1)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
