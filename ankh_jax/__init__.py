@@ -37,7 +37,23 @@ _LAZY = {
     "ConvBertForRegression": "ankh_jax.downstream.heads",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [
+    "AnkhModel",
+    "AnkhTokenizer",
+    "ConvBertForBinaryClassification",
+    "ConvBertForMultiClassClassification",
+    "ConvBertForMultiLabelClassification",
+    "ConvBertForRegression",
+    "EncoderOnly",
+    "T5Config",
+    "Transformer",
+    "__version__",
+    "embed_sequences",
+    "load_base_model",
+    "load_large_model",
+    "load_model",
+    "write_hf_tokenizer",
+]
 
 
 def __getattr__(name: str):

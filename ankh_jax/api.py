@@ -56,7 +56,7 @@ def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = Fals
         if step is not None:
             raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
         return hf.load_hf_model(path, encoder_only=encoder_only, **config_overrides)
-    from ankh_jax.checkpoints import load_params  # noqa: PLC0415 - the orbax stack only for training dirs
+    from ankh_jax.checkpoints import load_params  # the orbax stack only for training dirs
 
     config, params = load_params(path, step=step)
     params = hf.plain_params(params, config)  # unboxed and unrolled, whatever layout training used
@@ -64,7 +64,7 @@ def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = Fals
     if encoder_only:
         params = {k: params[k] for k in ("token_embedder", "encoder")}
     if config.scan_layers:
-        from ankh_jax.model import params_layout  # noqa: PLC0415
+        from ankh_jax.model import params_layout
 
         params = params_layout.stack_layers(params, config)
     return config, params
@@ -90,7 +90,7 @@ class AnkhModel:
         return {k: self.params[k] for k in ("token_embedder", "encoder")}
 
     def num_params(self) -> int:
-        import jax  # noqa: PLC0415
+        import jax
 
         return int(sum(x.size for x in jax.tree_util.tree_leaves(self.params)))
 
@@ -98,7 +98,7 @@ class AnkhModel:
               batch_tokens: int | None = None, max_length: int | None = None, progress: bool = False):
         """Per-residue ``[L, d_model]`` (``</s>`` dropped) or mean-pooled ``[d_model]`` float32 numpy arrays, in
         input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``."""
-        from ankh_jax import embed as embed_lib  # noqa: PLC0415
+        from ankh_jax import embed as embed_lib
 
         if self._device_params is None:
             self._device_params = embed_lib.prepare_params(self.config, self.encoder_params)

@@ -91,10 +91,10 @@ def embedding_config(config: T5Config, dtype: str) -> T5Config:
 
 def prepare_params(config: T5Config, params):
     """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result)."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from ankh_jax.hf import plain_params  # noqa: PLC0415
-    from ankh_jax.model import params_layout  # noqa: PLC0415
+    from ankh_jax.hf import plain_params
+    from ankh_jax.model import params_layout
 
     params = plain_params(params, config)
     params = {k: params[k] for k in ("token_embedder", "encoder")}
@@ -112,10 +112,10 @@ class PreparedParams:
 @functools.lru_cache(maxsize=16)
 def _encoder_fn(config: T5Config, pooling: str):
     """The jitted encoder for one config and pooling (jit then caches one executable per batch shape)."""
-    import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax
+    import jax.numpy as jnp
 
-    from ankh_jax.model.network import EncoderOnly  # noqa: PLC0415
+    from ankh_jax.model.network import EncoderOnly
 
     model = EncoderOnly(config)
 
@@ -166,7 +166,7 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
     rows = batch_rows(plan)
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=int(sum(len(e) - 1 for e in encoded)), unit="res", unit_scale=True, desc=progress_desc,
                    dynamic_ncols=True, smoothing=0.05)
@@ -226,7 +226,7 @@ def h5_key(record_id: str) -> str:
 
 def read_embeddings(path: str) -> dict[str, np.ndarray]:
     """All embeddings of an output file, keyed by the original sequence ids."""
-    import h5py  # noqa: PLC0415
+    import h5py
 
     with h5py.File(path, "r") as f:
         return {ds.attrs["id"]: ds[()] for ds in f.values()}
@@ -234,7 +234,7 @@ def read_embeddings(path: str) -> dict[str, np.ndarray]:
 
 def _open_output(path: str, file_attrs: dict):
     """Opens (or creates) the HDF5 output; an existing file must have been written with the same settings."""
-    import h5py  # noqa: PLC0415
+    import h5py
 
     f = h5py.File(path, "a")
     if len(f) or len(f.attrs):
@@ -275,7 +275,7 @@ def enable_compilation_cache(directory: str | None) -> str | None:
         directory = os.path.join(home, "xla_cache")
     if not directory:
         return None
-    import jax  # noqa: PLC0415
+    import jax
 
     os.makedirs(directory, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", directory)
@@ -284,8 +284,8 @@ def enable_compilation_cache(directory: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax.api import load_config_and_params  # noqa: PLC0415
-    from ankh_jax.fasta import load_fasta  # noqa: PLC0415
+    from ankh_jax.api import load_config_and_params
+    from ankh_jax.fasta import load_fasta
 
     # Everything that can be wrong with the input is found before the model is loaded or anything computed.
     records = load_fasta(args.fasta)  # invalid residues, empty records, duplicate ids: errors naming the record
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> dict:
                   "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta)}
     out = _open_output(args.output, file_attrs)
     try:
-        done = {out[k].attrs["id"] for k in out.keys()}
+        done = {ds.attrs["id"] for ds in out.values()}
         todo = [r for r in records if r.id not in done]
         metrics = {"sequences_total": len(records), "skipped_existing": len(records) - len(todo),
                    "sequences_embedded": len(todo), "residues_embedded": int(sum(len(r.sequence) for r in todo))}
@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import user_errors  # noqa: PLC0415
+    from ankh_jax.api import user_errors
 
     try:
         metrics = run(args)

@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import load_config_and_params, user_errors  # noqa: PLC0415
+    from ankh_jax.api import load_config_and_params, user_errors
 
     try:
         config, params = load_config_and_params(args.model, encoder_only=args.encoder_only, step=args.step)

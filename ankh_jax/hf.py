@@ -142,9 +142,9 @@ def _get_path(tree: dict, path: tuple):
 
 def plain_params(params, config: T5Config) -> dict:
     """Unboxed, unrolled (``layers_{i}``) params as nested dicts, whatever form they came in."""
-    from flax import linen as nn  # noqa: PLC0415 - flax only when converting model params
+    from flax import linen as nn  # flax only when converting model params
 
-    from ankh_jax.model import params_layout  # noqa: PLC0415
+    from ankh_jax.model import params_layout
 
     if isinstance(params, dict) and set(params) == {"params"}:
         params = params["params"]
@@ -286,7 +286,7 @@ def read_hf_config(model_dir: str | os.PathLike) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 def _safetensors_dtypes() -> dict:
-    import ml_dtypes  # noqa: PLC0415 - ships with jax
+    import ml_dtypes  # ships with jax
 
     return {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
             "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -332,7 +332,7 @@ class SafetensorsFile:
 
 def _torch_state_dict(path: str) -> dict:
     try:
-        import torch  # noqa: PLC0415 - only pytorch_model.bin needs it
+        import torch  # only pytorch_model.bin needs it
     except ImportError:
         raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install 'ankh-jax[hf]'), "
                               "or convert the checkpoint to safetensors") from None
@@ -396,7 +396,7 @@ def load_hf_model(model_dir: str | os.PathLike, *, encoder_only: bool = False, *
     params = params_from_hf(lambda k: loaders[k](), set(loaders), config, encoder_only=encoder_only,
                             lm_head_scale=lm_head_scale_of(hf_config), source=os.path.join(model_dir, files))
     if config.scan_layers:
-        from ankh_jax.model import params_layout  # noqa: PLC0415
+        from ankh_jax.model import params_layout
 
         params = params_layout.stack_layers(params, config)
     return config, params
@@ -418,7 +418,7 @@ def _shards(state: dict[str, np.ndarray], max_bytes: int | None) -> Iterator[dic
 def save_hf_weights(state: dict[str, np.ndarray], output_dir: str, *, max_shard_bytes: int | None = None
                     ) -> list[str]:
     """``model.safetensors`` (or shards plus ``model.safetensors.index.json`` above ``max_shard_bytes``)."""
-    from safetensors.numpy import save_file  # noqa: PLC0415
+    from safetensors.numpy import save_file
 
     os.makedirs(output_dir, exist_ok=True)
     shards = list(_shards(state, max_shard_bytes))

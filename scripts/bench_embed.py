@@ -253,7 +253,7 @@ def main(argv=None) -> int:
             results[f"torch_{m}"] = spawn(args, workdir, f"torch_{m}")
         diff = compare(workdir, len(seqs)) if "torch_readme" in results else None
     print_table(meta, results, diff)
-    for name, res in results.items():
+    for res in results.values():
         res["residues_per_second"] = meta["residues"] / res["seconds"]
     os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     with open(args.json_out, "w") as f:

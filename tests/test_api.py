@@ -12,8 +12,7 @@ from flax import linen as nn
 
 import ankh_jax
 from ankh_jax import api, embed, export_hf, hf
-from ankh_jax.model import T5Config, Transformer
-from ankh_jax.model import params_layout
+from ankh_jax.model import T5Config, Transformer, params_layout
 
 CFG = T5Config.tiny(d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
                     relative_attention_num_buckets=8, relative_attention_max_distance=16)

@@ -21,8 +21,7 @@ import pytest
 from flax import linen as nn
 
 from ankh_jax import export_hf, hf
-from ankh_jax.model import EncoderOnly, T5Config, Transformer
-from ankh_jax.model import params_layout
+from ankh_jax.model import EncoderOnly, T5Config, Transformer, params_layout
 from ankh_jax.tokenizer import AnkhTokenizer
 
 torch = pytest.importorskip("torch")
@@ -187,7 +186,7 @@ def test_tied_heads_import_with_transformers_semantics(tmp_path):
     torch.manual_seed(1)
     model = transformers.T5ForConditionalGeneration(hf_model_config(tie_word_embeddings=False)).eval()
     model.save_pretrained(str(tmp_path))
-    assert not any("lm_head" in k for k in hf.SafetensorsFile(str(tmp_path / hf.SAFETENSORS_FILE)).keys())
+    assert not any("lm_head" in k for k in hf.SafetensorsFile(str(tmp_path / hf.SAFETENSORS_FILE)).header)
     config, params = hf.load_hf_model(str(tmp_path))
     assert_close(ours_logits(config, params), torch_logits(model))
 
@@ -235,9 +234,9 @@ def test_wrong_shapes_and_missing_tensors_name_the_tensor(exported, tmp_path):
 def test_export_cli_never_imports_tensorflow(hf_saved, tmp_path):
     _, path = hf_saved
     out = tmp_path / "cli_out"
-    code = ("import sys; from ankh_jax import export_hf; rc = export_hf.main(['--model=%s', '--output=%s', "
+    code = (f"import sys; from ankh_jax import export_hf; rc = export_hf.main(['--model={path}', '--output={out}', "
             "'--encoder_only']); bad = [m for m in ('tensorflow', 'seqio', 'transformers') if m in sys.modules]; "
-            "assert rc == 0 and not bad, (rc, bad)" % (path, out))
+            "assert rc == 0 and not bad, (rc, bad)")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     model = transformers.T5EncoderModel.from_pretrained(str(out)).eval()
     config, params = hf.load_hf_model(str(out))
