@@ -1,0 +1,225 @@
+"""Train-step throughput: ankh_jax vs HF transformers' PyTorch T5ForConditionalGeneration, same shapes, one run.
+
+    python scripts/bench_train.py [--device=auto|cpu|gpu] [--steps=10] [--batch=8] [--inputs=256] [--targets=104]
+        [--d_model=384] [--layers=6,3] [--heads=6] [--d_ff=1536] [--skip_torch] [--skip_data]
+
+Both sides train the same Ankh-shaped model (gated-GELU T5, untied head, relative attention 64/128, vocab 144)
+on the same fixed batch of synthetic span-corruption-shaped tokens (no padding), with Adafactor: ankh_jax's real
+jitted train step (``ankh_jax.train_steps``, optax Adafactor with parameter scaling, like the pretraining
+configs) and a plain PyTorch loop (forward with labels, backward, ``transformers.optimization.Adafactor(lr=1e-3,
+scale_parameter=True, relative_step=False)``, zero_grad). Each side runs ``--warmup`` untimed steps, then
+``--steps`` timed ones (each synchronised, as the trainer does: jax reads the step's metrics, torch .item()).
+
+MFU = model FLOPs per step / step time / peak. Model FLOPs (see ankh_jax/flops.py for the derivation): one forward
+is, per token, 2 x (matmul parameters touched) plus attention scores and mixing, i.e.
+
+    B*Le*Ne*(8*d*a + 6*d*f + 4*Le*a) + B*Ld*Nd*(12*d*a + 6*d*f + 2*Ld*a + 4*Le*a) + B*Le*Nd*4*d*a + B*Ld*2*d*V
+
+(a = heads*d_kv, f = d_ff, V = vocab; causal self-attention counted at half) and a train step is 3x that. The
+peak is a float32 2048x2048 matmul measured in this run, in jax and in torch on the same device (on a GPU
+both use TF32 tensor cores for float32 matmuls: XLA's default, and torch's allow_tf32 set here).
+
+Also (unless --skip_data) the input pipeline's examples/s with TensorFlow limited to one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--inputs", type=int, default=256)
+    p.add_argument("--targets", type=int, default=104)
+    p.add_argument("--d_model", type=int, default=384)
+    p.add_argument("--layers", default="6,3", help="encoder,decoder layers")
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--d_kv", type=int, default=64)
+    p.add_argument("--d_ff", type=int, default=1536)
+    p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--skip_data", action="store_true")
+    return p.parse_args(argv)
+
+
+def make_batch(args, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, le, ld = args.batch, args.inputs, args.targets
+    inputs = rng.integers(3, 28, (b, le)).astype(np.int32)
+    targets = rng.integers(3, 28, (b, ld)).astype(np.int32)
+    sentinels = 143 - np.arange(ld // 2)
+    inputs[:, 1:2 * (ld // 2):4] = sentinels[: len(range(1, 2 * (ld // 2), 4))]  # some sentinels in the inputs
+    targets[:, 0:2 * (ld // 2):2] = sentinels
+    inputs[:, -1] = 1
+    targets[:, -1] = 1
+    dec_in = np.concatenate([np.zeros((b, 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": inputs, "decoder_input_tokens": dec_in, "decoder_target_tokens": targets,
+            "decoder_loss_weights": np.ones((b, ld), np.float32)}
+
+
+def bench_jax(args, config, batch, device):
+    import jax
+
+    from ankh_jax.flops import measure_matmul_peak
+    from ankh_jax.model.network import Transformer
+    from ankh_jax.optim import make_optimizer, make_schedule
+    from ankh_jax.partitioning import Partitioner
+    from ankh_jax.train_steps import StateLayout, jit_train_step, make_train_step
+
+    model = Transformer(config)
+    schedule = make_schedule(peak_learning_rate=1e-3, decay="constant")
+    tx = make_optimizer(schedule, name="adafactor", clip_grad_norm=None)
+    partitioner = Partitioner(mesh_shape=(1, 1, 1), devices=[device])
+    layout = StateLayout(model, tx, partitioner)
+    state = layout.create(jax.random.key(0))
+    step = jit_train_step(make_train_step(model, tx, schedule), layout)
+    rng = jax.random.key(1)
+    t = time.perf_counter()
+    for _ in range(args.warmup):
+        state, m = step(state, partitioner.make_global_batch(batch), rng)
+        jax.device_get(m)
+    compile_s = time.perf_counter() - t
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, m = step(state, partitioner.make_global_batch(batch), rng)
+        m = jax.device_get(m)
+        loss = float(m["loss_sum"]) / float(m["weight_sum"])
+        times.append(time.perf_counter() - t)
+    peak = measure_matmul_peak(2048, repeats=10, device=device)
+    return {"step_s": _median(times), "peak": peak, "warmup_s": compile_s, "loss": loss}
+
+
+def bench_torch(args, batch, use_cuda):
+    import torch
+    import transformers
+    from transformers.optimization import Adafactor
+
+    dev = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:  # float32 matmuls on TF32 tensor cores, as XLA:GPU does by default for jax
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    enc_layers, dec_layers = (int(x) for x in args.layers.split(","))
+    cfg = transformers.T5Config(
+        vocab_size=144, d_model=args.d_model, d_kv=args.d_kv, d_ff=args.d_ff, num_layers=enc_layers,
+        num_decoder_layers=dec_layers, num_heads=args.heads, relative_attention_num_buckets=64,
+        relative_attention_max_distance=128, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(cfg).to(dev).train()
+    opt = Adafactor(model.parameters(), lr=1e-3, scale_parameter=True, relative_step=False, warmup_init=False)
+    tensors = {k: torch.as_tensor(v).to(dev) for k, v in batch.items()}
+    input_ids = tensors["encoder_input_tokens"].long()
+    labels = tensors["decoder_target_tokens"].long()
+    dec_in = tensors["decoder_input_tokens"].long()
+    mask = (input_ids != 0).long()
+
+    def one_step():
+        out = model(input_ids=input_ids, attention_mask=mask, decoder_input_ids=dec_in, labels=labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss.item()
+
+    t = time.perf_counter()
+    for _ in range(args.warmup):
+        one_step()
+    warm = time.perf_counter() - t
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        loss = one_step()
+        times.append(time.perf_counter() - t)
+    x = torch.randn(2048, 2048, device=dev)
+    best = float("inf")
+    for _ in range(10):
+        if use_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        (x @ x).sum().item()
+        best = min(best, time.perf_counter() - t)
+    return {"step_s": _median(times), "peak": 2 * 2048 ** 3 / best, "warmup_s": warm, "loss": loss,
+            "threads": torch.get_num_threads()}
+
+
+def bench_data(n_batches=40, batch_size=32, inputs=512):
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    import tasks.pretraining  # noqa: F401
+    from ankh_jax.data.input_pipeline import make_input
+
+    it = make_input("uniref50_ankh", "train", feature_lengths={"inputs": inputs}, batch_size=batch_size, seed=0,
+                    shuffle=True, repeat=True, shard_id=0, num_shards=1, num_parallel_calls=1)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    return n_batches * batch_size / (time.perf_counter() - t)
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    from ankh_jax.flops import train_step_flops
+    from ankh_jax.model.config import T5Config
+
+    if args.device == "gpu":
+        device = jax.devices("gpu")[0]
+    elif args.device == "cpu":
+        device = jax.devices("cpu")[0]
+    else:
+        device = jax.devices()[0]
+    use_cuda = device.platform == "gpu"
+    enc_layers, dec_layers = (int(x) for x in args.layers.split(","))
+    config = T5Config(d_model=args.d_model, d_kv=args.d_kv, d_ff=args.d_ff, num_heads=args.heads,
+                      num_encoder_layers=enc_layers, num_decoder_layers=dec_layers)
+    batch = make_batch(args)
+    flops = train_step_flops(config, args.batch, args.inputs, args.targets)
+    tokens = args.batch * args.targets
+    print(f"device: {device.device_kind} ({device.platform}); model d_model {args.d_model}, {enc_layers}+"
+          f"{dec_layers} layers, {args.heads}x{args.d_kv} heads, d_ff {args.d_ff}, "
+          f"{config.num_params() / 1e6:.1f}M params; batch {args.batch} x {args.inputs} inputs / {args.targets} "
+          f"targets; {flops / 1e9:.1f} GFLOP per train step; float32")
+    results = {"ankh_jax (jax/flax)": bench_jax(args, config, batch, device)}
+    if not args.skip_torch:
+        results["HF transformers (PyTorch)"] = bench_torch(args, batch, use_cuda)
+    header = (f"{'framework':<28}{'step ms':>9}{'tgt tok/s':>11}{'model GFLOP/s':>15}{'f32 peak GFLOP/s':>18}"
+              f"{'MFU':>7}{'loss':>8}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, r in results.items():
+        achieved = flops / r["step_s"]
+        print(f"{name:<28}{1e3 * r['step_s']:>9.1f}{tokens / r['step_s']:>11.0f}{achieved / 1e9:>15.1f}"
+              f"{r['peak'] / 1e9:>18.1f}{100 * achieved / r['peak']:>6.1f}%{r['loss']:>8.3f}")
+    if len(results) == 2:
+        (_, a), (_, b) = results.items()
+        print(f"\nankh_jax / PyTorch target tokens/s: {b['step_s'] / a['step_s']:.2f}x "
+              f"(torch threads: {b['threads']}; warm-up incl. compile: jax {a['warmup_s']:.1f} s, "
+              f"torch {b['warmup_s']:.1f} s)")
+    if not args.skip_data:
+        print(f"input pipeline (uniref50_ankh, 512 inputs, TensorFlow on 1 thread): {bench_data():.0f} examples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
