@@ -23,18 +23,18 @@ def test_pfam_family_frozen_beats_majority_baseline(tmp_path, capsys):
     """Real proteins, 11 Pfam families, the shipped gin file, through the CLI entry point."""
     model_dir = tmp_path / "pfam"
     finetune.main(["--gin_file=configs/downstream/pfam_family.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   "--gin.ENCODER='random:tiny'", "--gin.run.progress=False", "--gin.OptimizerConfig.max_epochs=6",
-                   "--gin.pfam_family_task.max_length=192"])
+                   "--gin.ENCODER='random:tiny'", "--gin.run.progress=False", "--gin.OptimizerConfig.max_epochs=5",
+                   "--gin.pfam_family_task.max_length=128"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracy = results["tests"]["pfam_family"]["accuracy"]
     print(f"Pfam family test accuracy (random tiny encoder, frozen): {accuracy:.3f}")
-    assert accuracy > MAJORITY_BASELINE + 0.15
+    assert accuracy > MAJORITY_BASELINE + 0.2                 # ~0.83 on this data and seed
     rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r and "steps_per_s" in r for r in rows)
     assert sum(r.get("split") == "valid" for r in rows) == results["epochs_run"]
     assert (model_dir / "embeddings.h5").exists() and (model_dir / "best").is_dir()
     assert "| pfam_family |" in capsys.readouterr().out
-    assert "pfam_family_task.max_length = 192" in (model_dir / "config.gin").read_text()
+    assert "pfam_family_task.max_length = 128" in (model_dir / "config.gin").read_text()
 
 
 def _neighbour_label(seq: str, i: int) -> str:
@@ -47,10 +47,10 @@ def _neighbour_label(seq: str, i: int) -> str:
 
 
 def test_per_residue_function_of_neighbours_is_learned(tmp_path):
-    """Labels depend on the residues before and after (frozen random tiny encoder, one ConvBERT layer).
+    """Labels depend on the residues before and after (frozen random tiny encoder, two ConvBERT layers).
 
-    With kernel 7 one layer plateaus near 89% (the next-residue rule needs a sharp softmax over 7 taps); kernel 3
-    or two layers reach ~100%.
+    One layer sits near 89% for ~10 epochs (the next-residue rule needs a sharp softmax over the convolution
+    taps: attention alone has no positions) before it too reaches 100%; two layers get there in ~3 epochs.
     """
     rng = np.random.default_rng(0)
     alphabet = list("ACDEFGHIKLMNPQRSTVWY")
@@ -71,9 +71,9 @@ def test_per_residue_function_of_neighbours_is_learned(tmp_path):
     model_dir = tmp_path / "ssp"
     finetune.main(["--gin_file=configs/downstream/ssp3.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.progress=False",
-                   "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.OptimizerConfig.max_epochs=10",
-                   "--gin.OptimizerConfig.patience=10", "--gin.HeadConfig.dropout=0.0",
-                   "--gin.HeadConfig.kernel_size=3"])
+                   "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.OptimizerConfig.max_epochs=8",
+                   "--gin.OptimizerConfig.patience=8", "--gin.HeadConfig.dropout=0.0",
+                   "--gin.HeadConfig.num_layers=2"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracies = [results["tests"][name]["accuracy"] for name in ("CASP12", "CASP14", "CB513", "TS115")]
     print(f"per-residue neighbour-function accuracy: {accuracies}")
