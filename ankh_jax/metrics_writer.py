@@ -22,7 +22,7 @@ TENSORBOARD_SUBDIR = "tensorboard"
 def _format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
@@ -69,8 +69,7 @@ class MetricsWriter:
         if len(kept) != len(rows):
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
-                for r in kept:
-                    f.write(json.dumps(r) + "\n")
+                f.writelines(json.dumps(r) + "\n" for r in kept)
             os.replace(tmp, self.path)
 
     def advance(self, steps: int = 1, **postfix: Any) -> None:

@@ -234,8 +234,8 @@ class Partitioner:
 
     def describe(self) -> str:
         """One line for the mesh, plus a summary of the dimensions left replicated because they don't divide."""
-        lines = [f"mesh {dict(self.mesh.shape)} over {self.mesh.devices.size} {self.mesh.devices.flat[0].platform} "
-                 f"devices"]
+        platform = self.mesh.devices.flat[0].platform
+        lines = [f"mesh {dict(self.mesh.shape)} over {self.mesh.devices.size} {platform} devices"]
         replicated = sorted(set(self.replicated_dims))
         if replicated:
             lines.append(f"{len(replicated)} parameter dimensions replicated (size not divisible by their mesh "

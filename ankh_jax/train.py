@@ -66,10 +66,10 @@ def parse_gin(files: list[str], bindings: list[str], search_paths: list[str]) ->
     import gin
 
     # Registers every configurable the config files may reference.
-    import ankh_jax.checkpoints  # noqa: F401
-    import ankh_jax.model.config  # noqa: F401
-    import ankh_jax.optim  # noqa: F401
-    import ankh_jax.partitioning  # noqa: F401
+    import ankh_jax.checkpoints
+    import ankh_jax.model.config
+    import ankh_jax.optim
+    import ankh_jax.partitioning
     import ankh_jax.trainer  # noqa: F401
 
     gin.clear_config()  # a fresh config per call (tests call main() repeatedly in one process)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         parse_gin(files, bindings, paths)
-    except Exception as err:  # gin raises ValueError/KeyError/... with the offending name in the message
+    except Exception as err:  # noqa: BLE001 - gin raises ValueError/KeyError/... with the offending name in the message
         print(f"error: invalid gin configuration: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 

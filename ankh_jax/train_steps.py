@@ -37,8 +37,8 @@ class TrainState:
 
 
 def _model_inputs(batch: dict) -> dict:
-    kwargs = dict(encoder_input_tokens=batch["encoder_input_tokens"],
-                  decoder_input_tokens=batch["decoder_input_tokens"])
+    kwargs = {"encoder_input_tokens": batch["encoder_input_tokens"],
+              "decoder_input_tokens": batch["decoder_input_tokens"]}
     for key in ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions"):
         if key in batch:
             kwargs[key] = batch[key]
@@ -63,8 +63,8 @@ class StateLayout:
         self.abstract_opt_state = jax.eval_shape(tx.init, self.abstract_params)
         self.opt_specs = partitioner.optimizer_state_specs(self.abstract_opt_state, self.abstract_params,
                                                            self.param_specs)
-        to_sharding = lambda spec: partitioner.sharding(spec)  # noqa: E731
-        is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+        to_sharding = lambda spec: partitioner.sharding(spec)
+        is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
         self.param_shardings = jax.tree_util.tree_map(to_sharding, self.param_specs, is_leaf=is_spec)
         self.opt_shardings = jax.tree_util.tree_map(to_sharding, self.opt_specs, is_leaf=is_spec)
         self.state_shardings = TrainState(step=partitioner.replicated(), params=self.param_shardings,

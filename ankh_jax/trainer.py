@@ -30,7 +30,13 @@ from ankh_jax import flops as flops_lib
 from ankh_jax.metrics_writer import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsWriter, Timer
 from ankh_jax.optim import make_optimizer, make_schedule
 from ankh_jax.partitioning import Partitioner
-from ankh_jax.train_steps import BATCH_KEYS_REQUIRED, StateLayout, jit_train_step, make_eval_step, make_train_step
+from ankh_jax.train_steps import (
+    BATCH_KEYS_REQUIRED,
+    StateLayout,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ class TrainResult:
 
 
 def _default_input_fn():
-    from ankh_jax.data.input_pipeline import make_input  # noqa: PLC0415 - TF only when the trainer reads data
+    from ankh_jax.data.input_pipeline import make_input
 
     return make_input
 
@@ -106,7 +112,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     if global_batch_size % num_microbatches:
         raise ValueError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
                          f"{num_microbatches}")
-    from ankh_jax.model.network import Transformer  # noqa: PLC0415
+    from ankh_jax.model.network import Transformer
 
     model_dir = os.path.abspath(os.path.expanduser(model_dir))
     partitioner = partitioner or Partitioner()
@@ -121,8 +127,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     if host_batch % num_microbatches and num_microbatches > 1:
         raise ValueError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
     make_input = input_fn or _default_input_fn()
-    common = dict(feature_lengths=dict(feature_lengths), batch_size=host_batch, pack=pack, shard_id=shard_id,
-                  num_shards=num_shards)
+    common = {"feature_lengths": dict(feature_lengths), "batch_size": host_batch, "pack": pack,
+              "shard_id": shard_id, "num_shards": num_shards}
     train_iter = make_input(task_name, "train", seed=data_seed, shuffle=True, repeat=True, **common)
     eval_factory = None
     if eval_every_steps:
@@ -143,7 +149,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=_warn)
     if restored is not None:
         start_step, params, opt_state, input_state = restored
-        from ankh_jax.train_steps import TrainState  # noqa: PLC0415
+        from ankh_jax.train_steps import TrainState
 
         state = TrainState(step=jax.device_put(np.int32(start_step), partitioner.replicated()), params=params,
                            opt_state=opt_state)
@@ -283,7 +289,7 @@ def _evaluate(eval_fn, eval_factory, params, partitioner: Partitioner, max_batch
         except StopIteration:
             has = False
         if multi_host:  # hosts may run out at different batches: all continue until none has data
-            from jax.experimental import multihost_utils  # noqa: PLC0415
+            from jax.experimental import multihost_utils
 
             any_has = bool(np.any(multihost_utils.process_allgather(np.asarray(has))))
             if not any_has:
@@ -302,7 +308,7 @@ def _evaluate(eval_fn, eval_factory, params, partitioner: Partitioner, max_batch
 
 
 def _load_hf_params(path: str, config) -> Any:
-    from ankh_jax.hf import load_hf_model  # noqa: PLC0415
+    from ankh_jax.hf import load_hf_model
 
     hf_config, params = load_hf_model(path, scan_layers=config.scan_layers)
     diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in _ARCH_FIELDS

@@ -65,7 +65,7 @@ def _synthetic_batch(rows=16, enc=24, dec=12, seed=0):
 
 def _losses(mesh_shape, devices=None, num_microbatches=1, steps=2):
     model = Transformer(T5Config.tiny(num_encoder_layers=1, num_decoder_layers=1))  # 1 + 1 layers: faster compiles
-    schedule = make_schedule(peak_learning_rate=0.01, warmup_steps=1, total_steps=10)
+    schedule = make_schedule(peak_learning_rate=0.01, warmup_steps=0, total_steps=10)
     tx = make_optimizer(schedule, adafactor_min_dim_size_to_factor=32)
     p = Partitioner(mesh_shape=mesh_shape, devices=devices)
     layout = StateLayout(model, tx, p)
@@ -137,8 +137,8 @@ def test_sigkill_then_restart_is_bit_identical(uninterrupted, tmp_path, repo_roo
     """(b): killed at step 6 (after the checkpoint at 4), restarted: same final params and metrics after 4."""
     model_dir = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(repo_root))
-    proc = subprocess.run([sys.executable, "-c", KILLER.format(kill_at=6, previous=4), *_flags(model_dir)], cwd=repo_root,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", KILLER.format(kill_at=6, previous=4), *_flags(model_dir)],
+                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert max(_train_rows(model_dir)) == 6
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["4"]
@@ -200,3 +200,23 @@ def test_metrics_rows_are_json_with_finite_numbers(uninterrupted):
     for line in (uninterrupted / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         assert np.isfinite(row["loss"]) and row["loss"] > 0
+
+
+def test_continued_pretraining_from_a_huggingface_directory(uninterrupted, tmp_path, capsys):
+    """init_from_hf: the exported model of (a) is the starting point (its first loss is (a)'s trained level)."""
+    from ankh_jax.export_hf import export
+    from ankh_jax.trainer import _load_hf_params
+
+    config, params = load_params(str(uninterrupted))
+    hf_dir = tmp_path / "hf"
+    export(config, params, str(hf_dir))
+    _assert_same_params(params, _load_hf_params(str(hf_dir), config))
+    with pytest.raises(ValueError, match="d_model: HF 64 vs gin 32"):
+        _load_hf_params(str(hf_dir), config.replace(d_model=32))
+    model_dir = tmp_path / "run"
+    capsys.readouterr()
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=1", f"--gin.train.init_from_hf='{hf_dir}'")) == 0
+    assert "initialised from the HuggingFace model" in capsys.readouterr().out
+    first = _train_rows(model_dir)[1]["loss"]
+    a = _train_rows(uninterrupted)
+    assert first < a[1]["loss"] - 0.5 and abs(first - a[8]["loss"]) < 0.5
