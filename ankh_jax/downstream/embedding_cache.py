@@ -21,26 +21,37 @@ def sequence_key(sequence: str) -> str:
     return hashlib.sha1(sequence.encode()).hexdigest()
 
 
-def _embed(encoder: Encoder, sequences: list[str], batch_tokens: int, progress: bool) -> list[np.ndarray]:
+def _embed(encoder: Encoder, sequences: list[str], batch_tokens: int, dtype: str, progress: bool
+           ) -> list[np.ndarray]:
     from ankh_jax.embed import embed_sequences
 
-    return embed_sequences(encoder.config, encoder.params, sequences, pooling="none", batch_tokens=batch_tokens,
-                           progress=progress)
+    return embed_sequences(encoder.config, encoder.params, sequences, pooling="none", dtype=dtype,
+                           batch_tokens=batch_tokens, progress=progress)
 
 
 class EmbeddingStore:
-    """Read access to cached per-residue embeddings; ``store[sequence]`` -> float32 [L, d]."""
+    """Read access to cached per-residue embeddings; ``store[sequence]`` -> float32 [L, d].
 
-    def __init__(self, path: str):
+    Arrays read once stay in memory up to ``memory_bytes`` (default 4 GiB); beyond that they are read from the
+    file each time, so a cache larger than RAM still trains.
+    """
+
+    def __init__(self, path: str, memory_bytes: int = 4 << 30):
         self.path = path
         self._file = h5py.File(path, "r")
         self._memory: dict[str, np.ndarray] = {}
+        self._budget = memory_bytes
 
     def __getitem__(self, sequence: str) -> np.ndarray:
         key = sequence_key(sequence)
         hit = self._memory.get(key)
         if hit is None:
-            hit = self._memory[key] = np.asarray(self._file[key], dtype=np.float32)
+            if key not in self._file:
+                raise KeyError(f"{self.path}: no embedding for sequence {sequence[:30]!r}...")
+            hit = np.asarray(self._file[key], dtype=np.float32)
+            if self._budget >= hit.nbytes:
+                self._memory[key] = hit
+                self._budget -= hit.nbytes
         return hit
 
     @property
@@ -52,7 +63,8 @@ class EmbeddingStore:
 
 
 def build_cache(encoder: Encoder, sequences: list[str], path: str, *, batch_tokens: int = 16384,
-                storage_dtype: str = "float32", progress: bool = True, log=print) -> EmbeddingStore:
+                storage_dtype: str = "float32", compute_dtype: str = "float32", progress: bool = True,
+                log=print) -> EmbeddingStore:
     """Embeds the sequences missing from ``path`` (creating it if needed) and opens the store."""
     unique = list(dict.fromkeys(sequences))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -69,7 +81,7 @@ def build_cache(encoder: Encoder, sequences: list[str], path: str, *, batch_toke
             log(f"embedding {len(todo)} sequences ({residues} residues; {len(unique) - len(todo)} cached) "
                 f"into {path}")
             start = time.perf_counter()
-            for seq, emb in zip(todo, _embed(encoder, todo, batch_tokens, progress), strict=True):
+            for seq, emb in zip(todo, _embed(encoder, todo, batch_tokens, compute_dtype, progress), strict=True):
                 if emb.shape != (len(seq), encoder.d_model):
                     raise RuntimeError(f"embedding of shape {emb.shape} for a sequence of {len(seq)} residues")
                 f.create_dataset(sequence_key(seq), data=np.asarray(emb, dtype=storage_dtype))

@@ -110,10 +110,15 @@ def _print_table(rows: list[tuple[str, dict]], title: str):
 @gin.configurable
 def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: str = gin.REQUIRED,
         mode: str = "frozen", seed: int = 0, embedding_cache: str | None = None, batch_tokens: int = 16384,
-        cache_dtype: str = "float32", progress: bool = True, log_every: int = 20,
+        cache_dtype: str = "float32", embed_dtype: str = "float32", progress: bool = True, log_every: int = 20,
         head_config: HeadConfig | None = None, optimizer: trainer.OptimizerConfig | None = None,
         lora: LoraConfig | None = None) -> dict:
-    """Runs one task end to end and returns what ``results.json`` holds."""
+    """Runs one task end to end and returns what ``results.json`` holds.
+
+    Frozen mode: ``embed_dtype`` is the encoder's compute dtype while embedding (``'bfloat16'`` on TPU),
+    ``cache_dtype`` the HDF5 storage dtype (``'float16'`` halves the cache), ``embedding_cache`` another cache
+    path (default ``MODEL_DIR/embeddings.h5``), ``batch_tokens`` the embedding batch budget.
+    """
     head_cfg = head_config or HeadConfig()
     opt_cfg = optimizer or trainer.OptimizerConfig()
     lora_cfg = lora or LoraConfig()
@@ -137,7 +142,7 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
         results = runner(data, enc, model_dir=model_dir, seed=seed, progress=progress)
     else:
         results = _train_head(data, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
-                              batch_tokens, cache_dtype, progress, log_every)
+                              batch_tokens, cache_dtype, embed_dtype, progress, log_every)
     results.update(task=task.name, kind=task.kind, metric=task.metric, mode=mode, encoder=enc.source,
                    split_sizes=sizes, seconds_total=time.perf_counter() - started)
     with open(os.path.join(model_dir, "results.json"), "w") as f:
@@ -147,8 +152,11 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
 
 
 def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
-                batch_tokens, cache_dtype, progress, log_every) -> dict:
+                batch_tokens, cache_dtype, embed_dtype, progress, log_every) -> dict:
     spec = data.spec
+    if "valid" not in data.splits or "train" not in data.splits:
+        raise ValueError(f"task {spec.name}: training a head needs train and validation splits "
+                         f"(bind {spec.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     train_labels = data.splits["train"].labels
     mean = float(np.mean(train_labels)) if spec.kind == "sequence_regression" else None
     pooling = head_cfg.pooling if spec.kind in POOLED_KINDS else None
@@ -164,7 +172,8 @@ def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, l
         every = [s for split in data.splits.values() for s in split.sequences]
         t0 = time.perf_counter()
         store = build_cache(enc, every, embedding_cache or os.path.join(model_dir, "embeddings.h5"),
-                            batch_tokens=batch_tokens, storage_dtype=cache_dtype, progress=progress)
+                            batch_tokens=batch_tokens, storage_dtype=cache_dtype, compute_dtype=embed_dtype,
+                            progress=progress)
         timings["embed_seconds"] = time.perf_counter() - t0
         embeddings = store.__getitem__
     elif lora_cfg.rank > 0:

@@ -60,6 +60,7 @@ def test_full_mode_trains_lora_and_head_only_or_everything(tmp_path, rank):
     finetune.main(["--gin_file=configs/downstream/solubility.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.mode='full'",
                    f"--gin.LoraConfig.rank={rank}", "--gin.OptimizerConfig.max_epochs=1",
+                   "--gin.OptimizerConfig.grad_accum_steps=2",
                    "--gin.OptimizerConfig.batch_size=8", "--gin.run.progress=False"])
     results = json.loads((model_dir / "results.json").read_text())
     assert 0.0 <= results["tests"]["solubility"]["accuracy"] <= 1.0 and results["mode"] == "full"
