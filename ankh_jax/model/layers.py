@@ -93,6 +93,27 @@ class RelativePositionBias(nn.Module):
         return bias.astype(jnp.float32)
 
 
+class Projection(nn.Module):
+    """A bias-free linear map ``einsum(spec, x, kernel)`` with a kernel of full rank ``shape``.
+
+    Written out rather than ``nn.DenseGeneral``: that module initialises multi-axis kernels flattened to 2-D,
+    which breaks the kernel's logical-axis constraint whenever axis rules are active.
+    """
+
+    config: T5Config
+    shape: tuple
+    axes: tuple
+    stddev: float
+    spec: str
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.stddev), self.axes),
+                            self.shape, cfg.params_dtype)
+        return jnp.einsum(self.spec, x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
+
+
 class MultiHeadAttention(nn.Module):
     """T5 attention: no 1/sqrt(d_kv) on the logits (folded into the query init), width heads x d_kv."""
 
@@ -106,9 +127,7 @@ class MultiHeadAttention(nn.Module):
         d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
 
         def proj(name, std):
-            return nn.DenseGeneral(
-                features=(h, dk), axis=-1, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                kernel_init=nn.with_logical_partitioning(normal_init(std), ("embed", "heads", "kv")), name=name)
+            return Projection(cfg, (d, h, dk), ("embed", "heads", "kv"), std, "bld,dhk->blhk", name=name)
 
         q = proj("query", (d * dk) ** -0.5)(x_q)
         k = proj("key", d ** -0.5)(x_kv)
@@ -123,10 +142,8 @@ class MultiHeadAttention(nn.Module):
             weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(cfg.compute_dtype), v)
         out = constrain(out, ("batch", "length", "heads", "kv"))
-        out = nn.DenseGeneral(
-            features=d, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-            kernel_init=nn.with_logical_partitioning(normal_init((h * dk) ** -0.5), ("heads", "kv", "embed")),
-            name="out")(out)
+        out = Projection(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, "blhk,hkd->bld",
+                         name="out")(out)
         return constrain(out, ("batch", "length", "embed"))
 
 
