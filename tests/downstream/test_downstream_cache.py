@@ -30,3 +30,15 @@ def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path):
     assert load_encoder("random:tiny:0:1").config.num_encoder_layers == 1
     with pytest.raises(ValueError, match="random:PRESET"):
         load_encoder("random:tiny:x")
+
+
+def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp_path):
+    from ankh_jax.export_hf import export
+
+    enc = load_encoder("random:tiny:0")
+    export(enc.config, enc.params, str(tmp_path / "hf"), encoder_only=True)
+    loaded = load_encoder(str(tmp_path / "hf"))
+    assert loaded.source == str(tmp_path / "hf") and loaded.config.d_model == enc.config.d_model
+    tokens = np.array([[5, 6, 7, 9, 1, 0]], np.int32)
+    np.testing.assert_array_equal(loaded.module().apply({"params": loaded.params}, tokens),
+                                  enc.module().apply({"params": enc.params}, tokens))
