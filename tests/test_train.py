@@ -63,27 +63,29 @@ def _synthetic_batch(rows=16, enc=24, dec=12, seed=0):
             "decoder_loss_weights": weights}
 
 
-def _losses(mesh_shape, devices=None, num_microbatches=1, steps=2):
+def _losses(mesh_shape, devices=None, num_microbatches=1, steps=2, init_params=None):
     model = Transformer(T5Config.tiny(num_encoder_layers=1, num_decoder_layers=1))  # 1 + 1 layers: faster compiles
     schedule = make_schedule(peak_learning_rate=0.01, warmup_steps=0, total_steps=10)
     tx = make_optimizer(schedule, adafactor_min_dim_size_to_factor=32)
     p = Partitioner(mesh_shape=mesh_shape, devices=devices)
     layout = StateLayout(model, tx, p)
-    state = layout.create(jax.random.key(0))
+    # The 1-device run initialises; the others start from the same values (created sharded by from_params).
+    state = layout.create(jax.random.key(0)) if init_params is None else layout.from_params(init_params)
+    first_params = jax.device_get(state.params)
     step = jit_train_step(make_train_step(model, tx, schedule, num_microbatches=num_microbatches), layout)
     out = []
     for i in range(steps):
         state, m = step(state, p.make_global_batch(_synthetic_batch()), jax.random.key(1))
         out.append(float(m["loss_sum"]) / float(m["weight_sum"]))
-    return np.array(out)
+    return np.array(out), first_params
 
 
 def test_meshes_give_the_same_losses_as_one_device():
-    reference = _losses((1, 1, 1), devices=jax.devices()[:1])
+    reference, init = _losses((1, 1, 1), devices=jax.devices()[:1])
     assert reference[-1] < reference[0]  # it trains
     for shape, micro in [((8, 1, 1), 1), ((2, 2, 2), 2), ((1, 1, 8), 1)]:
-        np.testing.assert_allclose(_losses(shape, num_microbatches=micro), reference, rtol=0, atol=1e-5,
-                                   err_msg=f"mesh {shape}, {micro} micro-batches")
+        losses, _ = _losses(shape, num_microbatches=micro, init_params=init)
+        np.testing.assert_allclose(losses, reference, rtol=0, atol=1e-5, err_msg=f"mesh {shape}, {micro} micro-batches")
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
@@ -215,7 +217,8 @@ def test_continued_pretraining_from_a_huggingface_directory(uninterrupted, tmp_p
         _load_hf_params(str(hf_dir), config.replace(d_model=32))
     model_dir = tmp_path / "run"
     capsys.readouterr()
-    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=1", f"--gin.train.init_from_hf='{hf_dir}'")) == 0
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=1", "--gin.WARMUP_STEPS=0",
+                       f"--gin.train.init_from_hf='{hf_dir}'")) == 0
     assert "initialised from the HuggingFace model" in capsys.readouterr().out
     first = _train_rows(model_dir)[1]["loss"]
     a = _train_rows(uninterrupted)
