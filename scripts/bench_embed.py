@@ -68,6 +68,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def save_embeddings(path: str, embeddings: list[np.ndarray]) -> None:
     np.savez(path, **{f"s{i}": e for i, e in enumerate(embeddings)})
 
@@ -92,13 +97,13 @@ def jax_worker(args, workdir: str) -> dict:
     shapes = embed.precompile(config, prepared, lengths, dtype=args.dtype, **kwargs)
     compile_seconds = time.perf_counter() - t0
     print(f"ankh_jax: compiled {shapes} batch shapes in {compile_seconds:.1f}s", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=sys.stderr.isatty(), **kwargs)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     save_embeddings(workdir + "/jax.npz", out)
     plan = embed.plan_batches(lengths, **kwargs)
     rows = embed.batch_rows(plan)
-    result = {"compile_seconds": compile_seconds, "seconds": seconds, "compiled_shapes": shapes,
+    result = {"compile_seconds": compile_seconds, "seconds": seconds, "cpu_seconds": cpu, "compiled_shapes": shapes,
               "padded_tokens": int(sum(rows[w] * w for w, _ in plan)), "device": str(jax.devices()[0]),
               "peak_rss_gib": peak_rss_gib()}
     if args.device == "gpu":
@@ -138,7 +143,7 @@ def torch_worker(args, workdir: str, mode: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     out: list[np.ndarray | None] = [None] * len(seqs)
     padded = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     for n, batch in enumerate(batches):
         hidden = run(batch)
         padded += hidden.shape[0] * hidden.shape[1]
@@ -148,10 +153,10 @@ def torch_worker(args, workdir: str, mode: str) -> dict:
             done = sum(len(seqs[i]) for b in batches[: n + 1] for i in b)
             print(f"torch {mode}: batch {n + 1}/{len(batches)}, {done / (time.perf_counter() - t0):.0f} res/s",
                   file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     if mode == "readme":
         save_embeddings(workdir + "/torch.npz", out)
-    result = {"seconds": seconds, "padded_tokens": int(padded), "device": str(device),
+    result = {"seconds": seconds, "cpu_seconds": cpu, "padded_tokens": int(padded), "device": str(device),
               "threads": torch.get_num_threads(), "peak_rss_gib": peak_rss_gib()}
     if args.device == "gpu":
         result["peak_device_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -206,25 +211,29 @@ def compare(workdir: str, n: int) -> dict:
 def print_table(meta: dict, results: dict, diff: dict | None) -> None:
     residues = meta["residues"]
     jax_res = results["jax"]
-    rows = [("ankh_jax (compiled)", jax_res["seconds"], jax_res),
-            ("ankh_jax (including compile)", jax_res["seconds"] + jax_res["compile_seconds"], jax_res)]
+    rows = [("ankh_jax (compiled)", jax_res["seconds"], jax_res["cpu_seconds"], jax_res),
+            ("ankh_jax (including compile)", jax_res["seconds"] + jax_res["compile_seconds"], None, jax_res)]
     for mode in ("readme", "sorted"):
         if f"torch_{mode}" in results:
             label = f"torch T5EncoderModel ({'README: file order' if mode == 'readme' else 'length-sorted'}, " \
                     f"bs {meta['torch_batch_size']})"
-            rows.append((label, results[f"torch_{mode}"]["seconds"], results[f"torch_{mode}"]))
+            res = results[f"torch_{mode}"]
+            rows.append((label, res["seconds"], res["cpu_seconds"], res))
     base = results.get("torch_readme", {}).get("seconds")
     mem_key = "peak_device_gib" if meta["device"] == "gpu" else "peak_rss_gib"
     print(f"\n{meta['num_sequences']} proteins, {residues} residues; encoder d_model {meta['d_model']}, "
           f"{meta['num_layers']} layers ({meta['encoder_params'] / 1e6:.1f}M params), {meta['dtype']}, "
-          f"{meta['device']} ({results['jax']['device']})")
-    print(f"| {'run':<58} | {'residues/s':>10} | {'seconds':>8} | {'padded/real':>11} | "
+          f"{meta['device']} ({results['jax']['device']}); load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"| {'run':<50} | {'residues/s':>10} | {'res/CPU-s':>9} | {'seconds':>8} | {'padded/real':>11} | "
           f"{'x torch README':>14} | {'peak ' + ('GPU' if meta['device'] == 'gpu' else 'RSS') + ' GiB':>13} |")
-    print("|" + "-" * 60 + "|" + "-" * 12 + "|" + "-" * 10 + "|" + "-" * 13 + "|" + "-" * 16 + "|" + "-" * 15 + "|")
-    for label, secs, res in rows:
+    print("|" + "|".join("-" * (n + 2) for n in (50, 10, 9, 8, 11, 14, 13)) + "|")
+    for label, secs, cpu, res in rows:
         ratio = f"{base / secs:.2f}" if base else "-"
-        print(f"| {label:<58} | {residues / secs:>10.1f} | {secs:>8.1f} | "
+        per_cpu = f"{residues / cpu:.1f}" if cpu else "-"
+        print(f"| {label:<50} | {residues / secs:>10.1f} | {per_cpu:>9} | {secs:>8.1f} | "
               f"{res['padded_tokens'] / residues:>11.2f} | {ratio:>14} | {res.get(mem_key, 0):>13.2f} |")
+    print("residues/s: real residues (no </s>, no padding) per wall-clock second; res/CPU-s: per second of this "
+          "process's CPU time (less sensitive to other load on the machine)")
     if diff:
         print(f"max |ankh_jax - torch| over all per-residue embeddings: {diff['max_abs_diff']:.2e} "
               f"({diff['relative']:.2e} of max |embedding| {diff['max_abs_embedding']:.2f})")
