@@ -223,3 +223,24 @@ def test_continued_pretraining_from_a_huggingface_directory(uninterrupted, tmp_p
     first = _train_rows(model_dir)[1]["loss"]
     a = _train_rows(uninterrupted)
     assert first < a[1]["loss"] - 0.5 and abs(first - a[8]["loss"]) < 0.5
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, capsys):
+    """Preemption: SIGTERM at step 3 -> a checkpoint at step 3 (between the regular ones) and a clean exit."""
+    import signal
+
+    from ankh_jax import metrics_writer
+
+    write = metrics_writer.MetricsWriter.write
+
+    def write_then_term(self, step, kind, scalars):
+        write(self, step, kind, scalars)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(metrics_writer.MetricsWriter, "write", write_then_term)
+    model_dir = tmp_path / "run"
+    assert main(_flags(model_dir)) == 0
+    assert "preemption signal: saved the checkpoint at step 3" in capsys.readouterr().err
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["3"]
+    assert max(_train_rows(model_dir)) == 3
