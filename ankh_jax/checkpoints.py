@@ -166,7 +166,7 @@ class PreemptionWatcher:
         if not self._multi_host and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
 
-    def _handle(self, signum, frame):  # noqa: ARG002
+    def _handle(self, signum, frame):
         self._flag.set()
 
     def reached(self, step: int) -> bool:

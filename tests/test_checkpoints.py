@@ -12,7 +12,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ankh_jax.checkpoints import (
-    UNREADABLE_SUBDIR, CheckpointError, Checkpointer, PreemptionWatcher, load_params, read_meta, write_model_config)
+    UNREADABLE_SUBDIR,
+    Checkpointer,
+    CheckpointError,
+    PreemptionWatcher,
+    load_params,
+    read_meta,
+    write_model_config,
+)
 from ankh_jax.model.config import T5Config
 from ankh_jax.partitioning import make_mesh
 
