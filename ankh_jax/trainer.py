@@ -163,9 +163,16 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     else:
         state = layout.create(jax.random.key(seed))
         start_step = 0
-    pending = _first_batch(train_iter, f"task {task_name!r} split 'train'")
+    try:
+        pending = _first_batch(train_iter, f"task {task_name!r} split 'train'")
+    except InputError:
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
     if start_step >= num_train_steps:
+        checkpointer.close()
         _info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
+        _print_summary(model_dir, start_step)
         return TrainResult(start_step, state.params, "finished", {}, None)
 
     # -- first writes -----------------------------------------------------------------------------------------
