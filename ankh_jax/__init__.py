@@ -35,12 +35,14 @@ _LAZY = {
     "ConvBertForMultiClassClassification": "ankh_jax.downstream.heads",
     "ConvBertForMultiLabelClassification": "ankh_jax.downstream.heads",
     "ConvBertForRegression": "ankh_jax.downstream.heads",
+    "ConvBertForContactPrediction": "ankh_jax.downstream.heads",
 }
 
 __all__ = [
     "AnkhModel",
     "AnkhTokenizer",
     "ConvBertForBinaryClassification",
+    "ConvBertForContactPrediction",
     "ConvBertForMultiClassClassification",
     "ConvBertForMultiLabelClassification",
     "ConvBertForRegression",
