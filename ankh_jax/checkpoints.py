@@ -144,7 +144,8 @@ class Checkpointer:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"ankh_jax_move_aside_{step}")
-        self.manager.reload()
+        self.manager.close()  # a fresh manager: the failed restore may have left the old one mid-operation
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
 
 def _first_line(err: BaseException) -> str:
