@@ -50,19 +50,21 @@ DEFAULT_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 
 @gin.configurable
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Calls ``jax.distributed.initialize`` when running on several hosts; a no-op on one machine.
+def initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Calls ``jax.distributed.initialize`` for multi-host runs.
 
-    On Cloud TPU VMs jax discovers the coordinator, process count and id by itself, so a pod launch needs no
-    arguments. Elsewhere pass them by gin or set ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
-    ``JAX_PROCESS_ID``.
+    mode: ``auto`` (when a coordinator is given, by gin or ``JAX_COORDINATOR_ADDRESS``, or the TPU VM lists several
+    workers in ``TPU_WORKER_HOSTNAMES``), ``always`` (the TPU pod configs: on Cloud TPU VMs jax discovers the
+    coordinator, process count and id by itself, also on a single host) or ``never``.
     """
-    if jax.distributed.is_initialized():
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"initialize_distributed.mode={mode!r}: expected auto, always or never")
+    if mode == "never" or jax.distributed.is_initialized():
         return
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     multi_host_tpu = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-    if coordinator_address is None and not multi_host_tpu:
+    if mode == "auto" and coordinator_address is None and not multi_host_tpu:
         return
     num_processes = num_processes or _int_env("JAX_NUM_PROCESSES")
     process_id = process_id if process_id is not None else _int_env("JAX_PROCESS_ID")
