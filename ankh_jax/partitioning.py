@@ -149,7 +149,7 @@ class Partitioner:
             with jax.set_mesh(self.mesh):
                 yield
             return
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules), _tolerate_flattened_kernels():
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
             yield
 
     # -- specs and shardings --------------------------------------------------------------------------------
@@ -243,32 +243,6 @@ class Partitioner:
             lines.append(f"{len(replicated)} parameter dimensions replicated (size not divisible by their mesh "
                          f"axes), e.g. {replicated[0]}")
         return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _tolerate_flattened_kernels():
-    """Skips a boxed parameter's logical constraint when the value's rank differs from its names.
-
-    flax 0.12.8 re-runs each parameter's initialiser under ``eval_shape`` during ``apply`` (a shape check), and
-    ``nn.DenseGeneral`` unboxes a multi-axis kernel (e.g. ``embed, heads, kv``) while it is still flattened to
-    2-D, so with rules active that constraint fails on the rank. Parameter constraints are redundant inside our
-    steps anyway (the parameters arrive with their shardings through ``in_shardings``); only this one mismatched
-    case is skipped, and only while a step is traced.
-    """
-    cls = nn.spmd.LogicallyPartitioned
-    original = cls.unbox
-
-    def unbox(self, apply_constraint=True):
-        value = self.value
-        if apply_constraint and getattr(value, "ndim", None) is not None and value.ndim != len(self.names):
-            return value
-        return original(self, apply_constraint)
-
-    cls.unbox = unbox
-    try:
-        yield
-    finally:
-        cls.unbox = original
 
 
 def _opt_leaf_spec(path: tuple, shape: tuple, params_by_path: dict) -> PartitionSpec:
