@@ -217,8 +217,11 @@ def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -
     with open(config_path) as f:
         config = T5Config.from_json(f.read())
     directory = os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR)
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("params", "opt_state", "meta"))
+    # Handlers named up front so reading metadata does not warn about the items we leave unread.
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+        item_handlers={"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
     try:
         steps = sorted(manager.all_steps())
         if not steps:

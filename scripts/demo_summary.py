@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     path, rows = _metrics(args.model_dir)
-    train = [r for r in rows if "loss" in r and not r.get("eval")]
-    evals = [r for r in rows if r.get("eval")]
+    train = [r for r in rows if r.get("kind", "train") == "train" and "loss" in r]
+    evals = [r for r in rows if r.get("kind") == "eval"]
     print("\n=== ankh_jax demo summary ===")
     if train:
         first, last = train[0], train[-1]
