@@ -38,7 +38,7 @@ lint:
 bench:
 	$(PY) scripts/bench_embed.py
 	$(PY) scripts/bench_train.py
-	$(PY) scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin --mesh=64,1,1
+	$(PY) scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin --devices=64
 
 clean:
 	rm -rf $(DEMO) build .pytest_cache
