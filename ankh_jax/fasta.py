@@ -103,5 +103,4 @@ def write_fasta(path: str | os.PathLike, records, width: int = 60) -> None:
         for r in records:
             rid, seq = (r.id, r.sequence) if isinstance(r, FastaRecord) else r
             f.write(f">{rid}\n")
-            for i in range(0, len(seq), width):
-                f.write(seq[i: i + width] + "\n")
+            f.writelines(seq[i: i + width] + "\n" for i in range(0, len(seq), width))

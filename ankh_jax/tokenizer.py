@@ -65,8 +65,7 @@ def clean_sequence(seq: str, *, record: str | None = None, source: str | None = 
     The error names the source (file), the record and the 1-based position of the first bad character.
     """
     cleaned = "".join(seq.split()).upper()
-    if cleaned.endswith("*"):
-        cleaned = cleaned[:-1]
+    cleaned = cleaned.removesuffix("*")
     where = ""
     if source is not None:
         where += f"{source}: "
@@ -138,7 +137,7 @@ class AnkhTokenizer:
 
 def seqio_vocabulary():
     """Ankh's vocabulary as ``seqio.SentencePieceVocabulary`` (imports seqio, hence TensorFlow)."""
-    import seqio  # noqa: PLC0415 - heavy, data pipeline only
+    import seqio
 
     return seqio.SentencePieceVocabulary(VOCAB_MODEL_PATH, extra_ids=NUM_SENTINELS)
 
@@ -149,7 +148,7 @@ def build_sentencepiece_model() -> bytes:
     A character model of 28 pieces (the 3 specials and 25 residues, in Ankh's id order) with an identity
     normalizer and no dummy prefix, so that ``"MKV"`` encodes to exactly one id per letter.
     """
-    from sentencepiece import sentencepiece_model_pb2 as pb  # noqa: PLC0415
+    from sentencepiece import sentencepiece_model_pb2 as pb
 
     m = pb.ModelProto()
     types = pb.ModelProto.SentencePiece.Type

@@ -52,19 +52,19 @@ class T5Config:
     @classmethod
     def ankh_base(cls, **overrides) -> T5Config:
         """ElnaggarLab/ankh-base: 48 encoder / 24 decoder layers, d_model 768, 12 heads x 64."""
-        return cls(**{**dict(d_model=768, d_ff=3072, num_heads=12, d_kv=64), **overrides})
+        return cls(**{"d_model": 768, "d_ff": 3072, "num_heads": 12, "d_kv": 64, **overrides})
 
     @classmethod
     def ankh_large(cls, **overrides) -> T5Config:
         """ElnaggarLab/ankh-large: 48 / 24 layers, d_model 1536, 16 heads x 64 (attention width 1024)."""
-        return cls(**{**dict(d_model=1536, d_ff=3840, num_heads=16, d_kv=64), **overrides})
+        return cls(**{"d_model": 1536, "d_ff": 3840, "num_heads": 16, "d_kv": 64, **overrides})
 
     @classmethod
     def tiny(cls, **overrides) -> T5Config:
         """A CPU-sized Ankh: same vocabulary and structure, 2 + 2 layers of width 64."""
-        return cls(**{**dict(d_model=64, d_ff=128, num_heads=4, d_kv=16, num_encoder_layers=2,
-                            num_decoder_layers=2, relative_attention_num_buckets=32,
-                            relative_attention_max_distance=64), **overrides})
+        return cls(**{"d_model": 64, "d_ff": 128, "num_heads": 4, "d_kv": 16, "num_encoder_layers": 2,
+                      "num_decoder_layers": 2, "relative_attention_num_buckets": 32,
+                      "relative_attention_max_distance": 64, **overrides})
 
     # -- derived -------------------------------------------------------------------------------------------
     @property
@@ -136,16 +136,16 @@ class T5Config:
         if d.get("tie_word_embeddings") is True:
             # Ankh's released models have an untied lm_head and no d_model**-0.5 rescale; a tied T5 would need both.
             raise ValueError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
-        fields = dict(
-            vocab_size=d["vocab_size"], d_model=d["d_model"], d_kv=d["d_kv"], d_ff=d["d_ff"],
-            num_heads=d["num_heads"], num_encoder_layers=d["num_layers"],
-            num_decoder_layers=d.get("num_decoder_layers") or d["num_layers"],
-            relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
-            relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
-            dropout_rate=d.get("dropout_rate", 0.0), layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
-            decoder_start_token_id=d.get("decoder_start_token_id", 0) or 0,
-            pad_token_id=d.get("pad_token_id", 0) or 0, eos_token_id=d.get("eos_token_id", 1) or 1,
-        )
+        fields = {
+            "vocab_size": d["vocab_size"], "d_model": d["d_model"], "d_kv": d["d_kv"], "d_ff": d["d_ff"],
+            "num_heads": d["num_heads"], "num_encoder_layers": d["num_layers"],
+            "num_decoder_layers": d.get("num_decoder_layers") or d["num_layers"],
+            "relative_attention_num_buckets": d.get("relative_attention_num_buckets", 32),
+            "relative_attention_max_distance": d.get("relative_attention_max_distance", 128),
+            "dropout_rate": d.get("dropout_rate", 0.0), "layer_norm_epsilon": d.get("layer_norm_epsilon", 1e-6),
+            "decoder_start_token_id": d.get("decoder_start_token_id", 0) or 0,
+            "pad_token_id": d.get("pad_token_id", 0) or 0, "eos_token_id": d.get("eos_token_id", 1) or 1,
+        }
         fields.update(overrides)
         return cls(**fields)
 

@@ -80,8 +80,8 @@ class RelativePositionBias(nn.Module):
             "rel_embedding",
             nn.with_logical_partitioning(normal_init(cfg.d_model ** -0.5), ("heads", "relpos_buckets")),
             (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.params_dtype)
-        kw = dict(bidirectional=self.bidirectional, num_buckets=cfg.relative_attention_num_buckets,
-                  max_distance=cfg.relative_attention_max_distance)
+        kw = {"bidirectional": self.bidirectional, "num_buckets": cfg.relative_attention_num_buckets,
+                  "max_distance": cfg.relative_attention_max_distance}
         if q_positions is None:
             rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
             buckets = jnp.asarray(relative_position_bucket(rel, xp=np, **kw))      # [q, k]

@@ -15,7 +15,15 @@ from flax import linen as nn
 
 from ankh_jax.model.config import T5Config
 from ankh_jax.model.layers import (
-    NEG_INF, DecoderLayer, EncoderLayer, RelativePositionBias, RMSNorm, constrain, dropout, normal_init)
+    NEG_INF,
+    DecoderLayer,
+    EncoderLayer,
+    RelativePositionBias,
+    RMSNorm,
+    constrain,
+    dropout,
+    normal_init,
+)
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,

@@ -114,7 +114,7 @@ def _bucket_reference(rel, bidirectional, num_buckets, max_distance):
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_relative_position_buckets(bidirectional):
     rel = np.arange(-300, 301, dtype=np.int32)[None, :]
-    kw = dict(bidirectional=bidirectional, num_buckets=64, max_distance=128)
+    kw = {"bidirectional": bidirectional, "num_buckets": 64, "max_distance": 128}
     ref = _bucket_reference(rel, **kw)
     np.testing.assert_array_equal(relative_position_bucket(rel, xp=np, **kw), ref)
     np.testing.assert_array_equal(np.asarray(relative_position_bucket(jnp.asarray(rel), xp=jnp, **kw)), ref)
