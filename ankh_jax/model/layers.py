@@ -127,22 +127,23 @@ class MultiHeadAttention(nn.Module):
         d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
 
         def proj(name, std):
-            return Projection(cfg, (d, h, dk), ("embed", "heads", "kv"), std, "bld,dhk->blhk", name=name)
+            return Projection(cfg, (d, h, dk), ("embed", "heads", "kv"), std, "bld,dhk->bhlk", name=name)
 
         q = proj("query", (d * dk) ** -0.5)(x_q)
         k = proj("key", d ** -0.5)(x_kv)
         v = proj("value", d ** -0.5)(x_kv)
-        q = constrain(q, ("batch", "length", "heads", "kv"))
-        k = constrain(k, ("batch", "length", "heads", "kv"))
-        v = constrain(v, ("batch", "length", "heads", "kv"))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        # Heads before length: batched matmuls over (batch, heads) with contiguous [length, d_kv] operands.
+        q = constrain(q, ("batch", "heads", "length", "kv"))
+        k = constrain(k, ("batch", "heads", "length", "kv"))
+        v = constrain(v, ("batch", "heads", "length", "kv"))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         weights = jax.nn.softmax(logits + bias, axis=-1)
         self.sow("intermediates", "attention_weights", weights)
         if self.enable_dropout and cfg.dropout_rate > 0:
             weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(cfg.compute_dtype), v)
-        out = constrain(out, ("batch", "length", "heads", "kv"))
-        out = Projection(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, "blhk,hkd->bld",
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.compute_dtype), v)
+        out = constrain(out, ("batch", "heads", "length", "kv"))
+        out = Projection(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, "bhlk,hkd->bld",
                          name="out")(out)
         return constrain(out, ("batch", "length", "embed"))
 
