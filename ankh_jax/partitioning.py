@@ -187,8 +187,8 @@ class Partitioner:
         """Mesh specs for an optax state, derived from the parameter each leaf belongs to.
 
         Leaves shaped like their parameter (momenta, unfactored second moments) take its spec; Adafactor's
-        factored row/column statistics take it with the reduced axis dropped; anything else (counts,
-        placeholders) is replicated.
+        factored row/column statistics take it with the reduced axis dropped; anything else (step counts,
+        optax's empty states) is replicated.
         """
         params_flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
         specs_flat = jax.tree_util.tree_leaves(param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
