@@ -93,25 +93,35 @@ class RelativePositionBias(nn.Module):
         return bias.astype(jnp.float32)
 
 
-class Projection(nn.Module):
-    """A bias-free linear map ``einsum(spec, x, kernel)`` with a kernel of full rank ``shape``.
+class Kernel(nn.Module):
+    """One bias-free projection kernel of full rank ``shape`` with logical axes, returned in the compute dtype.
 
-    Written out rather than ``nn.DenseGeneral``: that module initialises multi-axis kernels flattened to 2-D,
-    which breaks the kernel's logical-axis constraint whenever axis rules are active.
+    Created at full rank rather than through ``nn.DenseGeneral`` (which initialises multi-axis kernels flattened to
+    2-D, breaking their logical-axis constraint once axis rules are active). The matmuls themselves run on 2-D
+    views (``flat_matmul``): XLA:CPU compiles the weight gradients of [batch*length, d] products much better than
+    those of 3-D einsums.
     """
 
     config: T5Config
     shape: tuple
     axes: tuple
     stddev: float
-    spec: str
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self):
         cfg = self.config
         kernel = self.param("kernel", nn.with_logical_partitioning(normal_init(self.stddev), self.axes),
                             self.shape, cfg.params_dtype)
-        return jnp.einsum(self.spec, x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype))
+        return kernel.astype(cfg.compute_dtype)
+
+
+def flat_matmul(x, kernel, in_dims: int):
+    """``x [..., *kernel.shape[:in_dims]] @ kernel`` as one 2-D matmul over all leading positions."""
+    lead = x.shape[: x.ndim - in_dims]
+    k_in = kernel.shape[:in_dims]
+    k_out = kernel.shape[in_dims:]
+    y = x.reshape(-1, math.prod(k_in)) @ kernel.reshape(math.prod(k_in), math.prod(k_out))
+    return y.reshape(*lead, *k_out)
 
 
 class MultiHeadAttention(nn.Module):
@@ -126,16 +136,14 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
 
-        def proj(name, std):
-            return Projection(cfg, (d, h, dk), ("embed", "heads", "kv"), std, "bld,dhk->bhlk", name=name)
+        def proj(name, std, x):  # [b, l, d] -> [b, h, l, dk]; heads before length for the batched matmuls
+            kernel = Kernel(cfg, (d, h, dk), ("embed", "heads", "kv"), std, name=name)()
+            y = jnp.swapaxes(flat_matmul(x.astype(cfg.compute_dtype), kernel, 1), 1, 2)
+            return constrain(y, ("batch", "heads", "length", "kv"))
 
-        q = proj("query", (d * dk) ** -0.5)(x_q)
-        k = proj("key", d ** -0.5)(x_kv)
-        v = proj("value", d ** -0.5)(x_kv)
-        # Heads before length: batched matmuls over (batch, heads) with contiguous [length, d_kv] operands.
-        q = constrain(q, ("batch", "heads", "length", "kv"))
-        k = constrain(k, ("batch", "heads", "length", "kv"))
-        v = constrain(v, ("batch", "heads", "length", "kv"))
+        q = proj("query", (d * dk) ** -0.5, x_q)
+        k = proj("key", d ** -0.5, x_kv)
+        v = proj("value", d ** -0.5, x_kv)
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         weights = jax.nn.softmax(logits + bias, axis=-1)
         self.sow("intermediates", "attention_weights", weights)
@@ -143,8 +151,8 @@ class MultiHeadAttention(nn.Module):
             weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.compute_dtype), v)
         out = constrain(out, ("batch", "heads", "length", "kv"))
-        out = Projection(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, "bhlk,hkd->bld",
-                         name="out")(out)
+        kernel = Kernel(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, name="out")()
+        out = flat_matmul(jnp.swapaxes(out, 1, 2), kernel, 2)
         return constrain(out, ("batch", "length", "embed"))
 
 
@@ -162,13 +170,15 @@ class GatedGeluMlp(nn.Module):
             return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                             kernel_init=nn.with_logical_partitioning(normal_init(std), axes), name=name)
 
-        gate = dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(x)
-        lin = dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(x)
-        hidden = jax.nn.gelu(gate, approximate=True) * lin
+        flat = x.reshape(-1, x.shape[-1])  # 2-D matmuls: see Kernel
+        gate = dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(flat)
+        lin = dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(flat)
+        hidden = (jax.nn.gelu(gate, approximate=True) * lin).reshape(*x.shape[:-1], cfg.d_ff)
         hidden = constrain(hidden, ("batch", "length", "mlp"))
         if self.enable_dropout and cfg.dropout_rate > 0:
             hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=False)
-        out = dense("wo", cfg.d_model, cfg.d_ff ** -0.5, ("mlp", "embed"))(hidden)
+        out = dense("wo", cfg.d_model, cfg.d_ff ** -0.5, ("mlp", "embed"))(hidden.reshape(-1, cfg.d_ff))
+        out = out.reshape(x.shape)
         return constrain(out, ("batch", "length", "embed"))
 
 
