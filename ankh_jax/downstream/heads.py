@@ -106,32 +106,12 @@ class ConvBertForMultiClassClassification(nn.Module):
         return self.num_tokens
 
 
-class ConvBertForMultiLabelClassification(nn.Module):
+class ConvBertForMultiLabelClassification(ConvBertForMultiClassClassification):
     """``num_tokens`` independent logits per residue (``pooling=None``, as ``ankh``) or per sequence.
-    Loss: BCE with logits on multi-hot labels."""
-
-    num_tokens: int
-    input_dim: int
-    nhead: int
-    hidden_dim: int
-    num_hidden_layers: int = 1
-    num_layers: int = 1
-    kernel_size: int = 7
-    dropout: float = 0.2
-    pooling: str | None = None
-    attention_dropout: float = 0.1
+    Loss: BCE with logits on multi-hot labels. Same layers and arguments as the multiclass head; only the
+    loss that ``task_kind`` selects differs."""
 
     task_kind = "multilabel"
-
-    @nn.compact
-    def __call__(self, embeddings, attention_mask=None, deterministic: bool = True):
-        _check_pooling(type(self).__name__, self.pooling, required=False)
-        hidden = _stack(self, embeddings, attention_mask, deterministic)
-        return _decode(self, hidden, attention_mask, self.num_tokens)
-
-    @property
-    def num_outputs(self) -> int:
-        return self.num_tokens
 
 
 class ConvBertForRegression(nn.Module):
