@@ -7,16 +7,26 @@ Layout of ``MODEL_DIR``::
     checkpoints/<step>/        one orbax step directory per checkpoint, with three items:
         params/                the parameters (sharded arrays, float32)
         opt_state/             the optimizer state
-        meta/                  JSON: step, the input pipeline's state, a fingerprint of the arrays
+        meta/                  JSON: step, every process's input-pipeline state, a fingerprint of the arrays
     checkpoints_unreadable/    checkpoints that failed to restore are moved here, never silently deleted
 
 Resuming picks the newest checkpoint that restores cleanly. A checkpoint that raises while reading, or whose
-arrays do not match the fingerprint written beside them (per-leaf sums of |x|), is reported on the log, moved
-aside, and the previous one is tried.
+arrays do not match the fingerprint written beside them (per-leaf sums of |x|), is damaged: it is reported, moved
+aside, and the previous one is tried. A checkpoint whose tree or shapes differ from what the run's configuration
+builds (another optimizer, ``scan_layers`` flipped, another model) is not damaged: that is
+:class:`CheckpointMismatchError`, naming what differs, and nothing is moved. A ``MODEL_DIR`` whose checkpoints
+were all set aside never silently starts again from step 0.
+
+Input positions on several hosts: each process reads its own shard, so each has its own position. They are
+gathered to every process at save time and stored together, as a list indexed by process, in the ``meta`` JSON
+item. One item, written by the primary process and committed atomically with the arrays of the same step, means a
+step directory can never hold positions from another step or from only some hosts (separate per-process files,
+as t5x and grain keep them, each need their own commit protocol on every host). A few hundred bytes per host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +51,67 @@ FINGERPRINT_RTOL = 1e-4
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or a checkpoint that does not fit the model."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint is intact but was written for another configuration (its tree or shapes differ)."""
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    params: Any
+    opt_state: Any
+    input_states: list[dict] | None  # one per process of the run that saved it (None: saved without one)
+
+
+def gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able ``obj``, as a list indexed by process (a collective: all processes call it)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [json.loads(rows[i, :sizes[i]].tobytes()) for i in range(len(sizes))]
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"encoder/layers_0/.../kernel": shape}`` for arrays, abstract arrays or orbax metadata alike."""
+    tree = getattr(tree, "tree", tree)
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(_key_name(e) for e in path): tuple(leaf.shape) for path, leaf in flat
+            if hasattr(leaf, "shape")}
+
+
+def describe_tree_difference(saved: dict, expected: dict) -> str:
+    """What differs between two :func:`tree_shapes` maps, in a few words (empty when they agree)."""
+    only_saved = sorted(set(saved) - set(expected))
+    only_expected = sorted(set(expected) - set(saved))
+    reshaped = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+    parts = []
+    if only_saved:
+        parts.append(f"{len(only_saved)} arrays only in the checkpoint (e.g. {only_saved[0]})")
+    if only_expected:
+        parts.append(f"{len(only_expected)} arrays only in this configuration (e.g. {only_expected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} arrays of another shape (e.g. {k}: checkpoint {saved[k]} vs {expected[k]})")
+    scanned = lambda keys: any("/layers/" in f"/{k}/" for k in keys)
+    if parts and scanned(saved) != scanned(expected):
+        parts.append(f"T5Config.scan_layers differs (the checkpoint was written with scan_layers="
+                     f"{scanned(saved)})")
+    return "; ".join(parts)
 
 
 @jax.jit
@@ -72,11 +143,14 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return step % self.save_interval_steps == 0
 
-    def save(self, step: int, params: Any, opt_state: Any, input_state: Any) -> bool:
-        """Starts an (async) save of ``step``; returns False if that step is already saved."""
+    def save(self, step: int, params: Any, opt_state: Any, input_states: list[dict] | None) -> bool:
+        """Starts an (async) save of ``step``; returns False if that step is already saved.
+
+        ``input_states``: every process's input position (:func:`gather_json`), the same list on every process.
+        """
         if step in self.manager.all_steps():
             return False
-        meta = {"step": int(step), "input_state": input_state,
+        meta = {"step": int(step), "input_states": input_states, "num_processes": jax.process_count(),
                 "fingerprint": {"params": fingerprint(params), "opt_state": fingerprint(opt_state)}}
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
@@ -95,12 +169,16 @@ class Checkpointer:
 
     # -- restoring ------------------------------------------------------------------------------------------
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any,
-                       report: Callable[[str], None] = log.warning) -> tuple[int, Any, Any, Any] | None:
-        """(step, params, opt_state, input_state) from the newest readable checkpoint, or None if there is none.
+                       report: Callable[[str], None] = log.warning) -> Restored | None:
+        """The newest readable checkpoint, or None if there is none (and none was ever set aside).
 
-        The abstract trees carry the target shardings (``jax.ShapeDtypeStruct(..., sharding=...)``).
+        The abstract trees carry the target shardings (``jax.ShapeDtypeStruct(..., sharding=...)``). Raises
+        :class:`CheckpointMismatchError` (nothing moved) when the newest checkpoint was written for another
+        configuration, and :class:`CheckpointError` when every checkpoint is unreadable or was set aside earlier.
         """
         steps = self.all_steps()
+        if steps:
+            self._check_compatible(steps[-1], abstract_params, abstract_opt_state)
         for i, step in enumerate(reversed(steps)):
             try:
                 return self._restore_step(step, abstract_params, abstract_opt_state)
@@ -111,11 +189,31 @@ class Checkpointer:
                        f"({type(err).__name__}: {_first_line(err)}); moved to "
                        f"{os.path.join(self.model_dir, UNREADABLE_SUBDIR)}; {fallback}")
                 self._move_aside(step)
-        if steps:
-            raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be restored")
+        set_aside = os.path.join(self.model_dir, UNREADABLE_SUBDIR)
+        if steps or (os.path.isdir(set_aside) and os.listdir(set_aside)):
+            raise CheckpointError(
+                f"no readable checkpoint in {self.directory}: every checkpoint was set aside in {set_aside}. "
+                f"Not starting again from step 0 on top of them; to start afresh, delete or move {set_aside}")
         return None
 
-    def _restore_step(self, step: int, abstract_params: Any, abstract_opt_state: Any):
+    def _check_compatible(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> None:
+        try:
+            metadata = self.manager.item_metadata(step)
+            saved = {"params": tree_shapes(metadata["params"]), "opt_state": tree_shapes(metadata["opt_state"])}
+        except Exception:  # noqa: BLE001 - unreadable metadata is damage: restore_latest reports it
+            return
+        for name, expected in (("params", abstract_params), ("opt_state", abstract_opt_state)):
+            if not saved[name]:
+                return
+            diff = describe_tree_difference(saved[name], tree_shapes(expected))
+            if diff:
+                what = "model" if name == "params" else "optimizer state (another optimizer or optimizer settings)"
+                raise CheckpointMismatchError(
+                    f"the checkpoint at step {step} in {self.directory} was written for another {what}: {diff}. "
+                    "Nothing was changed; run with the configuration that wrote it (its config.gin is in the "
+                    "model directory) or choose a new MODEL_DIR")
+
+    def _restore_step(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> Restored:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
             meta=ocp.args.JsonRestore()))
@@ -129,7 +227,10 @@ class Checkpointer:
                 bad = int(np.flatnonzero(~np.isclose(got, expected, rtol=FINGERPRINT_RTOL, atol=1e-6))[0]) \
                     if expected.shape == got.shape else -1
                 raise CheckpointError(f"{name} do not match their fingerprint (leaf {bad})")
-        return step, restored.params, restored.opt_state, meta.get("input_state")
+        input_states = meta.get("input_states")
+        if input_states is None and meta.get("input_state") is not None:  # written by one process, format 1
+            input_states = [meta["input_state"]]
+        return Restored(step, restored.params, restored.opt_state, input_states)
 
     def _move_aside(self, step: int) -> None:
         if jax.process_index() == 0:

@@ -7,6 +7,7 @@ the restored step are dropped first, so the file always describes one consistent
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -17,6 +18,8 @@ import jax
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
+
+log = logging.getLogger(__name__)
 
 
 def _format_duration(seconds: float) -> str:
@@ -29,11 +32,24 @@ def _format_duration(seconds: float) -> str:
 
 
 def read_metrics(model_dir: str) -> list[dict]:
+    """The rows of ``metrics.jsonl``. A last line cut short by a crash mid-write is dropped (with a warning); a
+    damaged line elsewhere is an error naming it."""
     path = os.path.join(model_dir, METRICS_FILE)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        lines = f.read().decode("utf-8", errors="replace").split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if any(rest.strip() for rest in lines[number:]):
+                raise ValueError(f"{path}: line {number} is not JSON: {line[:80]!r}") from None
+            log.warning("%s: dropped an incomplete last line (a crash while writing it): %r", path, line[:80])
+    return rows
 
 
 class MetricsWriter:
@@ -62,11 +78,14 @@ class MetricsWriter:
                              file=sys.stderr, mininterval=1.0, smoothing=0.1)
 
     def _truncate_after(self, step: int) -> None:
+        """Rows beyond the restored step (and a partial last line) are dropped, so the file is one run."""
         if not os.path.exists(self.path):
             return
         rows = read_metrics(self.model_dir)
         kept = [r for r in rows if r.get("step", 0) <= step]
-        if len(kept) != len(rows):
+        with open(self.path, "rb") as f:
+            intact = f.read().endswith(b"\n") or os.path.getsize(self.path) == 0
+        if len(kept) != len(rows) or not intact:
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -122,7 +141,13 @@ def _plain(v: Any) -> Any:
 
 
 class Timer:
-    """Wall time and counts between log steps; the first (compiling) step is excluded from rates."""
+    """Training time and counts between log steps.
+
+    ``busy_seconds`` adds up only the time spent in training steps (reading the batch, the step itself), so
+    rates and MFU do not fall when an eval or a checkpoint save happens in the interval (t5x reports both kinds);
+    ``wall_seconds`` is everything since the last reset, for the ETA. Steps added with ``count=False`` (the
+    compiling first step) are left out of the rates.
+    """
 
     def __init__(self):
         self.reset()
@@ -131,10 +156,16 @@ class Timer:
         self.start = time.perf_counter()
         self.steps = 0
         self.tokens = 0.0
+        self.busy = 0.0
 
-    def add(self, tokens: float) -> None:
-        self.steps += 1
-        self.tokens += tokens
+    def add(self, tokens: float, seconds: float, count: bool = True) -> None:
+        if count:
+            self.steps += 1
+            self.tokens += tokens
+            self.busy += seconds
 
-    def elapsed(self) -> float:
+    def busy_seconds(self) -> float:
+        return max(self.busy, 1e-9)
+
+    def wall_seconds(self) -> float:
         return max(time.perf_counter() - self.start, 1e-9)

@@ -51,12 +51,21 @@ DEFAULT_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 @gin.configurable
 def initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None) -> None:
+                           num_processes: int | None = None, process_id: int | None = None,
+                           heartbeat_timeout_seconds: int = 100, initialization_timeout_seconds: int = 300) -> None:
     """Calls ``jax.distributed.initialize`` for multi-host runs.
 
     mode: ``auto`` (when a coordinator is given, by gin or ``JAX_COORDINATOR_ADDRESS``, or the TPU VM lists several
     workers in ``TPU_WORKER_HOSTNAMES``), ``always`` (the TPU pod configs: on Cloud TPU VMs jax discovers the
     coordinator, process count and id by itself, also on a single host) or ``never``.
+
+    Anywhere else (CPU or GPU hosts, TPU VMs without metadata) set ``JAX_COORDINATOR_ADDRESS=host:port`` (process
+    0's address), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on every process, or the matching gin bindings.
+    On the CPU the cross-process collectives run over gloo (set here, before jax starts its backends).
+
+    heartbeat_timeout_seconds: a process that stops answering (killed, host lost) is declared dead after this
+    long, and jax then terminates every other process of the job with an error naming it, so a lost host stops
+    the job in bounded time instead of leaving the rest blocked in a collective.
     """
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"initialize_distributed.mode={mode!r}: expected auto, always or never")
@@ -68,8 +77,10 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
         return
     num_processes = num_processes or _int_env("JAX_NUM_PROCESSES")
     process_id = process_id if process_id is not None else _int_env("JAX_PROCESS_ID")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+                               initialization_timeout=initialization_timeout_seconds)
     log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
 
 

@@ -80,7 +80,40 @@ def parse_gin(files: list[str], bindings: list[str], search_paths: list[str]) ->
             raise ValueError(f"gin file {f!r} not found (searched the current directory, {CHECKOUT} and "
                              f"{search_paths or 'no --gin_search_paths'})")
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    check_macros_are_used(bindings)
     gin.finalize()
+
+
+def _macro_references(value, found: set) -> set:
+    from gin import config as gin_config
+
+    if isinstance(value, gin_config.ConfigurableReference):
+        if value.config_key[1] == "gin.macro":
+            found.add(value.config_key[0])
+    elif isinstance(value, dict):
+        for v in value.values():
+            _macro_references(v, found)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _macro_references(v, found)
+    return found
+
+
+def check_macros_are_used(bindings: list[str]) -> None:
+    """A macro set on the command line that no binding reads (``--gin.TRAIN_STEP=5`` for ``TRAIN_STEPS``) would be
+    silently ignored: raise ValueError naming it. (Misspelled parameters are already errors in gin itself.)"""
+    from gin import config as gin_config
+
+    referenced: set = set()
+    for (_, selector), params in list(gin_config._CONFIG.items()):  # gin keeps bindings here; no public walker
+        _macro_references(params, referenced)
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if name and "." not in name and "/" not in name and name not in referenced:
+            macros = sorted(scope for scope, selector in gin_config._CONFIG if selector == "gin.macro")
+            close = [m for m in macros if m.lower() == name.lower() or m.startswith(name) or name.startswith(m)]
+            hint = f"; did you mean {close[0]}?" if close else f" (macros read here: {', '.join(macros)})"
+            raise ValueError(f"binding '{binding.strip()}': no configuration reads the macro {name}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,13 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid gin configuration: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
+    from ankh_jax.checkpoints import CheckpointError
+    from ankh_jax.dir_lock import DirectoryInUseError
     from ankh_jax.partitioning import initialize_distributed
-    from ankh_jax.trainer import InputError, NonFiniteLossError, train
+    from ankh_jax.trainer import InputError, NonFiniteLossError, RunConfigError, train
 
     initialize_distributed()
     try:
         result = train()
-    except InputError as err:
+    except (InputError, RunConfigError, CheckpointError, DirectoryInUseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,16 +28,11 @@ import numpy as np
 
 from ankh_jax import checkpoints as ckpt_lib
 from ankh_jax import flops as flops_lib
+from ankh_jax.dir_lock import DirectoryInUseError, DirectoryLock
 from ankh_jax.metrics_writer import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsWriter, Timer
-from ankh_jax.optim import make_optimizer, make_schedule
 from ankh_jax.partitioning import Partitioner
-from ankh_jax.train_steps import (
-    BATCH_KEYS_REQUIRED,
-    StateLayout,
-    jit_train_step,
-    make_eval_step,
-    make_train_step,
-)
+from ankh_jax.train_program import TrainProgram, build_program, evaluate
+from ankh_jax.train_steps import BATCH_KEYS_REQUIRED, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +43,10 @@ _ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encod
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN/inf; the run stopped without saving."""
+
+
+class RunConfigError(ValueError):
+    """The run's configuration is invalid or does not fit what MODEL_DIR holds; nothing was written."""
 
 
 @dataclasses.dataclass
@@ -105,27 +105,25 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
       peak_flops_per_device: for MFU; default a table by device kind, or a measured matmul on CPU.
     """
     if num_train_steps <= 0:
-        raise ValueError(f"num_train_steps must be positive, got {num_train_steps}")
+        raise RunConfigError(f"num_train_steps must be positive, got {num_train_steps}")
     for name, value in (("log_every_steps", log_every_steps), ("checkpoint_every_steps", checkpoint_every_steps)):
         if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+            raise RunConfigError(f"{name} must be positive, got {value}")
     if global_batch_size % num_microbatches:
-        raise ValueError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
-                         f"{num_microbatches}")
-    from ankh_jax.model.network import Transformer
-
+        raise RunConfigError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
+                             f"{num_microbatches}")
     model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise RunConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
     partitioner = partitioner or Partitioner()
-    model = Transformer(model_config)
-    schedule = make_schedule()
-    tx = make_optimizer(schedule)
-    layout = StateLayout(model, tx, partitioner)
+    program = build_program(model_config, partitioner, num_microbatches=num_microbatches,
+                            label_smoothing=label_smoothing, z_loss=z_loss)
     log.info("%s", partitioner.describe())
 
     # -- inputs (a missing data path fails here, before anything is written) -------------------------------
     shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
     if host_batch % num_microbatches and num_microbatches > 1:
-        raise ValueError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
+        raise RunConfigError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
     make_input = input_fn or _default_input_fn()
     common = {"feature_lengths": dict(feature_lengths), "batch_size": host_batch, "pack": pack,
               "shard_id": shard_id, "num_shards": num_shards}
@@ -140,122 +138,141 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
 
     # -- state ----------------------------------------------------------------------------------------------
     _check_model_dir_config(model_dir, model_config)
+    lock = _lock_model_dir(model_dir) if os.path.isdir(model_dir) else None
     checkpointer = None
-    restored = None
-    if os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)):
-        checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
-                                             max_to_keep=keep_checkpoints, async_save=async_checkpoints)
-        abstract = layout.abstract_state()
-        restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=_warn)
-    if restored is not None:
-        start_step, params, opt_state, input_state = restored
-        from ankh_jax.train_steps import TrainState
-
-        state = TrainState(step=jax.device_put(np.int32(start_step), partitioner.replicated()), params=params,
-                           opt_state=opt_state)
-        if input_state is not None:
-            train_iter.set_state(input_state)
-        _info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
-    elif init_from_hf:
-        state = layout.from_params(_load_hf_params(init_from_hf, model_config))
-        start_step = 0
-        _info(f"initialised from the HuggingFace model in {init_from_hf}")
-    else:
-        state = layout.create(jax.random.key(seed))
-        start_step = 0
     try:
+        if os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)):
+            checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
+                                                 max_to_keep=keep_checkpoints, async_save=async_checkpoints)
+            abstract = program.layout.abstract_state()
+            restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=_warn)
+        else:
+            restored = None
+        if restored is not None:
+            state = TrainState(step=jax.device_put(np.int32(restored.step), partitioner.replicated()),
+                               params=restored.params, opt_state=restored.opt_state)
+            start_step = restored.step
+            _restore_input_position(train_iter, restored.input_states)
+            _info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
+        elif init_from_hf:
+            state = program.layout.from_params(_load_hf_params(init_from_hf, model_config))
+            start_step = 0
+            _info(f"initialised from the HuggingFace model in {init_from_hf}")
+        else:
+            state = program.layout.create(jax.random.key(seed))
+            start_step = 0
         pending = _first_batch(train_iter, f"task {task_name!r} split 'train'")
-    except InputError:
+        if start_step >= num_train_steps:
+            _info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
+            _print_summary(model_dir, start_step)
+            return TrainResult(start_step, state.params, "finished", {}, None)
+
+        # -- first writes -------------------------------------------------------------------------------------
+        lock = lock or _lock_model_dir(model_dir)
+        ckpt_lib.write_model_config(model_dir, model_config)
+        _write_operative_config(model_dir)
+        if checkpointer is None:
+            checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
+                                                 max_to_keep=keep_checkpoints, async_save=async_checkpoints)
+        loop = _Loop(program, checkpointer, train_iter, eval_factory, eval_every_steps, eval_steps,
+                     log_every_steps, num_train_steps, global_batch_size, peak_flops_per_device, seed)
+        result = loop.run(state, start_step, pending, MetricsWriter(
+            model_dir, total_steps=num_train_steps, start_step=start_step, progress=progress_bar))
+    finally:
         if checkpointer is not None:
             checkpointer.close()
-        raise
-    if start_step >= num_train_steps:
-        checkpointer.close()
-        _info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
-        _print_summary(model_dir, start_step)
-        return TrainResult(start_step, state.params, "finished", {}, None)
+        if lock is not None:
+            lock.release()
+    if result.stopped_by == "finished":
+        _print_summary(model_dir, result.step)
+    return result
 
-    # -- first writes -----------------------------------------------------------------------------------------
-    ckpt_lib.write_model_config(model_dir, model_config)
-    _write_operative_config(model_dir)
-    if checkpointer is None:
-        checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
-                                             max_to_keep=keep_checkpoints, async_save=async_checkpoints)
-    writer = MetricsWriter(model_dir, total_steps=num_train_steps, start_step=start_step,
-                           progress=progress_bar)
-    step_fn = jit_train_step(make_train_step(model, tx, schedule, num_microbatches=num_microbatches,
-                                             label_smoothing=label_smoothing, z_loss=z_loss,
-                                             enable_dropout=model_config.dropout_rate > 0), layout)
-    eval_fn = make_eval_step(model, layout) if eval_factory else None
-    rng = jax.random.key(seed + 1)
-    watcher = ckpt_lib.PreemptionWatcher()
-    peak, peak_source = flops_lib.peak_flops_per_device(override=peak_flops_per_device)
-    total_peak = peak if jax.devices()[0].platform == "cpu" else peak * jax.device_count()
-    writer.log_line(f"{partitioner.describe()}\npeak for MFU: {peak / 1e12:.3g} TFLOP/s per device ({peak_source})")
 
-    step = start_step
-    timer, acc = Timer(), _Accumulator()
-    last_train: dict = {}
-    last_eval = None
-    stopped_by = "finished"
-    flops_per_step = None
-    first_step = True
-    try:
-        while step < num_train_steps:
-            local, pending = (pending, None) if pending is not None else (next(train_iter), None)
-            if flops_per_step is None:
-                flops_per_step = flops_lib.train_step_flops(
-                    model_config, global_batch_size, local["encoder_input_tokens"].shape[1],
-                    local["decoder_target_tokens"].shape[1])
-            state, metrics = step_fn(state, partitioner.make_global_batch(local), rng)
-            metrics = jax.device_get(metrics)
-            step += 1
-            if not bool(metrics["finite"]):
-                raise NonFiniteLossError(
-                    f"step {step}: loss is {_ratio(metrics['loss_sum'], metrics['weight_sum'])} and grad norm "
-                    f"{float(metrics['grad_norm'])}; stopped without saving. The last good checkpoint is "
-                    f"{_last_step(checkpointer)} in {checkpointer.directory}. Lower the learning rate, enable "
-                    f"z_loss, or check the data near this step.")
-            acc.add(metrics)
-            if first_step:  # the first step compiles: rates start after it
-                first_step = False
-                timer.reset()
-            else:
-                timer.add(float(metrics["weight_sum"]))
-            writer.advance(1, loss=f"{float(metrics['loss_sum']) / max(float(metrics['weight_sum']), 1):.4f}")
-            if step % log_every_steps == 0 or step == num_train_steps:
-                last_train = acc.summary()
-                elapsed = timer.elapsed()
-                steps_per_s = timer.steps / elapsed if timer.steps else 0.0
-                row = dict(last_train, steps_per_s=steps_per_s,
-                           target_tokens_per_s=timer.tokens / elapsed if timer.steps else 0.0,
-                           mfu=(flops_per_step * steps_per_s / total_peak) if timer.steps else 0.0)
-                writer.write(step, "train", row)
-                writer.log_line(f"step {step}/{num_train_steps}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-                                f"lr {row['learning_rate']:.3g}  |g| {row['grad_norm']:.3g}  "
-                                f"{steps_per_s:.2f} steps/s  {row['target_tokens_per_s']:.0f} tgt tok/s  "
-                                f"MFU {100 * row['mfu']:.1f}%  ETA {writer.eta(step, steps_per_s)}")
-                acc, _ = _Accumulator(), timer.reset()
-            preempted = watcher.reached(step)
-            if checkpointer.should_save(step) or step == num_train_steps or preempted:
-                checkpointer.save(step, state.params, state.opt_state, train_iter.get_state())
-            if eval_fn is not None and (step % eval_every_steps == 0 or step == num_train_steps):
-                last_eval = _evaluate(eval_fn, eval_factory, state.params, partitioner, eval_steps)
-                writer.write(step, "eval", last_eval)
-                writer.log_line(f"step {step} eval: loss {last_eval['loss']:.4f}  "
-                                f"acc {last_eval['accuracy']:.4f}  ({last_eval['target_tokens']:.0f} target tokens)")
-            if preempted:
-                stopped_by = "preempted"
-                checkpointer.wait()
-                writer.log_line(f"preemption signal: saved the checkpoint at step {step} and stopped")
-                break
-    finally:
-        watcher.close()
-        writer.close()
-        checkpointer.close()
-    if stopped_by == "finished":
-        _print_summary(model_dir, step)
-    return TrainResult(step, state.params, stopped_by, last_train, last_eval)
+class _Loop:
+    """One jitted step per batch; metrics, checkpoints, eval and preemption at step boundaries."""
+
+    def __init__(self, program: TrainProgram, checkpointer, train_iter, eval_factory, eval_every_steps: int,
+                 eval_steps: int | None, log_every_steps: int, num_train_steps: int, global_batch_size: int,
+                 peak_flops_per_device: float | None, seed: int):
+        self.program, self.checkpointer, self.train_iter = program, checkpointer, train_iter
+        self.eval_factory, self.eval_every_steps, self.eval_steps = eval_factory, eval_every_steps, eval_steps
+        self.log_every_steps, self.num_train_steps = log_every_steps, num_train_steps
+        self.global_batch_size = global_batch_size
+        self.peak, self.peak_source = flops_lib.peak_flops_per_device(override=peak_flops_per_device)
+        self.total_peak = self.peak if jax.devices()[0].platform == "cpu" else self.peak * jax.device_count()
+        self.rng = jax.random.key(seed + 1)
+
+    def run(self, state: TrainState, step: int, pending: dict, writer: MetricsWriter) -> TrainResult:
+        program, checkpointer = self.program, self.checkpointer
+        writer.log_line(f"{program.partitioner.describe()}\npeak for MFU: {self.peak / 1e12:.3g} TFLOP/s per "
+                        f"device ({self.peak_source})")
+        watcher = ckpt_lib.PreemptionWatcher()
+        timer, acc = Timer(), _Accumulator()
+        last_train: dict = {}
+        last_eval = None
+        stopped_by = "finished"
+        flops_per_step = None
+        first = step + 1  # this run's first step compiles: rates leave it out
+        try:
+            while step < self.num_train_steps:
+                started = time.perf_counter()
+                local, pending = (pending, None) if pending is not None else (next(self.train_iter), None)
+                if flops_per_step is None:
+                    flops_per_step = flops_lib.train_step_flops(
+                        program.config, self.global_batch_size, local["encoder_input_tokens"].shape[1],
+                        local["decoder_target_tokens"].shape[1])
+                state, metrics = program.train_step(state, program.partitioner.make_global_batch(local), self.rng)
+                metrics = jax.device_get(metrics)
+                step += 1
+                if not bool(metrics["finite"]):
+                    raise NonFiniteLossError(
+                        f"step {step}: loss is {_ratio(metrics['loss_sum'], metrics['weight_sum'])} and grad norm "
+                        f"{float(metrics['grad_norm'])}; stopped without saving. The last good checkpoint is "
+                        f"{_last_step(checkpointer)} in {checkpointer.directory}. Lower the learning rate, enable "
+                        f"z_loss, or check the data near this step.")
+                acc.add(metrics)
+                # Rates count training steps only (input + step), never eval or checkpoint time; the first step
+                # compiles and is left out.
+                timer.add(float(metrics["weight_sum"]), time.perf_counter() - started, count=step != first)
+                writer.advance(1, loss=f"{_ratio(metrics['loss_sum'], metrics['weight_sum']):.4f}")
+                if step % self.log_every_steps == 0 or step == self.num_train_steps:
+                    last_train = self._log(writer, step, acc, timer, flops_per_step)
+                    acc = _Accumulator()
+                    timer.reset()
+                preempted = watcher.reached(step)
+                if checkpointer.should_save(step) or step == self.num_train_steps or preempted:
+                    input_states = ckpt_lib.gather_json(self.train_iter.get_state())
+                    checkpointer.save(step, state.params, state.opt_state, input_states)
+                if self.eval_factory is not None and (step % self.eval_every_steps == 0
+                                                      or step == self.num_train_steps):
+                    last_eval = evaluate(program, state.params, self.eval_factory(), self.eval_steps)
+                    writer.write(step, "eval", last_eval)
+                    writer.log_line(f"step {step} eval: loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.4f}"
+                                    f"  ({last_eval['target_tokens']:.0f} target tokens)")
+                if preempted:
+                    stopped_by = "preempted"
+                    checkpointer.wait()
+                    writer.log_line(f"preemption signal: saved the checkpoint at step {step} and stopped")
+                    break
+        finally:
+            watcher.close()
+            writer.close()
+        return TrainResult(step, state.params, stopped_by, last_train, last_eval)
+
+    def _log(self, writer: MetricsWriter, step: int, acc: _Accumulator, timer: Timer, flops_per_step) -> dict:
+        summary = acc.summary()
+        busy, wall = timer.busy_seconds(), timer.wall_seconds()
+        steps_per_s = timer.steps / busy if timer.steps else 0.0
+        row = dict(summary, steps_per_s=steps_per_s,
+                   target_tokens_per_s=timer.tokens / busy if timer.steps else 0.0,
+                   mfu=(flops_per_step * steps_per_s / self.total_peak) if timer.steps else 0.0,
+                   wall_steps_per_s=acc.steps / wall)
+        writer.write(step, "train", row)
+        writer.log_line(f"step {step}/{self.num_train_steps}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+                        f"lr {row['learning_rate']:.3g}  |g| {row['grad_norm']:.3g}  {steps_per_s:.2f} steps/s  "
+                        f"{row['target_tokens_per_s']:.0f} tgt tok/s  MFU {100 * row['mfu']:.1f}%  "
+                        f"ETA {writer.eta(step, row['wall_steps_per_s'])}")
+        return summary
 
 
 class _Accumulator:
@@ -282,38 +299,6 @@ class _Accumulator:
                 "target_tokens": self.sums["weight_sum"]}
 
 
-def _evaluate(eval_fn, eval_factory, params, partitioner: Partitioner, max_batches: int | None) -> dict:
-    totals = {"loss": 0.0, "correct": 0.0, "weight": 0.0}
-    it = eval_factory()
-    multi_host = jax.process_count() > 1
-    n = 0
-    template = None
-    while max_batches is None or n < max_batches:
-        try:
-            local = next(it)
-            template = local
-            has = True
-        except StopIteration:
-            has = False
-        if multi_host:  # hosts may run out at different batches: all continue until none has data
-            from jax.experimental import multihost_utils
-
-            any_has = bool(np.any(multihost_utils.process_allgather(np.asarray(has))))
-            if not any_has:
-                break
-            if not has:
-                local = {k: np.zeros_like(v) for k, v in template.items()}
-        elif not has:
-            break
-        sums = jax.device_get(eval_fn(params, partitioner.make_global_batch(local)))
-        for k in totals:
-            totals[k] += float(sums[k])
-        n += 1
-    w = max(totals["weight"], 1.0)
-    return {"loss": totals["loss"] / w, "accuracy": totals["correct"] / w, "target_tokens": totals["weight"],
-            "batches": n}
-
-
 def _load_hf_params(path: str, config) -> Any:
     from ankh_jax.hf import load_hf_model
 
@@ -327,6 +312,48 @@ def _load_hf_params(path: str, config) -> Any:
     return params
 
 
+def _lock_model_dir(model_dir: str) -> DirectoryLock | None:
+    """Process 0 locks MODEL_DIR (creating it); every process learns the outcome, so all stop together."""
+    lock, error = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = DirectoryLock(model_dir, "ankh_jax.train").acquire()
+        except DirectoryInUseError as err:
+            error = str(err)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(0 if error else 1)))
+        if not locked and not error:
+            error = f"{model_dir} is in use by another run (process 0 has the details)"
+    if error:
+        raise DirectoryInUseError(error)
+    return lock
+
+
+def _restore_input_position(train_iter, input_states: list[dict] | None) -> None:
+    """Each process continues its own shard's stream; an elastic restart (another process count) cannot."""
+    n, me = jax.process_count(), jax.process_index()
+    if input_states is None:
+        _warn("the checkpoint holds no input position: the input starts from its beginning")
+        return
+    if len(input_states) == n:
+        try:
+            train_iter.set_state(input_states[me])
+        except ValueError as err:
+            raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
+        return
+    # The data shards are a function of the process count (seqio.ShardInfo), so no position in the new shards
+    # corresponds to the old ones. Restart every host at the start of the earliest epoch any old host was in.
+    epoch = min(int(s["epoch"]) for s in input_states)
+    state = dict(train_iter.get_state(), epoch=epoch, position=0, row=0)
+    train_iter.set_state(state)
+    _info(f"elastic restart: the checkpoint was written by {len(input_states)} process(es), this run has {n}. "
+          f"Parameters and optimizer state continue exactly (resharded); the data shards differ, so every host's "
+          f"input restarts at the beginning of epoch {epoch}, the earliest epoch a saved host was in (examples of "
+          f"that epoch already trained on are seen again)")
+
+
 def _check_model_dir_config(model_dir: str, config) -> None:
     path = os.path.join(model_dir, ckpt_lib.MODEL_CONFIG_FILE)
     if not os.path.isfile(path):
@@ -335,7 +362,7 @@ def _check_model_dir_config(model_dir: str, config) -> None:
         saved = type(config).from_json(f.read())
     diffs = [f for f in _ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
     if diffs:
-        raise ValueError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
+        raise RunConfigError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
                          "pick a new MODEL_DIR or the matching model gin file")
 
 

@@ -15,6 +15,7 @@ from ankh_jax.checkpoints import (
     UNREADABLE_SUBDIR,
     Checkpointer,
     CheckpointError,
+    CheckpointMismatchError,
     PreemptionWatcher,
     load_params,
     read_meta,
@@ -47,11 +48,12 @@ def test_round_trip_keeps_last_k_and_input_state(tmp_path, trees):
     ck = Checkpointer(str(tmp_path), save_interval_steps=2, max_to_keep=2)
     for step in (2, 4, 6):
         assert ck.should_save(step) and not ck.should_save(step + 1)
-        ck.save(step, _scaled(params, step), _scaled(opt, step), {"epoch": 0, "position": step})
+        ck.save(step, _scaled(params, step), _scaled(opt, step), [{"epoch": 0, "position": step}])
     ck.wait()
     assert ck.all_steps() == [4, 6]
-    step, p, o, input_state = ck.restore_latest(_abstract(params), _abstract(opt))
-    assert step == 6 and input_state == {"epoch": 0, "position": 6}
+    r = ck.restore_latest(_abstract(params), _abstract(opt))
+    step, p, o = r.step, r.params, r.opt_state
+    assert step == 6 and r.input_states == [{"epoch": 0, "position": 6}]
     np.testing.assert_array_equal(np.asarray(p["enc"]["w"]), np.arange(64.0).reshape(8, 8) * 6)
     assert p["enc"]["w"].sharding.spec == P("fsdp", "model")
     assert int(o["count"]) == 9
@@ -63,8 +65,8 @@ def test_round_trip_keeps_last_k_and_input_state(tmp_path, trees):
 def test_corrupt_latest_falls_back_to_previous_and_says_so(tmp_path, trees, damage):
     params, opt = trees
     ck = Checkpointer(str(tmp_path), save_interval_steps=1, max_to_keep=3, async_save=False)
-    ck.save(1, params, opt, {"position": 1})
-    ck.save(2, _scaled(params, 2), _scaled(opt, 2), {"position": 2})
+    ck.save(1, params, opt, [{"position": 1}])
+    ck.save(2, _scaled(params, 2), _scaled(opt, 2), [{"position": 2}])
     ck.wait()
     data_files = [os.path.join(root, f) for root, _, files in os.walk(tmp_path / "checkpoints" / "2" / "params")
                   for f in files if os.sep + "d" + os.sep in os.path.join(root, f)]
@@ -78,8 +80,9 @@ def test_corrupt_latest_falls_back_to_previous_and_says_so(tmp_path, trees, dama
                 f.seek(size // 2)
                 f.write(bytes(np.random.default_rng(0).integers(0, 256, size - size // 2, dtype=np.uint8)))
     messages = []
-    step, p, _, input_state = ck.restore_latest(_abstract(params), _abstract(opt), report=messages.append)
-    assert step == 1 and input_state == {"position": 1}
+    r = ck.restore_latest(_abstract(params), _abstract(opt), report=messages.append)
+    step, p = r.step, r.params
+    assert step == 1 and r.input_states == [{"position": 1}]
     np.testing.assert_array_equal(np.asarray(p["enc"]["w"]), np.asarray(params["enc"]["w"]))
     assert len(messages) == 1
     assert "step 2" in messages[0] and "unreadable" in messages[0] and "falling back to step 1" in messages[0]
@@ -96,8 +99,29 @@ def test_no_readable_checkpoint_is_an_error(tmp_path, trees):
         for f in files:
             if os.sep + "d" + os.sep in os.path.join(root, f):
                 os.truncate(os.path.join(root, f), 3)
-    with pytest.raises(CheckpointError, match=r"none of the checkpoints \[1\]"):
+    with pytest.raises(CheckpointError, match=r"every checkpoint was set aside"):
         ck.restore_latest(_abstract(params), _abstract(opt), report=lambda m: None)
+    assert (tmp_path / UNREADABLE_SUBDIR / "1").is_dir()
+    # Re-running must not quietly start from step 0 on top of the set-aside checkpoint.
+    with pytest.raises(CheckpointError, match=r"Not starting again from step 0"):
+        ck.restore_latest(_abstract(params), _abstract(opt), report=lambda m: None)
+    ck.close()
+
+
+def test_a_checkpoint_of_another_configuration_is_a_mismatch_not_damage(tmp_path, trees):
+    """Another optimizer state or another parameter tree: CheckpointMismatchError naming it, nothing moved."""
+    params, opt = trees
+    ck = Checkpointer(str(tmp_path), save_interval_steps=1, async_save=False)
+    ck.save(1, params, opt, None)
+    other_opt = {"count": opt["count"], "mu": opt["v"], "nu": opt["v"]}  # e.g. Adam instead of Adafactor
+    with pytest.raises(CheckpointMismatchError, match=r"another optimizer state.*only in the checkpoint \(e\.g\. v/"):
+        ck.restore_latest(_abstract(params), _abstract(other_opt))
+    stacked = {"enc": {"layers": params["enc"]["w"][None]}, "b": params["b"]}
+    with pytest.raises(CheckpointMismatchError, match=r"scan_layers differs"):
+        ck.restore_latest(_abstract(stacked), _abstract(opt))
+    assert ck.all_steps() == [1] and not (tmp_path / UNREADABLE_SUBDIR).exists()
+    r = ck.restore_latest(_abstract(params), _abstract(opt))
+    assert r.step == 1 and r.input_states is None
     ck.close()
 
 
