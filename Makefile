@@ -16,7 +16,7 @@ $(PY):
 install: $(PY)
 	# The CPU build of torch first (it is on disk here); a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,tpu]'
 	$(PY) -c "import jax, flax, seqio, transformers; print('ankh_jax installed: jax', jax.__version__, 'flax', flax.__version__, 'transformers', transformers.__version__)"
 
 test:

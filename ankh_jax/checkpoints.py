@@ -17,9 +17,9 @@ builds (another optimizer, ``scan_layers`` flipped, another model) is not damage
 :class:`CheckpointMismatchError`, naming what differs, and nothing is moved. A ``MODEL_DIR`` whose checkpoints
 were all set aside never silently starts again from step 0.
 
-Input positions on several hosts: each process reads its own shard, so each has its own position. They are
-gathered to every process at save time and stored together, as a list indexed by process, in the ``meta`` JSON
-item. One item, written by the primary process and committed atomically with the arrays of the same step, means a
+Input positions on several hosts: each process reads its own data shards, so each has its own positions. They
+are gathered to every process at save time and stored together, as a list indexed by data shard, in the ``meta``
+JSON item. One item, written by the primary process and committed atomically with the arrays of the same step, means a
 step directory can never hold positions from another step or from only some hosts (separate per-process files,
 as t5x and grain keep them, each need their own commit protocol on every host). A few hundred bytes per host.
 """
@@ -62,7 +62,8 @@ class Restored:
     step: int
     params: Any
     opt_state: Any
-    input_states: list[dict] | None  # one per process of the run that saved it (None: saved without one)
+    input_states: list[dict] | None  # one per data shard, in shard order (None: saved without one)
+    num_processes: int  # how many processes wrote it
 
 
 def gather_json(obj: Any) -> list[Any]:
@@ -146,7 +147,7 @@ class Checkpointer:
     def save(self, step: int, params: Any, opt_state: Any, input_states: list[dict] | None) -> bool:
         """Starts an (async) save of ``step``; returns False if that step is already saved.
 
-        ``input_states``: every process's input position (:func:`gather_json`), the same list on every process.
+        ``input_states``: every data shard's input position, in shard order, the same list on every process.
         """
         if step in self.manager.all_steps():
             return False
@@ -230,7 +231,7 @@ class Checkpointer:
         input_states = meta.get("input_states")
         if input_states is None and meta.get("input_state") is not None:  # written by one process, format 1
             input_states = [meta["input_state"]]
-        return Restored(step, restored.params, restored.opt_state, input_states)
+        return Restored(step, restored.params, restored.opt_state, input_states, int(meta.get("num_processes", 1)))
 
     def _move_aside(self, step: int) -> None:
         if jax.process_index() == 0:

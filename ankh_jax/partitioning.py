@@ -84,6 +84,20 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
     log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
 
 
+_barriers: dict[str, int] = {}
+
+
+def wait_for_all_processes(name: str, timeout_seconds: int = 1800) -> None:
+    """A barrier of jax's coordination service across all processes (no device collective, so no collective
+    timeout while a slow host catches up); a no-op on one process. ``name`` may be reused: a count makes it unique."""
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    _barriers[name] = _barriers.get(name, 0) + 1
+    multihost.sync_global_processes(f"{name}_{_barriers[name]}", timeout=timeout_seconds)
+
+
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from ankh_jax.losses import cross_entropy_sums
-from ankh_jax.partitioning import Partitioner
+from ankh_jax.partitioning import Partitioner, wait_for_all_processes
 
 BATCH_KEYS_REQUIRED = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
                        "decoder_loss_weights")
@@ -172,13 +172,7 @@ def jit_train_step(step_fn: Callable, layout: StateLayout) -> Callable:
     p = layout.partitioner
     jitted = jax.jit(step_fn, in_shardings=(layout.state_shardings, p.batch_sharding(), p.replicated()),
                      out_shardings=(layout.state_shardings, p.replicated()), donate_argnums=(0,))
-
-    def run(state, batch, rng):
-        with p.activate():
-            return jitted(state, batch, rng)
-
-    run.jitted = jitted
-    return run
+    return _run_compiled(jitted, p, "train_step")
 
 
 def make_eval_step(model: nn.Module, layout: StateLayout) -> Callable:
@@ -190,9 +184,25 @@ def make_eval_step(model: nn.Module, layout: StateLayout) -> Callable:
 
     jitted = jax.jit(step, in_shardings=(layout.param_shardings, p.batch_sharding()),
                      out_shardings=p.replicated())
+    return _run_compiled(jitted, p, "eval_step")
 
-    def run(params, batch):
-        with p.activate():
-            return jitted(params, batch)
 
+def _run_compiled(jitted, partitioner: Partitioner, name: str) -> Callable:
+    """Calls ``jitted`` through its compiled executable, compiled ahead of the first call for each input shape.
+
+    On several hosts every process compiles at its own pace, and the first execution's collectives give up when
+    a peer is late (gloo on CPU after 30 s): after compiling, all processes meet at a barrier of the coordination
+    service (no collective, long timeout) before anyone runs the program.
+    """
+    compiled: dict = {}
+
+    def run(*args):
+        key = tuple((getattr(x, "shape", None), str(getattr(x, "dtype", ""))) for x in jax.tree_util.tree_leaves(args))
+        with partitioner.activate():
+            if key not in compiled:
+                compiled[key] = jitted.lower(*args).compile()
+                wait_for_all_processes(f"ankh_jax_{name}_compiled")
+            return compiled[key](*args)
+
+    run.jitted = jitted
     return run

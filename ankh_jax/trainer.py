@@ -91,7 +91,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
           eval_task_name: str | None = None, eval_split: str = "validation", eval_steps: int | None = None,
           num_microbatches: int = 1, label_smoothing: float = 0.0, z_loss: float = 0.0,
           init_from_hf: str | None = None, peak_flops_per_device: float | None = None,
-          partitioner: Partitioner | None = None, progress_bar: bool = True) -> TrainResult:
+          partitioner: Partitioner | None = None, progress_bar: bool = True,
+          num_data_shards: int | None = None) -> TrainResult:
     """Pretrains (or continues pretraining) an Ankh model. See the module docstring and configs/runs/pretrain.gin.
 
     Args (the non-obvious ones):
@@ -103,6 +104,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
       num_microbatches: gradient accumulation; the batch is split into this many micro-batches per step.
       init_from_hf: a HuggingFace Ankh directory to start from when ``model_dir`` holds no checkpoint.
       peak_flops_per_device: for MFU; default a table by device kind, or a measured matmul on CPU.
+      num_data_shards: independent data streams (default: one per host); each host reads an equal run of them.
+        Fixed, it makes the batches independent of the number of hosts, so a run can move between host counts
+        (elastic restart) with its data position, and 1 host gives the same numbers as several. A multiple of
+        every host count the run will use.
     """
     if num_train_steps <= 0:
         raise RunConfigError(f"num_train_steps must be positive, got {num_train_steps}")
@@ -124,10 +129,19 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
     if host_batch % num_microbatches and num_microbatches > 1:
         raise RunConfigError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
+    data_shards = num_data_shards or num_shards
+    per_host = data_shards // num_shards
+    if data_shards % num_shards or host_batch % per_host:
+        raise RunConfigError(f"train.num_data_shards={data_shards} must be a multiple of the {num_shards} hosts "
+                             f"and divide their batch of {host_batch}")
     make_input = input_fn or _default_input_fn()
-    common = {"feature_lengths": dict(feature_lengths), "batch_size": host_batch, "pack": pack,
-              "shard_id": shard_id, "num_shards": num_shards}
-    train_iter = make_input(task_name, "train", seed=data_seed, shuffle=True, repeat=True, **common)
+    common = {"feature_lengths": dict(feature_lengths), "pack": pack}
+    from ankh_jax.data.input_pipeline import HostInput
+
+    train_iter = HostInput([
+        make_input(task_name, "train", seed=data_seed, shuffle=True, repeat=True, batch_size=host_batch // per_host,
+                   shard_id=shard_id * per_host + j, num_shards=data_shards, **common) for j in range(per_host)])
+    common.update(batch_size=host_batch, shard_id=shard_id, num_shards=num_shards)
     eval_factory = None
     if eval_every_steps:
         eval_task = eval_task_name or task_name
@@ -152,7 +166,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
             state = TrainState(step=jax.device_put(np.int32(restored.step), partitioner.replicated()),
                                params=restored.params, opt_state=restored.opt_state)
             start_step = restored.step
-            _restore_input_position(train_iter, restored.input_states)
+            _restore_input_position(train_iter, restored.input_states, shard_id * per_host, restored.num_processes)
             _info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
         elif init_from_hf:
             state = program.layout.from_params(_load_hf_params(init_from_hf, model_config))
@@ -241,8 +255,7 @@ class _Loop:
                     timer.reset()
                 preempted = watcher.reached(step)
                 if checkpointer.should_save(step) or step == self.num_train_steps or preempted:
-                    input_states = ckpt_lib.gather_json(self.train_iter.get_state())
-                    checkpointer.save(step, state.params, state.opt_state, input_states)
+                    checkpointer.save(step, state.params, state.opt_state, self._all_input_states())
                 if self.eval_factory is not None and (step % self.eval_every_steps == 0
                                                       or step == self.num_train_steps):
                     last_eval = evaluate(program, state.params, self.eval_factory(), self.eval_steps)
@@ -258,6 +271,11 @@ class _Loop:
             watcher.close()
             writer.close()
         return TrainResult(step, state.params, stopped_by, last_train, last_eval)
+
+    def _all_input_states(self) -> list[dict]:
+        """Every data shard's position, in shard order (a collective: all hosts call it at the same step)."""
+        per_host = ckpt_lib.gather_json(self.train_iter.get_state())
+        return sorted((s for states in per_host for s in states), key=lambda s: s["config"]["shard_id"])
 
     def _log(self, writer: MetricsWriter, step: int, acc: _Accumulator, timer: Timer, flops_per_step) -> dict:
         summary = acc.summary()
@@ -331,27 +349,34 @@ def _lock_model_dir(model_dir: str) -> DirectoryLock | None:
     return lock
 
 
-def _restore_input_position(train_iter, input_states: list[dict] | None) -> None:
-    """Each process continues its own shard's stream; an elastic restart (another process count) cannot."""
-    n, me = jax.process_count(), jax.process_index()
+def _restore_input_position(train_iter, input_states: list[dict] | None, first_shard: int,
+                            saved_hosts: int) -> None:
+    """Each host continues its own data shards' streams; with another number of data shards none can."""
     if input_states is None:
         _warn("the checkpoint holds no input position: the input starts from its beginning")
         return
-    if len(input_states) == n:
+    mine = len(train_iter.get_state())
+    now = train_iter.get_state()[0]["config"]["num_shards"]
+    if len(input_states) == now:
         try:
-            train_iter.set_state(input_states[me])
+            train_iter.set_state(input_states[first_shard:first_shard + mine])
         except ValueError as err:
             raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
+        if jax.process_count() != saved_hosts:
+            _info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
+                  f"{jax.process_count()}; parameters and optimizer state are resharded, and the {now} data shards "
+                  "continue exactly where they were")
         return
-    # The data shards are a function of the process count (seqio.ShardInfo), so no position in the new shards
-    # corresponds to the old ones. Restart every host at the start of the earliest epoch any old host was in.
+    # The data shards are a function of their number (seqio.ShardInfo), so no position in the new shards
+    # corresponds to the old ones. Restart every shard at the start of the earliest epoch any old one was in.
     epoch = min(int(s["epoch"]) for s in input_states)
-    state = dict(train_iter.get_state(), epoch=epoch, position=0, row=0)
-    train_iter.set_state(state)
-    _info(f"elastic restart: the checkpoint was written by {len(input_states)} process(es), this run has {n}. "
-          f"Parameters and optimizer state continue exactly (resharded); the data shards differ, so every host's "
-          f"input restarts at the beginning of epoch {epoch}, the earliest epoch a saved host was in (examples of "
-          f"that epoch already trained on are seen again)")
+    train_iter.set_state([dict(s, epoch=epoch, position=0, row=0) for s in train_iter.get_state()])
+    _info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
+          f"{jax.process_count()}, and it holds {len(input_states)} data shard position(s) where this run reads {now} "
+          f"data shards. Parameters and optimizer state continue exactly (resharded); the data shards differ, so "
+          f"every shard restarts at the beginning of epoch {epoch}, the earliest epoch a saved shard was in "
+          f"(examples of that epoch already trained on are seen again). Fix train.num_data_shards to keep the "
+          f"data position across host counts")
 
 
 def _check_model_dir_config(model_dir: str, config) -> None:

@@ -83,10 +83,17 @@ class EpochDatasetFactory:
     def _preprocessed(self, key: tf.Tensor, first_example) -> tf.data.Dataset:
         """Examples ``first_example, ...`` of an epoch, each keyed by ``(epoch key, example number)``."""
         ds = self._source(key).enumerate().skip(first_example)  # skipped: raw records only, never preprocessed
+        by_id = not self.config["shuffle"] and self.config["split"] != "train"
+        id_key = tf.constant(base_key(self.config["seed"], -1), tf.int64)
 
         def attach_seed(index, x):
             x = dict(x)
-            x[EXAMPLE_SEED_KEY] = tf.stack([key, index])
+            if by_id and "id" in x:
+                # Evaluation: each protein's masks depend on (seed, its id) alone, not on which host read it at
+                # which position, so an eval over the whole split gives the same loss on any number of hosts.
+                x[EXAMPLE_SEED_KEY] = tf.stack([id_key, tf.strings.to_hash_bucket_fast(x["id"], 2**62)])
+            else:
+                x[EXAMPLE_SEED_KEY] = tf.stack([key, index])
             return x
 
         ds = ds.map(attach_seed, num_parallel_calls=self.num_parallel_calls, deterministic=True)

@@ -161,3 +161,34 @@ class ResumableIterator(Iterator):
             batch = {k: np.concatenate([v, np.zeros((size - have,) + v.shape[1:], v.dtype)])
                      for k, v in batch.items()}
         return batch
+
+
+class HostInput(Iterator):
+    """This host's rows of the global batch, read from one or more consecutive data shards.
+
+    The trainer splits the data into ``num_data_shards`` streams (default: one per host) and gives each host an
+    equal run of them; a host's batch is its shards' batches stacked in shard order, so the global batch (hosts
+    in batch order) is every shard's batch in shard order, whatever the number of hosts. With the number of data
+    shards fixed, a run gives the same batches, and so the same numbers, on 1 host or on 2, and a checkpoint moves
+    between host counts with every shard's position intact. ``get_state`` is a list, one dict per shard.
+    """
+
+    def __init__(self, iterators: list[ResumableIterator]):
+        if not iterators:
+            raise ValueError("HostInput needs at least one data shard")
+        self.iterators = list(iterators)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(it) for it in self.iterators]
+        if len(batches) == 1:
+            return batches[0]
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+    def get_state(self) -> list[dict]:
+        return [it.get_state() for it in self.iterators]
+
+    def set_state(self, states: list) -> None:
+        if len(states) != len(self.iterators):
+            raise ValueError(f"{len(states)} saved shard positions for {len(self.iterators)} data shards")
+        for it, state in zip(self.iterators, states):
+            it.set_state(state)

@@ -66,9 +66,10 @@ class Job:
             time.sleep(0.1)
 
 
-def start(module_args: Sequence[str], *, num_processes: int, devices_per_process: int, log_dir: str,
+def start(args: Sequence[str], *, num_processes: int, devices_per_process: int, log_dir: str,
           env: dict | None = None) -> Job:
-    """``python -m <module_args...>`` on ``num_processes`` processes forming one JAX job."""
+    """``python <args...>`` (e.g. ``["-m", "ankh_jax.train", ...]``) on ``num_processes`` processes forming one
+    JAX job."""
     port = free_port()
     os.makedirs(log_dir, exist_ok=True)
     procs, logs = [], []
@@ -82,10 +83,11 @@ def start(module_args: Sequence[str], *, num_processes: int, devices_per_process
             "JAX_PROCESS_ID": str(i),
             "PYTHONPATH": REPO + os.pathsep + penv.get("PYTHONPATH", ""),
             "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
         })
         log_path = os.path.join(log_dir, f"process_{i}.log")
         with open(log_path, "w") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", *module_args], cwd=REPO, env=penv,
+            procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=penv,
                                           stdout=log, stderr=subprocess.STDOUT))
         logs.append(log_path)
     return Job(procs, logs)

@@ -1,0 +1,109 @@
+"""Shared pieces of the multi-process trainer tests: the tiny run's flags and readers of what a run left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+from harness import Job, start
+
+BASE_FLAGS = [
+    "--gin_file=configs/pretrain_tiny_cpu.gin",
+    "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=12", "--gin.WARMUP_STEPS=2",
+    "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=4", "--gin.train.eval_every_steps=6",
+    "--gin.train.eval_steps=None", "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+    # A lost host ends the job after this long (the default is 100 s).
+    "--gin.initialize_distributed.heartbeat_timeout_seconds=10",
+]
+TIMEOUT = 420  # seconds for one multi-process run on a loaded 2-core machine
+
+
+def flags(model_dir, *extra) -> list[str]:
+    return BASE_FLAGS + [f"--gin.MODEL_DIR='{model_dir}'", *extra]
+
+
+def launch(model_dir, *extra, processes: int = 2, devices: int = 4, script: str | None = None) -> Job:
+    """The real entry point on ``processes`` processes x ``devices`` fake devices (or ``python -c script``)."""
+    args = ["-c", script] if script else ["-m", "ankh_jax.train"]
+    return start([*args, *flags(model_dir, *extra)], num_processes=processes, devices_per_process=devices,
+                 log_dir=f"{model_dir}_logs")
+
+
+def run(model_dir, *extra, **kw) -> Job:
+    job = launch(model_dir, *extra, **kw)
+    codes = job.wait(TIMEOUT)
+    assert codes == [0] * len(codes), f"exit codes {codes}\n{job.tail()}"
+    return job
+
+
+def rows(model_dir, kind: str = "train") -> dict[int, dict]:
+    path = os.path.join(model_dir, "metrics.jsonl")
+    out: dict[int, dict] = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if row["kind"] == kind:
+                assert row["step"] not in out, f"step {row['step']} written twice: two writers?"
+                out[row["step"]] = row
+    return out
+
+
+def last_step(model_dir) -> int:
+    try:
+        return max(rows(model_dir))
+    except (OSError, ValueError):
+        return 0
+
+
+def meta(model_dir, step: int) -> dict:
+    with open(os.path.join(model_dir, "checkpoints", str(step), "meta", "metadata")) as f:
+        return json.load(f)
+
+
+def state(model_dir, step: int | None = None):
+    """(params, opt_state) of a checkpoint as numpy, read on this (single) process."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={"params": ocp.StandardCheckpointHandler(),
+                                              "opt_state": ocp.StandardCheckpointHandler()}) as manager:
+        step = manager.latest_step() if step is None else step
+        metadata = manager.item_metadata(step)
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        out = []
+        for item in ("params", "opt_state"):
+            tree = getattr(metadata[item], "tree", metadata[item])
+            abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one),
+                                              tree, is_leaf=lambda m: hasattr(m, "shape"))
+            restored = manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract)}))
+            out.append(jax.tree_util.tree_map(np.asarray, restored[item]))
+        return step, out[0], out[1]
+
+
+def assert_bit_identical(a, b, what: str) -> None:
+    fa = jax.tree_util.tree_leaves_with_path(a)
+    fb = dict(jax.tree_util.tree_leaves_with_path(b))
+    assert len(fa) == len(fb), what
+    for path, x in fa:
+        np.testing.assert_array_equal(x, fb[path], err_msg=f"{what} {jax.tree_util.keystr(path)}")
+
+
+KILL_AFTER_SAVE_STARTS = """
+import os, signal, sys
+from ankh_jax import checkpoints
+save = checkpoints.Checkpointer.save
+def save_then_die(self, step, *args):
+    started = save(self, step, *args)
+    if step == {step}:  # the async write of this step is under way: every process dies now
+        os.kill(os.getpid(), signal.SIGKILL)
+    return started
+checkpoints.Checkpointer.save = save_then_die
+from ankh_jax.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+SIGKILL, SIGTERM = signal.SIGKILL, signal.SIGTERM
