@@ -260,7 +260,7 @@ def _verify_params(params: Any, meta: dict, where: str) -> None:
         raise CheckpointError(f"{where}: item params has {len(got)} arrays, its stored fingerprint "
                               f"{len(expected)}; the checkpoint is damaged")
     for (path, _), g, e in zip(flat, got, expected):
-        if not np.isclose(g, e, rtol=FINGERPRINT_RTOL, atol=1e-6):
+        if not np.isclose(g, e, rtol=FINGERPRINT_RTOL, atol=1e-6, equal_nan=True):
             leaf = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
             raise CheckpointError(f"{where}: item params leaf {leaf} does not match its stored "
                                   f"fingerprint (sum |x| = {g:.6g}, stored {e:.6g}); the checkpoint is damaged")

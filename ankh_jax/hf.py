@@ -225,10 +225,20 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
             raise CheckpointError(f"{source}: tensor {hf_key} has shape {tuple(x.shape)}, the config implies "
                                   f"{expected}")
         x = np.array(_from_hf(x.astype(np.float32, copy=False), kind, config), dtype=np.float32, order="C")
+        require_finite(x, f"{source}: tensor {hf_key}")
         if hf_key == "lm_head.weight" and lm_head_scale != 1.0:
             x *= np.float32(lm_head_scale)
         _set_path(params, path, x)
     return params
+
+
+def require_finite(x: np.ndarray, what: str) -> None:
+    """Refuses weights holding NaN or inf (a diverged or damaged model): every output would be NaN or worse."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise CheckpointError(f"{what} holds {int(bad.sum())} non-finite values (first at index {first}: "
+                              f"{x[first]}); refusing a damaged or diverged model")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,12 +332,21 @@ class SafetensorsFile:
         dtype = self._dtypes.get(info["dtype"])
         if dtype is None:
             raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
+        try:
+            start, end = (int(o) for o in info["data_offsets"])
+            shape = [int(n) for n in info["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{self.path}: tensor {name} has no valid data_offsets / shape in the header") \
+                from None
         if end > self._data_size:
             raise CheckpointError(f"{self.path}: tensor {name} ends past the end of the file; truncated?")
-        count = int(np.prod(info["shape"], dtype=np.int64))
+        count = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or not 0 <= start <= end or end - start != count * np.dtype(dtype).itemsize:
+            raise CheckpointError(f"{self.path}: tensor {name}: data_offsets [{start}, {end}] hold {end - start} "
+                                  f"bytes, its shape {shape} and dtype {info['dtype']} need "
+                                  f"{count * np.dtype(dtype).itemsize}")
         arr = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._offset + start, shape=(end - start,))
-        return arr.view(dtype)[:count].reshape(info["shape"])
+        return arr.view(dtype).reshape(shape)
 
 
 def _torch_state_dict(path: str) -> dict:
@@ -336,7 +355,14 @@ def _torch_state_dict(path: str) -> dict:
     except ImportError:
         raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install 'ankh-jax[hf]'), "
                               "or convert the checkpoint to safetensors") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a refused pickle (UnpicklingError), a damaged zip (RuntimeError), ...
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint ({type(err).__name__}: "
+                              f"{first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
