@@ -443,7 +443,8 @@ def _shards(state: dict[str, np.ndarray], max_bytes: int | None) -> Iterator[dic
 
 def save_hf_weights(state: dict[str, np.ndarray], output_dir: str, *, max_shard_bytes: int | None = None
                     ) -> list[str]:
-    """``model.safetensors`` (or shards plus ``model.safetensors.index.json`` above ``max_shard_bytes``)."""
+    """``model.safetensors`` (or shards plus ``model.safetensors.index.json`` above ``max_shard_bytes``); returns
+    the paths written."""
     from safetensors.numpy import save_file
 
     os.makedirs(output_dir, exist_ok=True)
@@ -461,4 +462,4 @@ def save_hf_weights(state: dict[str, np.ndarray], output_dir: str, *, max_shard_
     index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))}, "weight_map": weight_map}
     with open(os.path.join(output_dir, SAFETENSORS_INDEX), "w") as f:
         json.dump(index, f, indent=1)
-    return paths
+    return paths + [os.path.join(output_dir, SAFETENSORS_INDEX)]
