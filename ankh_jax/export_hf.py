@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
                          max_shard_bytes=max_bytes)
     except user_errors() as e:
-        print(f"export_hf: error: {e}", file=sys.stderr)
+        print(f"export_hf: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     print(f"wrote {len(written)} files to {args.output}:")
     for path in written:

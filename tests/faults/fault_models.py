@@ -12,13 +12,15 @@ CFG = T5Config.tiny(d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers
 
 
 def random_params(seed: int) -> dict:
-    """Every leaf perturbed, so two seeds give two clearly different models."""
-    variables = Transformer(CFG).init(jax.random.PRNGKey(seed), jnp.ones((1, 4), jnp.int32),
-                                      jnp.ones((1, 4), jnp.int32))
-    leaves, tree = jax.tree_util.tree_flatten(nn.unbox(variables["params"]))
+    """Random weights in the model's layout (shapes from ``eval_shape``: no slow init), norm scales near 1, so two
+    seeds give two clearly different models."""
+    shapes = jax.eval_shape(Transformer(CFG).init, jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32),
+                            jnp.ones((1, 4), jnp.int32))
+    paths, tree = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes["params"]))
     rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_unflatten(tree, [np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(np.float32)
-                                               for x in leaves])
+    leaves = [(1.0 if "scale" in jax.tree_util.keystr(p) else 0.0) + rng.normal(0, 0.2, x.shape).astype(np.float32)
+              for p, x in paths]
+    return jax.tree_util.tree_unflatten(tree, leaves)
 
 
 def save_training_run(run_dir, params_by_step: dict) -> None:
