@@ -142,6 +142,29 @@ def test_a_kill_between_assembly_and_cleanup_adds_nothing_twice(tmp_path, record
     assert_complete(out, records, expected)
 
 
+def test_a_killed_run_is_not_resumed_with_another_model(tmp_path, records, hf_dir_a, params_b, capsys,
+                                                         monkeypatch):
+    fasta = tmp_path / "in.fasta"
+    write_fasta(fasta, records[:12])
+    out = tmp_path / "out.h5"
+    def die(self):  # the process "dies" after its last part, before assembling the output
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ankh_jax.embed_output.OutputWriter.finish", die)
+    with pytest.raises(KeyboardInterrupt):
+        run_embed(hf_dir_a, fasta, out, "--flush_seconds=0")
+    monkeypatch.undo()
+    partial = tmp_path / "out.h5.partial"
+    parts = {p: (partial / p).read_bytes() for p in os.listdir(partial) if p.startswith("part-")}
+    assert parts and not out.exists()
+    model_b = tmp_path / "model_b"
+    export_hf.export(CFG, params_b, str(model_b))
+    assert run_embed(model_b, fasta, out) == 2
+    err = capsys.readouterr().err
+    assert str(partial) in err and "different model" in err, err
+    assert {p: (partial / p).read_bytes() for p in os.listdir(partial) if p.startswith("part-")} == parts
+
+
 def _make_inputs(tmp_path):
     good = tmp_path / "good.fasta"
     good.write_text(">a\nMKVLA\n>b\nGSWWC\n")

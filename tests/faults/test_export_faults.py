@@ -69,3 +69,16 @@ def test_a_failure_mid_export_keeps_the_earlier_export(tmp_path, params_a, param
     monkeypatch.undo()
     assert {f: (out / f).read_bytes() for f in _files(out)} == before
     assert _files(tmp_path) == ["exported"]
+
+
+@pytest.mark.parametrize("case", ["model_typo", "max_shard_size_gb"])
+def test_bad_flags_are_one_line_and_create_nothing(tmp_path, hf_dir_a, capsys, case):
+    model, extra, named = hf_dir_a, [], "--max_shard_size_gb=0"
+    if case == "model_typo":
+        model = named = str(tmp_path / "modle")
+    else:
+        extra = [named]
+    rc = export_hf.main([f"--model={model}", f"--output={tmp_path / 'out'}", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and named in err, err
+    assert os.listdir(tmp_path) == []
