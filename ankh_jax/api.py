@@ -35,6 +35,8 @@ RELEASED = {
 def model_format(path: str | os.PathLike) -> str:
     """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error."""
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: is a file, not a model directory")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such model directory")
     if os.path.exists(os.path.join(path, ANKH_JAX_CONFIG_FILE)):

@@ -72,6 +72,9 @@ def stored_attrs(output: str) -> dict | None:
     except OSError as e:
         raise ValueError(f"{output}: exists and is not a readable HDF5 file ({str(e).splitlines()[0]}); "
                          "choose another --output") from None
+    if attrs.get("format_version") == 1:
+        raise ValueError(f"{output}: written by an older ankh_jax.embed that recorded no model fingerprint, so a "
+                         "resume cannot be checked against the model; choose another --output")
     if "fingerprint" not in attrs or attrs.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{output}: an HDF5 file not written by this version of ankh_jax.embed (no model "
                          "fingerprint); refusing to add to it: choose another --output")

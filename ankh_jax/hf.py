@@ -319,6 +319,8 @@ class SafetensorsFile:
                 self.header = json.loads(f.read(n))
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
+        if not isinstance(self.header, dict) or not all(isinstance(v, dict) for v in self.header.values()):
+            raise CheckpointError(f"{path}: the safetensors header is not a table of tensors")
         self.header.pop("__metadata__", None)
         self._offset = 8 + n
         self._data_size = size - self._offset
@@ -329,9 +331,9 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         info = self.header[name]
-        dtype = self._dtypes.get(info["dtype"])
+        dtype = self._dtypes.get(str(info.get("dtype")))
         if dtype is None:
-            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info.get('dtype')}")
         try:
             start, end = (int(o) for o in info["data_offsets"])
             shape = [int(n) for n in info["shape"]]
@@ -365,6 +367,9 @@ def _torch_state_dict(path: str) -> dict:
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {k} is a {type(v).__name__}, not a tensor")
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
             for k, v in state.items()}
 

@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_and_creates_nothing(tmp_path, hf_dir_a, capsys, c
     assert run_embed(hf_dir_a, good, out) == 0  # and the corrected run is not blocked by anything
 
 
-@pytest.mark.parametrize("kind", ["directory", "foreign_hdf5", "not_hdf5"])
+@pytest.mark.parametrize("kind", ["directory", "foreign_hdf5", "not_hdf5", "unfingerprinted_hdf5"])
 def test_an_output_that_is_not_ours_is_refused_untouched(tmp_path, hf_dir_a, capsys, kind):
     good = _make_inputs(tmp_path)
     out = tmp_path / "out.h5"
@@ -211,6 +211,9 @@ def test_an_output_that_is_not_ours_is_refused_untouched(tmp_path, hf_dir_a, cap
         with h5py.File(out, "w") as f:
             f.create_dataset("mine", data=np.arange(3.0))
             f.attrs["owner"] = "someone else"
+    elif kind == "unfingerprinted_hdf5":  # written by ankh_jax.embed before outputs recorded their model
+        with h5py.File(out, "w") as f:
+            f.attrs.update({"format_version": 1, "pooling": "none", "dtype": "float32", "max_length": -1})
     else:
         out.write_text("not hdf5")
     before = sorted(os.listdir(tmp_path))

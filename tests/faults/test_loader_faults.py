@@ -143,3 +143,14 @@ def test_malicious_pickle_is_refused_in_one_line(tmp_path, hf_dir_a, capsys, mon
     _one_line_error(capsys, export_hf.main([f"--model={model}", f"--output={out}"]), str(model / hf.TORCH_FILE),
                     "weights-only")
     assert not (tmp_path / "pwned").exists() and not out.exists()
+
+
+def test_a_model_path_that_is_a_file_or_a_garbled_header_is_a_clear_error(tmp_path, hf_dir_a):
+    (tmp_path / "model.txt").write_text("not a model")
+    with pytest.raises(FileNotFoundError, match=r"model\.txt: is a file, not a model directory"):
+        ankh_jax.load_model(tmp_path / "model.txt")
+    model = _copy_dir(hf_dir_a, tmp_path / "model")
+    raw = json.dumps(["not", "a", "table"]).encode()
+    (model / hf.SAFETENSORS_FILE).write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(hf.CheckpointError, match=rf"{model / hf.SAFETENSORS_FILE}: the safetensors header is not"):
+        ankh_jax.load_model(model)
