@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+import numpy as np
+
 from ankh_jax import hf
 from ankh_jax.model.config import T5Config
 from ankh_jax.tokenizer import AnkhTokenizer
@@ -33,6 +35,8 @@ RELEASED = {
 def model_format(path: str | os.PathLike) -> str:
     """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error."""
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: is a file, not a model directory")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such model directory")
     if os.path.exists(os.path.join(path, ANKH_JAX_CONFIG_FILE)):
@@ -60,6 +64,11 @@ def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = Fals
 
     config, params = load_params(path, step=step)
     params = hf.plain_params(params, config)  # unboxed and unrolled, whatever layout training used
+    import jax
+
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        hf.require_finite(np.asarray(leaf), f"{path}: parameter "
+                          f"{jax.tree_util.keystr(key_path, simple=True, separator='/')}")
     config = config.replace(scan_layers=False, **config_overrides)
     if encoder_only:
         params = {k: params[k] for k in ("token_embedder", "encoder")}

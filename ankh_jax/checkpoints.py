@@ -338,14 +338,42 @@ def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -
         abstract = jax.tree_util.tree_map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=target_sharding), metadata,
             is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-        restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        except Exception as err:  # noqa: BLE001 - a damaged file raises anything from orbax/tensorstore
+            raise CheckpointError(f"checkpoint at step {step} in {directory} is unreadable: item params "
+                                  f"({type(err).__name__}: {_first_line(err)})") from None
+        _verify_params(restored.params, read_meta(model_dir, step), f"checkpoint at step {step} in {directory}")
         return config, restored.params
     finally:
         manager.close()
 
 
+def _verify_params(params: Any, meta: dict, where: str) -> None:
+    """Compares restored params with the per-leaf fingerprint the trainer stored beside them (``meta``), so a
+    flipped byte is an error naming the checkpoint and leaf rather than wrong numbers downstream; ``where`` names
+    the checkpoint (directory and step)."""
+    expected = (meta.get("fingerprint") or {}).get("params")
+    if expected is None:
+        raise CheckpointError(f"{where}: item meta holds no params fingerprint; cannot verify it")
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    got = fingerprint([leaf for _, leaf in flat])
+    if len(got) != len(expected):
+        raise CheckpointError(f"{where}: item params has {len(got)} arrays, its stored fingerprint "
+                              f"{len(expected)}; the checkpoint is damaged")
+    for (path, _), g, e in zip(flat, got, expected):
+        if not np.isclose(g, e, rtol=FINGERPRINT_RTOL, atol=1e-6, equal_nan=True):
+            leaf = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            raise CheckpointError(f"{where}: item params leaf {leaf} does not match its stored "
+                                  f"fingerprint (sum |x| = {g:.6g}, stored {e:.6g}); the checkpoint is damaged")
+
+
 def read_meta(model_dir: str, step: int) -> dict:
     """The JSON metadata (step, input state, fingerprint) saved with a checkpoint."""
     path = os.path.join(model_dir, CHECKPOINT_SUBDIR, str(step), "meta", "metadata")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint at step {step} in {os.path.join(model_dir, CHECKPOINT_SUBDIR)}: "
+                              f"item meta is unreadable ({type(err).__name__}: {_first_line(err)})") from None

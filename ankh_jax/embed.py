@@ -8,8 +8,9 @@ Sequences are sorted by length and padded to a few length buckets, and each buck
 encoder runs with its layers under ``nn.scan``, so each compile is cheap whatever the depth. Padding never
 changes a result (pad keys are masked). Per-residue output drops the ``</s>`` position; ``mean`` pooling averages
 residues only. The CLI writes one HDF5 dataset per id (``/`` in an id is stored as ``%2F``, the exact id is the
-dataset's ``id`` attribute), appends to an existing file skipping the ids already there, and writes a metrics
-JSON next to the output. TensorFlow is never imported.
+dataset's ``id`` attribute), resumes an existing output (or a killed run) made by the same model and settings,
+skipping the ids already there, and writes a metrics JSON next to the output; ``ankh_jax.embed_output`` says
+how the output survives a kill and never mixes two models. TensorFlow is never imported.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ankh_jax.embed_output import FORMAT_VERSION, h5_key, read_embeddings  # noqa: F401 (public names here)
 from ankh_jax.model.config import T5Config
 from ankh_jax.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
 
 POOLINGS = ("none", "mean")
 DTYPES = ("float32", "bfloat16")
 DEFAULT_BATCH_TOKENS = 8192
-FORMAT_VERSION = 1
 
 
 def length_buckets(longest: int) -> list[int]:
@@ -230,37 +231,17 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# HDF5 output and the command line
+# The command line (the HDF5 output itself: ankh_jax.embed_output)
 # ----------------------------------------------------------------------------------------------------------------
 
-def h5_key(record_id: str) -> str:
-    """The dataset name for a sequence id (HDF5 treats ``/`` as a group separator)."""
-    return record_id.replace("%", "%25").replace("/", "%2F")
+def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None) -> str:
+    """What an output's numbers depend on: the encoder's weights (plain, unrolled), the settings of this run and
+    the config fields that are not visible in the weights' shapes."""
+    from ankh_jax.model.fingerprint import weights_fingerprint
 
-
-def read_embeddings(path: str) -> dict[str, np.ndarray]:
-    """All embeddings of an output file, keyed by the original sequence ids."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return {ds.attrs["id"]: ds[()] for ds in f.values()}
-
-
-def _open_output(path: str, file_attrs: dict):
-    """Opens (or creates) the HDF5 output; an existing file must have been written with the same settings."""
-    import h5py
-
-    f = h5py.File(path, "a")
-    if len(f) or len(f.attrs):
-        for key in ("pooling", "dtype", "model", "max_length"):
-            old = f.attrs.get(key)
-            if old is not None and str(old) != str(file_attrs[key]):
-                f.close()
-                raise ValueError(f"{path} was written with {key}={old}, this run has {key}={file_attrs[key]}: "
-                                 "use another --output (or the same settings to resume)")
-    for key, value in file_attrs.items():
-        f.attrs[key] = value
-    return f
+    return weights_fingerprint(encoder_params, f"pooling={pooling}", f"dtype={dtype}", f"max_length={max_length}",
+                               f"relative_attention_max_distance={config.relative_attention_max_distance}",
+                               f"layer_norm_epsilon={config.layer_norm_epsilon}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -275,6 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_length", type=int, default=None,
                    help="truncate sequences to this many tokens (</s> included); default: no truncation")
     p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
+    p.add_argument("--flush_seconds", type=float, default=5.0,
+                   help="how often finished embeddings are saved so that a killed run keeps them (0: every batch)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--compilation_cache_dir", default=None,
                    help="persistent XLA compilation cache, so a re-run skips compiling (default: "
@@ -297,66 +280,85 @@ def enable_compilation_cache(directory: str | None) -> str | None:
     return directory
 
 
+def metrics_path(args: argparse.Namespace) -> str:
+    return args.metrics_file or os.path.splitext(args.output)[0] + ".metrics.json"
+
+
 def run(args: argparse.Namespace) -> dict:
+    """Embeds ``args.fasta`` into ``args.output`` (see ``ankh_jax.embed_output``); returns the metrics.
+
+    Nothing is created until the flags, the FASTA, the output and the model have all been checked: a refused run
+    leaves no file behind and an existing output untouched.
+    """
     from ankh_jax.api import load_config_and_params
+    from ankh_jax.embed_output import OutputWriter, check_compatible
     from ankh_jax.fasta import load_fasta
 
-    # Everything that can be wrong with the input is found before the model is loaded or anything computed.
+    if args.batch_tokens < 1:
+        raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
+    if args.max_length is not None and args.max_length < 2:
+        raise ValueError(f"--max_length={args.max_length}: it counts </s>, so at least 2")
+    if os.path.isdir(metrics_path(args)):
+        raise ValueError(f"{metrics_path(args)}: is a directory; --metrics_file must be a file path")
+    run_attrs = {"model": os.path.abspath(args.model), "pooling": args.pooling, "dtype": args.dtype,
+                 "max_length": -1 if args.max_length is None else args.max_length,
+                 "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta)}
+    check_compatible(args.output, run_attrs)  # a directory, a foreign HDF5, other settings: before the FASTA
     records = load_fasta(args.fasta)  # invalid residues, empty records, duplicate ids: errors naming the record
     if not records:
         raise ValueError(f"{args.fasta}: no sequences")
-    if args.batch_tokens < 1:
-        raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
-    file_attrs = {"model": os.path.abspath(args.model), "pooling": args.pooling, "dtype": args.dtype,
-                  "max_length": -1 if args.max_length is None else args.max_length,
-                  "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta)}
-    out = _open_output(args.output, file_attrs)
+
+    t0 = time.perf_counter()
+    config, params = load_config_and_params(args.model, encoder_only=True)
+    run_attrs.update(d_model=config.d_model, fingerprint=output_fingerprint(
+        config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length))
+    check_compatible(args.output, run_attrs)  # the same model, or refused before anything is written
+    metrics = {"load_seconds": round(time.perf_counter() - t0, 3), "fingerprint": run_attrs["fingerprint"]}
+
+    writer = OutputWriter(args.output, run_attrs)
+    done = writer.open()
     try:
-        done = {ds.attrs["id"] for ds in out.values()}
         todo = [r for r in records if r.id not in done]
-        metrics = {"sequences_total": len(records), "skipped_existing": len(records) - len(todo),
-                   "sequences_embedded": len(todo), "residues_embedded": int(sum(len(r.sequence) for r in todo))}
-        t0 = time.perf_counter()
+        metrics.update(sequences_total=len(records), skipped_existing=len(records) - len(todo),
+                       sequences_embedded=len(todo), residues_embedded=int(sum(len(r.sequence) for r in todo)))
+        t1 = last_flush = time.perf_counter()
         if todo:
             metrics["compilation_cache_dir"] = enable_compilation_cache(args.compilation_cache_dir)
-            config, params = load_config_and_params(args.model, encoder_only=True)
-            file_attrs["d_model"] = config.d_model
-            out.attrs["d_model"] = config.d_model
-            metrics["load_seconds"] = round(time.perf_counter() - t0, 3)
-            t1 = last_flush = time.perf_counter()
             for idx, emb in iter_embeddings(config, params, [r.sequence for r in todo], pooling=args.pooling,
                                             dtype=args.dtype, batch_tokens=args.batch_tokens,
                                             max_length=args.max_length, progress=not args.no_progress,
                                             progress_desc=os.path.basename(args.fasta)):
                 rec = todo[idx]
-                ds = out.create_dataset(h5_key(rec.id), data=emb)
-                ds.attrs.update({"id": rec.id, "length": len(rec.sequence),
-                                 "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length,
-                                 "pooling": args.pooling, "dtype": args.dtype})
-                if time.perf_counter() - last_flush > 5.0:  # an interrupted run keeps what it wrote
-                    out.flush()
+                writer.add(rec.id, emb, {
+                    "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,
+                    "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length})
+                if time.perf_counter() - last_flush >= args.flush_seconds:  # a killed run keeps what it wrote
+                    writer.flush()
                     last_flush = time.perf_counter()
-            seconds = time.perf_counter() - t1
-            metrics.update(embed_seconds=round(seconds, 3),
-                           residues_per_second=round(metrics["residues_embedded"] / max(seconds, 1e-9), 1))
+        writer.finish()
+        seconds = time.perf_counter() - t1
+        metrics.update(embed_seconds=round(seconds, 3),
+                       residues_per_second=round(metrics["residues_embedded"] / max(seconds, 1e-9), 1))
     finally:
-        out.close()
+        writer.close()
     return metrics
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ankh_jax.api import user_errors
+    from ankh_jax.dir_lock import DirectoryInUseError
 
     try:
         metrics = run(args)
-    except user_errors() as e:
-        print(f"embed: error: {e}", file=sys.stderr)
+    except (*user_errors(), DirectoryInUseError) as e:
+        print(f"embed: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
-    metrics_file = args.metrics_file or os.path.splitext(args.output)[0] + ".metrics.json"
-    with open(metrics_file, "w") as f:
+    metrics_file = metrics_path(args)
+    with open(metrics_file + ".tmp", "w") as f:
         json.dump({**metrics, "output": args.output, "model": args.model, "pooling": args.pooling,
                    "dtype": args.dtype}, f, indent=1)
+    os.replace(metrics_file + ".tmp", metrics_file)
     print(f"embedded {metrics['sequences_embedded']} sequences ({metrics['skipped_existing']} already in "
           f"{args.output}); metrics in {metrics_file}")
     return 0

@@ -5,13 +5,21 @@ Writes ``config.json`` (``tie_word_embeddings: false``, so transformers 4 and 5 
 the tokenizer files (``tokenizer.json`` & co., read by ``transformers.AutoTokenizer``) and a short model card.
 The result loads with ``T5ForConditionalGeneration.from_pretrained(DIR)`` (or ``T5EncoderModel`` with
 ``--encoder_only``). Never imports TensorFlow or transformers.
+
+An export leaves exactly its own files: it is written into a sibling directory ``.DIR.export-PID`` and swapped in
+at the end (one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux, two renames elsewhere), so a stale
+``model.safetensors`` from an earlier single-file export can never sit beside new shards, and a kill leaves
+either the old export or the new one. ``DIR`` must be new, empty, or an earlier HuggingFace model directory
+(``config.json``, no ``model_config.json``): anything else is refused untouched.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import shutil
 import sys
 
 from ankh_jax import hf
@@ -45,11 +53,66 @@ transformers 5 (it inserts `<unk>` tokens); plain strings tokenize correctly.
 """
 
 
+def check_output(output_dir: str) -> None:
+    """Refuses (ValueError) an output that is a file, or a non-empty directory that is not an earlier export."""
+    if not os.path.lexists(output_dir):
+        return
+    if not os.path.isdir(output_dir):
+        raise ValueError(f"{output_dir}: exists and is not a directory; --output must be a directory")
+    entries = set(os.listdir(output_dir))
+    if entries and (hf.CONFIG_FILE not in entries or "model_config.json" in entries):
+        raise ValueError(f"{output_dir}: not empty and not an earlier HuggingFace export (an ankh_jax training "
+                         f"directory, or files other than a model's); refusing to replace it: choose a new or empty "
+                         f"directory")
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(new_dir: str, output_dir: str) -> None:
+    """Puts the finished ``new_dir`` at ``output_dir``, replacing (and deleting) an earlier export there."""
+    if not os.path.lexists(output_dir):
+        os.rename(new_dir, output_dir)
+    elif _exchange(new_dir, output_dir):
+        shutil.rmtree(new_dir)  # now the old export
+    else:
+        old = new_dir + ".old"
+        os.rename(output_dir, old)
+        os.rename(new_dir, output_dir)
+        shutil.rmtree(old)
+
+
 def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = False, source: str = "params",
            max_shard_bytes: int | None = None) -> list[str]:
-    """Writes an HF model directory; returns the paths written."""
+    """Writes an HF model directory (replacing an earlier export there whole); returns the paths written."""
+    output_dir = os.path.abspath(output_dir)
+    check_output(output_dir)
     state = hf.params_to_hf(params, config, encoder_only=encoder_only)
-    os.makedirs(output_dir, exist_ok=True)
+    parent, name = os.path.split(output_dir)
+    staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
+    if os.path.lexists(staging):
+        shutil.rmtree(staging)  # left by a killed export of this very process id: ours to remove
+    os.makedirs(staging)
+    try:
+        written = _write_files(config, state, staging, name=name, encoder_only=encoder_only, source=source,
+                               max_shard_bytes=max_shard_bytes)
+        _swap_in(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [os.path.join(output_dir, os.path.basename(p)) for p in written]
+
+
+def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, encoder_only: bool, source: str,
+                 max_shard_bytes: int | None) -> list[str]:
     written = hf.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
     config_path = os.path.join(output_dir, hf.CONFIG_FILE)
     with open(config_path, "w") as f:
@@ -65,7 +128,7 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
     card_path = os.path.join(output_dir, "README.md")
     with open(card_path, "w") as f:
         f.write(_CARD.format(
-            name=os.path.basename(os.path.abspath(output_dir)), source=source,
+            name=name, source=source,
             kind="encoder only" if encoder_only else "encoder-decoder",
             cls="T5EncoderModel" if encoder_only else "T5ForConditionalGeneration",
             enc=config.num_encoder_layers, dec=0 if encoder_only else config.num_decoder_layers,
@@ -91,12 +154,15 @@ def main(argv=None) -> int:
     from ankh_jax.api import load_config_and_params, user_errors
 
     try:
+        check_output(args.output)  # before the (slow) model load
+        if args.max_shard_size_gb is not None and args.max_shard_size_gb <= 0:
+            raise ValueError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
         config, params = load_config_and_params(args.model, encoder_only=args.encoder_only, step=args.step)
         max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
                          max_shard_bytes=max_bytes)
     except user_errors() as e:
-        print(f"export_hf: error: {e}", file=sys.stderr)
+        print(f"export_hf: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     print(f"wrote {len(written)} files to {args.output}:")
     for path in written:

@@ -6,11 +6,13 @@ test file and the ~45M-sequence UniRef50 dump. Every error names the file, the r
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import gzip
-import io
 import os
+import zlib
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from ankh_jax.tokenizer import InvalidSequenceError, clean_sequence
 
@@ -27,30 +29,62 @@ class FastaRecord:
     line: int         # 1-based line number of the header, for error messages
 
 
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Opens a plain or gzip-compressed text file (gzip is recognised by its magic bytes, not the name)."""
+def open_lines(path: str | os.PathLike) -> BinaryIO:
+    """Opens a plain or gzip-compressed file for reading lines as bytes (gzip is recognised by its magic bytes,
+    not the name); a directory or an unreadable path is a :class:`FastaFormatError` naming it."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        magic = f.read(2)
+    if os.path.isdir(path):
+        raise FastaFormatError(f"{path}: is a directory, not a FASTA file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such FASTA file") from None
+    except OSError as e:
+        raise FastaFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if magic in (b"\xff\xfe", b"\xfe\xff"):
+        raise FastaFormatError(f"{path}: UTF-16 text; FASTA must be ASCII or UTF-8")
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict")
-    return open(path, encoding="utf-8", errors="strict")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
-def _raw_records(path: str) -> Iterator[tuple[str, str, list[str], int]]:
+def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` with the line ending removed; binary, non-UTF-8 or truncated gzip content is a
+    :class:`FastaFormatError` naming the file and line (a UTF-8 byte-order mark is skipped)."""
+    lineno = 0
+    with open_lines(path) as f:
+        try:
+            for lineno, raw in enumerate(f, start=1):
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                nul = raw.find(0)
+                if nul >= 0:
+                    raise FastaFormatError(f"{path}: line {lineno}: binary data (a NUL byte at column {nul + 1}); "
+                                           "not a FASTA text file")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise FastaFormatError(f"{path}: line {lineno}: byte 0x{raw[e.start]:02x} at column {e.start + 1} "
+                                           "is not UTF-8 text; not a FASTA text file") from None
+                yield lineno, line.rstrip("\r\n")
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise FastaFormatError(f"{path}: truncated or corrupt gzip data after line {lineno} "
+                                   f"({type(e).__name__}: {e})") from None
+
+
+def _raw_records(path: str) -> Iterator[tuple[str, list[str], int]]:
     header, chunks, header_line = None, [], 0
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if line.startswith(">"):
-                if header is not None:
-                    yield header, chunks, header_line
-                header, chunks, header_line = line[1:].strip(), [], lineno
-            elif header is None:
-                if line.strip() and not line.startswith(";"):
-                    raise FastaFormatError(f"{path}: line {lineno}: sequence data before the first '>' header")
-            else:
-                chunks.append(line)
+    for lineno, line in _decoded_lines(path):
+        if line.startswith(">"):
+            if header is not None:
+                yield header, chunks, header_line
+            header, chunks, header_line = line[1:].strip(), [], lineno
+        elif header is None:
+            if line.strip() and not line.startswith(";"):
+                raise FastaFormatError(f"{path}: line {lineno}: sequence data before the first '>' header")
+        else:
+            chunks.append(line)
     if header is not None:
         yield header, chunks, header_line
 

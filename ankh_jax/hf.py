@@ -225,10 +225,20 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
             raise CheckpointError(f"{source}: tensor {hf_key} has shape {tuple(x.shape)}, the config implies "
                                   f"{expected}")
         x = np.array(_from_hf(x.astype(np.float32, copy=False), kind, config), dtype=np.float32, order="C")
+        require_finite(x, f"{source}: tensor {hf_key}")
         if hf_key == "lm_head.weight" and lm_head_scale != 1.0:
             x *= np.float32(lm_head_scale)
         _set_path(params, path, x)
     return params
+
+
+def require_finite(x: np.ndarray, what: str) -> None:
+    """Refuses weights holding NaN or inf (a diverged or damaged model): every output would be NaN or worse."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise CheckpointError(f"{what} holds {int(bad.sum())} non-finite values (first at index {first}: "
+                              f"{x[first]}); refusing a damaged or diverged model")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,6 +319,8 @@ class SafetensorsFile:
                 self.header = json.loads(f.read(n))
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
+        if not isinstance(self.header, dict) or not all(isinstance(v, dict) for v in self.header.values()):
+            raise CheckpointError(f"{path}: the safetensors header is not a table of tensors")
         self.header.pop("__metadata__", None)
         self._offset = 8 + n
         self._data_size = size - self._offset
@@ -319,15 +331,24 @@ class SafetensorsFile:
 
     def get(self, name: str) -> np.ndarray:
         info = self.header[name]
-        dtype = self._dtypes.get(info["dtype"])
+        dtype = self._dtypes.get(str(info.get("dtype")))
         if dtype is None:
-            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
+            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+        try:
+            start, end = (int(o) for o in info["data_offsets"])
+            shape = [int(n) for n in info["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{self.path}: tensor {name} has no valid data_offsets / shape in the header") \
+                from None
         if end > self._data_size:
             raise CheckpointError(f"{self.path}: tensor {name} ends past the end of the file; truncated?")
-        count = int(np.prod(info["shape"], dtype=np.int64))
+        count = int(np.prod(shape, dtype=np.int64))
+        if min(shape, default=0) < 0 or not 0 <= start <= end or end - start != count * np.dtype(dtype).itemsize:
+            raise CheckpointError(f"{self.path}: tensor {name}: data_offsets [{start}, {end}] hold {end - start} "
+                                  f"bytes, its shape {shape} and dtype {info['dtype']} need "
+                                  f"{count * np.dtype(dtype).itemsize}")
         arr = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._offset + start, shape=(end - start,))
-        return arr.view(dtype)[:count].reshape(info["shape"])
+        return arr.view(dtype).reshape(shape)
 
 
 def _torch_state_dict(path: str) -> dict:
@@ -336,9 +357,19 @@ def _torch_state_dict(path: str) -> dict:
     except ImportError:
         raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install 'ankh-jax[hf]'), "
                               "or convert the checkpoint to safetensors") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a refused pickle (UnpicklingError), a damaged zip (RuntimeError), ...
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{path}: not a loadable weights-only PyTorch checkpoint ({type(err).__name__}: "
+                              f"{first})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {k} is a {type(v).__name__}, not a tensor")
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
             for k, v in state.items()}
 
@@ -417,7 +448,8 @@ def _shards(state: dict[str, np.ndarray], max_bytes: int | None) -> Iterator[dic
 
 def save_hf_weights(state: dict[str, np.ndarray], output_dir: str, *, max_shard_bytes: int | None = None
                     ) -> list[str]:
-    """``model.safetensors`` (or shards plus ``model.safetensors.index.json`` above ``max_shard_bytes``)."""
+    """``model.safetensors`` (or shards plus ``model.safetensors.index.json`` above ``max_shard_bytes``); returns
+    the paths written."""
     from safetensors.numpy import save_file
 
     os.makedirs(output_dir, exist_ok=True)
@@ -435,4 +467,4 @@ def save_hf_weights(state: dict[str, np.ndarray], output_dir: str, *, max_shard_
     index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))}, "weight_map": weight_map}
     with open(os.path.join(output_dir, SAFETENSORS_INDEX), "w") as f:
         json.dump(index, f, indent=1)
-    return paths
+    return paths + [os.path.join(output_dir, SAFETENSORS_INDEX)]
