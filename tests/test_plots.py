@@ -1,0 +1,217 @@
+"""Pictures: TensorBoard reads the trainer's event files; ``python -m ankh_jax.plot`` draws decodable PNGs from
+training runs (finished, running, without eval rows) and embeddings; the nearest-neighbour label agreement has
+exact known answers; fine-tuning runs get their per-kind plots; bad input gives one line and exit 2.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from ankh_jax import plot
+from ankh_jax.metrics_writer import read_metrics
+from ankh_jax.plots import embedding_map
+from ankh_jax.plots.training import draw_training_plots, training_plot_path
+from ankh_jax.train import main as train_main
+
+# The tiny model for 4 steps, evaluated at steps 2 and 4 (tests/test_train.py runs the same configuration).
+TRAIN_FLAGS = [
+    "--gin_file=configs/pretrain_tiny_cpu.gin",
+    "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1",
+    "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=4", "--gin.train.eval_every_steps=2",
+    "--gin.train.eval_steps=1", "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+]
+README_TRAIN_SCALARS = {"loss", "accuracy", "learning_rate", "grad_norm", "target_tokens_per_s", "mfu"}
+
+
+def assert_png(path):
+    """The file exists, is a decodable PNG of a real size, and is not one flat colour."""
+    import matplotlib.image
+
+    assert path is not None and path.is_file() and path.stat().st_size > 1000, path
+    pixels = matplotlib.image.imread(str(path))
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100, pixels.shape
+    assert pixels.std() > 0.01
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    assert train_main([*TRAIN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'"]) == 0
+    return model_dir
+
+
+# ---------------------------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_reads_the_scalars_the_readme_lists(run_dir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    rows = read_metrics(str(run_dir))
+    for kind, expected in (("train", README_TRAIN_SCALARS), ("eval", {"loss", "accuracy"})):
+        acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard" / kind),
+                                                 size_guidance={event_accumulator.SCALARS: 0})
+        acc.Reload()
+        assert expected <= set(acc.Tags()["scalars"]), (kind, acc.Tags()["scalars"])
+        logged = [r for r in rows if r["kind"] == kind]
+        assert [r["step"] for r in logged] == ([1, 2, 3, 4] if kind == "train" else [2, 4])
+        for tag in expected:  # the same numbers as metrics.jsonl (event files store float32)
+            events = acc.Scalars(tag)
+            assert [e.step for e in events] == [r["step"] for r in logged], tag
+            np.testing.assert_allclose([e.value for e in events], [r[tag] for r in logged], rtol=1e-6, err_msg=tag)
+
+
+# ---------------------------------------------------------------------------------------------- training curves
+def test_training_plot_of_a_finished_run(run_dir):
+    path = draw_training_plots(str(run_dir))
+    assert path == training_plot_path(str(run_dir))
+    assert_png(run_dir / "plots" / "training.png")
+    assert not [p for p in (run_dir / "plots").iterdir() if p.name != "training.png"]  # no temporary left
+
+
+def test_training_plot_of_a_running_run_skips_the_partial_last_line(run_dir, tmp_path, capsys):
+    running = tmp_path / "running"
+    running.mkdir()
+    text = (run_dir / "metrics.jsonl").read_text()
+    (running / "metrics.jsonl").write_text(text + '{"step": 5, "kind": "train", "lo')
+    assert plot.main([str(running)]) == 0
+    assert_png(running / "plots" / "training.png")
+    partial_line = len(text.splitlines()) + 1
+    assert f"skipped 1 unreadable line(s) ({partial_line})" in capsys.readouterr().err
+
+
+def test_training_plot_without_eval_rows_says_so(run_dir, tmp_path, capsys):
+    no_eval = tmp_path / "no_eval"
+    no_eval.mkdir()
+    rows = [r for r in read_metrics(str(run_dir)) if r["kind"] == "train"]
+    (no_eval / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "elsewhere" / "curves.png"
+    assert plot.main([str(no_eval), f"--output={out}"]) == 0
+    assert_png(out)
+    assert "no eval rows" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("contents", [None, "", '{"step": 1, "kind'])
+def test_training_plot_bad_directory_is_one_line_and_exit_2(tmp_path, capsys, contents):
+    model_dir = tmp_path / "run"
+    if contents is not None:
+        model_dir.mkdir()
+        (model_dir / "metrics.jsonl").write_text(contents)
+    assert plot.main([str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # a partial-only file also gets the "skipped" line first
+    assert last.startswith("error: ") and str(model_dir) in last, err
+    assert not (model_dir / "plots").exists()
+    assert draw_training_plots(str(model_dir)) is None  # the trainer's entry point never raises
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+def test_nearest_neighbour_agreement_is_exactly_three_quarters():
+    # Angles 0, 11.3, 24.2 and 90 degrees: 0 -> 1 (A, A), 1 -> 0 (A, A), 2 -> 1 (B, A: the miss), 3 -> 2 (B, B).
+    vectors = np.array([[1.0, 0.0], [1.0, 0.2], [1.0, 0.45], [0.0, 1.0]])
+    labels = ["A", "A", "B", "B"]
+    assert embedding_map.nearest_neighbour_agreement(vectors, labels) == 0.75
+    scaled = vectors * np.array([[3.0], [0.5], [7.0], [0.01]])  # cosine: the lengths do not matter
+    assert embedding_map.nearest_neighbour_agreement(scaled, labels, chunk=1) == 0.75
+    assert embedding_map.chance_agreement(["A", "A", "B", "A"]) == 0.625  # (3/4)^2 + (1/4)^2
+
+
+def test_nearest_neighbour_agreement_matches_scipy_cosine_distances():
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(97, 8))
+    labels = rng.integers(0, 3, 97)
+    distances = cdist(vectors, vectors, metric="cosine")
+    np.fill_diagonal(distances, np.inf)
+    expected = np.mean(labels[distances.argmin(axis=1)] == labels)
+    assert embedding_map.nearest_neighbour_agreement(vectors, labels, chunk=10) == pytest.approx(expected, abs=0)
+
+
+def _write_embeddings(path, arrays):
+    from ankh_jax.embed import h5_key
+
+    with h5py.File(path, "w") as f:
+        for record_id, a in arrays.items():
+            f.create_dataset(h5_key(record_id), data=a).attrs["id"] = record_id
+
+
+@pytest.fixture
+def labelled_embeddings(tmp_path, repo_root):
+    """40 of the shipped Pfam proteins, each embedded near its family's own axis, some per residue [L, d] (mean
+    pooling must recover the axis), plus two ids that no labels file has. Returns (path, exact agreement)."""
+    import csv
+
+    with open(repo_root / "data" / "pfam_family_train.csv") as f:
+        rows = list(csv.DictReader(f))[:40]
+    families = sorted({r["label"] for r in rows})
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for i, r in enumerate(rows):
+        axis = np.eye(16, dtype=np.float32)[families.index(r["label"])] + rng.normal(0, 0.01, 16).astype(np.float32)
+        if i % 2:  # per residue: rows that average to the axis
+            noise = rng.normal(0, 0.5, (5, 16)).astype(np.float32)
+            arrays[r["id"]] = axis + noise - noise.mean(axis=0)
+        else:
+            arrays[r["id"]] = axis
+    arrays["unlabelled/1-10"] = np.ones(16, np.float32)
+    arrays["unlabelled/2"] = -np.ones(16, np.float32)
+    path = tmp_path / "emb.h5"
+    _write_embeddings(path, arrays)
+    # Exact: a protein agrees with its nearest neighbour iff another protein has its family (a family's axis).
+    counts = {f: sum(r["label"] == f for r in rows) for f in families}
+    return path, sum(counts[r["label"]] > 1 for r in rows) / len(rows)
+
+
+def test_embedding_map_cli_colours_by_label_and_prints_the_agreement(labelled_embeddings, repo_root, capsys):
+    path, expected = labelled_embeddings
+    assert 0.5 < expected < 1  # some families have one protein among the 40: those can never agree
+    labels = ",".join(str(repo_root / "data" / f"pfam_family_{s}.csv") for s in ("train", "valid", "test"))
+    assert plot.main([f"--embeddings={path}", f"--labels={labels}"]) == 0
+    captured = capsys.readouterr()
+    assert_png(path.with_name("emb.map.png"))
+    assert f"emb.h5: nearest-neighbour label agreement {expected:.4f}" in captured.out
+    assert "skipped 2 of 42 proteins with no label" in one_error_line(captured.err)
+
+
+def test_embedding_map_without_labels(labelled_embeddings, tmp_path, capsys):
+    path, _ = labelled_embeddings
+    out = tmp_path / "plain.png"
+    assert plot.main([f"--embeddings={path}", f"--output={out}"]) == 0
+    assert_png(out)
+    assert "agreement" not in capsys.readouterr().out
+
+
+def test_pca_matches_the_covariance_eigenvectors():
+    """Against an independent float64 reference: the top two eigenvectors of the covariance matrix (eigh)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) + 5.0
+    coords = embedding_map.pca_2d(x)
+    centred = x - x.mean(axis=0)
+    _, eigenvectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+    top = eigenvectors[:, ::-1][:, :2]
+    top *= np.sign(top[np.abs(top).argmax(axis=0), [0, 1]])  # the same sign rule: largest loading positive
+    np.testing.assert_allclose(coords, centred @ top, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["missing_h5", "not_h5", "missing_labels", "wrong_column"])
+def test_embedding_map_bad_input_is_one_line_and_exit_2(labelled_embeddings, tmp_path, repo_root, capsys, case):
+    path, _ = labelled_embeddings
+    csv_file = repo_root / "data" / "pfam_family_test.csv"
+    argv, named = {
+        "missing_h5": ([f"--embeddings={tmp_path / 'nope.h5'}"], "nope.h5"),
+        "not_h5": ([f"--embeddings={csv_file}"], str(csv_file)),
+        "missing_labels": ([f"--embeddings={path}", f"--labels={tmp_path / 'nope.csv'}"], "nope.csv"),
+        "wrong_column": ([f"--embeddings={path}", f"--labels={csv_file}", "--label_column=family"], "'family'"),
+    }[case]
+    out = tmp_path / "out" / "map.png"
+    assert plot.main([*argv, f"--output={out}"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and named in line, line
+    assert not out.parent.exists()
