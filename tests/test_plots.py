@@ -4,6 +4,7 @@ exact known answers; fine-tuning runs get their per-kind plots; bad input gives 
 """
 
 import json
+import pathlib
 
 import h5py
 import numpy as np
@@ -215,3 +216,135 @@ def test_embedding_map_bad_input_is_one_line_and_exit_2(labelled_embeddings, tmp
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith("error: ") and named in line, line
     assert not out.parent.exists()
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning
+def _task(kind, tests, classes=None, metric="accuracy"):
+    from ankh_jax.downstream.task_spec import Examples, TaskData, TaskSpec
+
+    spec = TaskSpec(name=f"toy_{kind}", kind=kind, metric=metric, data_dir="", train=None, valid=None,
+                    tests=tuple((name, name) for name in tests))
+    splits = {f"test/{name}": Examples([f"S{i}" for i in range(len(labels))], labels)
+              for name, labels in tests.items()}
+    return TaskData(spec, splits, classes)
+
+
+def _finetune_metrics(model_dir, runs=1):
+    rows = []
+    for _ in range(runs):  # a second run in the same directory appends, its steps start again
+        rows += [{"step": 1, "epoch": 1, "loss": 2.0, "grad_norm": 1.0, "learning_rate": 1e-4, "steps_per_s": 3.0},
+                 {"step": 5, "epoch": 1, "split": "valid", "accuracy": 0.5, "best": True, "epoch_seconds": 1.0},
+                 {"step": 6, "epoch": 2, "loss": 1.0, "grad_norm": 1.0, "learning_rate": 1e-3, "steps_per_s": 3.0},
+                 {"step": 10, "epoch": 2, "split": "valid", "accuracy": 0.4, "best": False, "epoch_seconds": 1.0}]
+    model_dir.mkdir(exist_ok=True)
+    (model_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_confusion_matrix_counts_scored_positions_only():
+    from ankh_jax.plots.finetune_plots import confusion_matrix, predicted_classes
+
+    predicted, true = predicted_classes("residue_class", [np.array([0, 1, 2, 2]), np.array([1, 1])],
+                                        [np.array([0, 2, 2, -100]), np.array([1, -100])])
+    np.testing.assert_array_equal(confusion_matrix(predicted, true, 3), [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+    predicted, true = predicted_classes("sequence_binary", [-1.0, 2.0, 0.5], [0, 0, 1])
+    np.testing.assert_array_equal(confusion_matrix(predicted, true, 2), [[1, 1], [0, 1]])
+
+
+def test_split_runs_keeps_runs_apart():
+    from ankh_jax.plots.finetune_plots import split_runs
+
+    rows = [{"step": 1}, {"step": 5}, {"step": 5, "split": "valid"}, {"step": 1}, {"step": 2}]
+    assert split_runs(rows) == [rows[:3], rows[3:]]
+
+
+def test_finetune_plots_per_residue_confusion_matrix(tmp_path, capsys):
+    from ankh_jax.plots.finetune_plots import draw_finetune_plots
+
+    rng = np.random.default_rng(3)
+    tests = {name: [rng.integers(0, 3, 30) for _ in range(4)] for name in ("CASP12", "CB513", "TS115")}
+    data = _task("residue_class", tests, classes=("H", "E", "C"))
+    model_dir = tmp_path / "ssp3"
+    _finetune_metrics(model_dir, runs=2)
+    seen = []
+
+    def predict(examples):
+        seen.append(len(examples.sequences))
+        return [np.where(y == 2, 0, y) for y in examples.labels]   # C is always called H
+
+    written = draw_finetune_plots(str(model_dir), data, predict)
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["learning_curves.png", "confusion_matrix.png"]
+    for path in written:
+        assert_png(pathlib.Path(path))
+    assert seen == [4, 4, 4]
+    assert "holds 2 runs" in one_error_line(capsys.readouterr().err)
+
+
+def test_finetune_plots_regression_and_contacts(tmp_path, capsys):
+    from ankh_jax.plots.finetune_plots import draw_finetune_plots
+
+    regression = _task("sequence_regression", {"fluorescence": [0.5, 1.0, 2.0, 3.5]}, metric="spearman")
+    model_dir = tmp_path / "fluorescence"
+    _finetune_metrics(model_dir)
+    written = draw_finetune_plots(str(model_dir), regression, lambda ex: [float(y) ** 2 for y in ex.labels])
+    assert written[-1].endswith("regression_scatter.png")
+    assert_png(pathlib.Path(written[-1]))
+
+    length = 30
+    contacts = np.abs(np.subtract.outer(np.arange(length), np.arange(length))) % 7 == 0
+    labels = [(contacts, np.ones(length, bool))] * 5
+    contact_task = _task("contact", {"proteinnet": labels}, metric="contact_precision")
+    model_dir = tmp_path / "contacts"  # no metrics.jsonl: the learning curves are skipped, the maps drawn
+    seen = []
+
+    def predict(examples):
+        seen.append(len(examples.sequences))
+        return [c.astype(np.float32) for c, _ in examples.labels]
+
+    written = draw_finetune_plots(str(model_dir), contact_task, predict)
+    assert seen == [3]  # a few proteins, not the whole test set
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["contact_maps.png"]
+    assert_png(model_dir / "plots" / "contact_maps.png")
+    assert "learning curves not drawn" in one_error_line(capsys.readouterr().err)
+
+
+def test_finetune_plots_never_raise(tmp_path, capsys):
+    from ankh_jax.plots.finetune_plots import draw_finetune_plots
+
+    data = _task("sequence_class", {"test": [0, 1]}, classes=("a", "b"))
+
+    def broken(examples):
+        raise RuntimeError("predict failed")
+
+    _finetune_metrics(tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p in draw_finetune_plots(str(tmp_path), data, broken)] == ["learning_curves.png"]
+    assert "test-set plots not drawn: RuntimeError: predict failed" in one_error_line(capsys.readouterr().err)
+
+
+def test_finetune_run_writes_its_plots(tmp_path):
+    """Through the runner: a tiny regression task, one epoch; the plots sit beside results.json."""
+    import csv
+
+    import gin
+
+    from ankh_jax.downstream import finetune
+
+    rng = np.random.default_rng(4)
+    for name, count in (("train", 24), ("validation", 8), ("test", 8)):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["primary", "log_fluorescence"])
+            for _ in range(count):
+                seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), rng.integers(10, 20)))
+                writer.writerow([seq, seq.count("K") + rng.normal(0, 0.1)])
+    model_dir = tmp_path / "run"
+    gin.clear_config()
+    try:
+        finetune.main(["--gin_file=configs/downstream/fluorescence.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                       f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny:0:1'", "--gin.run.progress=False",
+                       "--gin.OptimizerConfig.max_epochs=1"])
+    finally:
+        gin.clear_config()
+    assert (model_dir / "results.json").is_file()
+    assert sorted(p.name for p in (model_dir / "plots").iterdir()) == ["learning_curves.png", "regression_scatter.png"]
+    for path in (model_dir / "plots").iterdir():
+        assert_png(path)

@@ -55,7 +55,7 @@ def plot_training(model_dir: str, output: str | None = None) -> str:
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, key, title in ((axes[0, 0], "loss", "cross-entropy loss"),
                            (axes[0, 1], "accuracy", "masked-token accuracy")):
-        for rows, label, style in ((train, "train", "-"), (evals, "eval", "o-")):
+        for rows, label, style in ((train, "train", ".-"), (evals, "eval", "o-")):
             steps, values = finite_series(rows, key)
             if steps:
                 ax.plot(steps, values, style, label=label, markersize=4)
@@ -77,7 +77,7 @@ def plot_training(model_dir: str, output: str | None = None) -> str:
 def _single_curve(ax, rows, key, title, *, positive):
     steps, values = finite_series(rows, key, positive=positive)  # throughput 0 = the compiling first step
     if steps:
-        ax.plot(steps, values, "-")
+        ax.plot(steps, values, ".-")
     else:
         ax.text(0.5, 0.5, f"no {key} logged", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)
