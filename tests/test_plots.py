@@ -5,6 +5,8 @@ exact known answers; fine-tuning runs get their per-kind plots; bad input gives 
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -47,6 +49,14 @@ def run_dir(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("pretrain") / "run"
     assert train_main([*TRAIN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'"]) == 0
     return model_dir
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    """``import ankh_jax``, the embedding / export CLIs and the plot CLI itself load neither matplotlib nor TF."""
+    code = ("import sys, ankh_jax, ankh_jax.embed, ankh_jax.export_hf, ankh_jax.plot, ankh_jax.plots.training; "
+            "bad = [m for m in ('matplotlib', 'tensorflow') if m in sys.modules]; assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------- TensorBoard
@@ -326,6 +336,7 @@ def test_finetune_run_writes_its_plots(tmp_path):
 
     import gin
 
+    gin.clear_config()  # the pretraining run above leaves gin locked; importing the runner registers configurables
     from ankh_jax.downstream import finetune
 
     rng = np.random.default_rng(4)
@@ -337,7 +348,6 @@ def test_finetune_run_writes_its_plots(tmp_path):
                 seq = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), rng.integers(10, 20)))
                 writer.writerow([seq, seq.count("K") + rng.normal(0, 0.1)])
     model_dir = tmp_path / "run"
-    gin.clear_config()
     try:
         finetune.main(["--gin_file=configs/downstream/fluorescence.gin", f"--gin.MODEL_DIR='{model_dir}'",
                        f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny:0:1'", "--gin.run.progress=False",
