@@ -260,6 +260,15 @@ def test_confusion_matrix_counts_scored_positions_only():
     np.testing.assert_array_equal(confusion_matrix(predicted, true, 2), [[1, 1], [0, 1]])
 
 
+def test_confusion_matrix_of_many_classes_keeps_the_most_frequent():
+    from ankh_jax.plots.finetune_plots import most_frequent_block
+
+    counts = np.array([[1, 0, 0, 2], [0, 5, 1, 0], [0, 0, 0, 0], [1, 0, 0, 3]])
+    block, rows, columns = most_frequent_block(counts, ["a", "b", "c", "d"], 2)
+    assert rows == ["b", "d"] and columns == ["b", "d", "other"]
+    np.testing.assert_array_equal(block, [[5, 0, 1], [0, 3, 1]])
+
+
 def test_split_runs_keeps_runs_apart():
     from ankh_jax.plots.finetune_plots import split_runs
 
@@ -315,6 +324,24 @@ def test_finetune_plots_regression_and_contacts(tmp_path, capsys):
     assert [p.rsplit("/", 1)[-1] for p in written] == ["contact_maps.png"]
     assert_png(model_dir / "plots" / "contact_maps.png")
     assert "learning curves not drawn" in one_error_line(capsys.readouterr().err)
+
+
+def test_many_classes_stay_readable(tmp_path, capsys):
+    """40 fold-like classes: the confusion matrix keeps the 25 most frequent; the map colours 19 and greys the rest."""
+    from ankh_jax.plots.finetune_plots import MAX_MATRIX_CLASSES, draw_finetune_plots
+
+    rng = np.random.default_rng(5)
+    labels = list(rng.integers(0, 40, 300))
+    data = _task("sequence_class", {"fold": labels}, classes=tuple(f"f{i}" for i in range(40)))
+    written = draw_finetune_plots(str(tmp_path), data, lambda ex: [np.eye(40)[y] for y in ex.labels])
+    assert_png(pathlib.Path(written[-1]))
+    assert f"show the {MAX_MATRIX_CLASSES} most frequent" in capsys.readouterr().err
+    panel = embedding_map.EmbeddingPanel("many", [str(i) for i in range(300)], rng.normal(size=(300, 5)))
+    out = tmp_path / "map.png"
+    agreements = embedding_map.draw_embedding_maps([panel], str(out), labels={str(i): f"f{y}" for i, y in
+                                                                                enumerate(labels)})
+    assert_png(out)
+    assert 0 <= agreements["many"] <= 1
 
 
 def test_finetune_plots_never_raise(tmp_path, capsys):

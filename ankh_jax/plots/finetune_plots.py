@@ -32,6 +32,7 @@ CLASSIFICATION_KINDS = ("sequence_class", "sequence_binary", "residue_class")
 MAX_TEST_PANELS = 4
 CONTACT_PROTEINS = 3
 ANNOTATE_UP_TO = 12   # classes; larger confusion matrices are drawn without numbers in the cells
+MAX_MATRIX_CLASSES = 25  # remote homology has ~1,200 folds: show the most frequent ones
 TRAIN_ROW_KEYS = {"loss", "grad_norm", "learning_rate", "steps_per_s"}
 VALID_ROW_SKIP = {"step", "epoch", "split", "best", "epoch_seconds"}
 
@@ -118,28 +119,47 @@ def _class_names(data) -> list[str]:
     return [str(c) for c in data.classes]
 
 
+def most_frequent_block(counts: np.ndarray, names: list[str], limit: int) -> tuple[np.ndarray, list[str],
+                                                                                  list[str]]:
+    """The confusion matrix cut to the ``limit`` most frequent true classes (all of them when there are no more),
+    plus an ``other`` column counting their predictions outside that set: ``(counts, row names, column names)``.
+    """
+    if len(names) <= limit:
+        return counts, names, names
+    shown = np.argsort(-counts.sum(axis=1), kind="stable")[:limit]
+    block = counts[np.ix_(shown, shown)]
+    other = counts[shown].sum(axis=1) - block.sum(axis=1)
+    rows = [names[i] for i in shown]
+    return np.concatenate([block, other[:, None]], axis=1), rows, [*rows, "other"]
+
+
 def plot_confusion_matrices(model_dir: str, data, predictions: dict[str, list]) -> str:
     kind, names = data.spec.kind, _class_names(data)
+    if len(names) > MAX_MATRIX_CLASSES:
+        note(f"task {data.spec.name}: {len(names)} classes; the confusion matrices show the "
+             f"{MAX_MATRIX_CLASSES} most frequent in each test set")
     plt = pyplot()
-    size = max(4.5, 0.45 * len(names) + 2.5)
+    size = max(4.5, 0.45 * min(len(names), MAX_MATRIX_CLASSES + 1) + 2.5)
     fig, axes = plt.subplots(1, len(predictions), figsize=(size * len(predictions), size), squeeze=False)
     per_state = kind == "residue_class" and len(names) in (3, 8)
     for ax, (test, outputs) in zip(axes[0], predictions.items(), strict=True):
         predicted, true = predicted_classes(kind, outputs, data.splits[f"test/{test}"].labels)
-        counts = confusion_matrix(predicted, true, len(names))
+        full = confusion_matrix(predicted, true, len(names))
+        counts, row_names, column_names = most_frequent_block(full, names, MAX_MATRIX_CLASSES)
         rows = counts.sum(axis=1, keepdims=True)
         fractions = counts / np.maximum(rows, 1)
         ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-        if len(names) <= ANNOTATE_UP_TO:
+        if len(column_names) <= ANNOTATE_UP_TO:
             for i, j in np.ndindex(counts.shape):
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if fractions[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 4 else 0)
-        ax.set_yticks(range(len(names)),
-                      [f"{n}  {fractions[i, i]:.2f} of {rows[i, 0]}" for i, n in enumerate(names)])
-        total = np.trace(counts) / max(counts.sum(), 1)
+        ax.set_xticks(range(len(column_names)), column_names, rotation=90 if len(column_names) > 4 else 0)
+        ax.set_yticks(range(len(row_names)),
+                      [f"{n}  {fractions[i, i]:.2f} of {rows[i, 0]}" for i, n in enumerate(row_names)])
+        total = np.trace(full) / max(full.sum(), 1)
         score = f"Q{len(names)}" if per_state else "accuracy"
-        ax.set_title(f"{test}: {score} {total:.3f}")
+        shown = f" ({len(row_names)} most frequent of {len(names)} classes)" if len(row_names) < len(names) else ""
+        ax.set_title(f"{test}: {score} {total:.3f}{shown}")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true (row: accuracy of the class, count)")
     fig.tight_layout()
