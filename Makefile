@@ -30,7 +30,11 @@ demo:
 	$(PY) -m ankh_jax.export_hf --model=$(DEMO)/pretrain --output=$(DEMO)/hf_export
 	$(PY) -m ankh_jax.embed --model=$(DEMO)/hf_export --fasta=data/sample_proteins.fasta \
 	    --output=$(DEMO)/embeddings.h5 --pooling=mean
-	$(PY) scripts/demo_summary.py --model_dir=$(DEMO)/pretrain --hf_dir=$(DEMO)/hf_export --embeddings=$(DEMO)/embeddings.h5
+	$(PY) -m ankh_jax.plot $(DEMO)/pretrain --output=$(DEMO)/plots/training.png
+	$(PY) scripts/demo_summary.py --model_dir=$(DEMO)/pretrain --hf_dir=$(DEMO)/hf_export \
+	    --embeddings=$(DEMO)/embeddings.h5 --fasta=data/sample_proteins.fasta \
+	    --labels=data/pfam_family_train.csv,data/pfam_family_valid.csv,data/pfam_family_test.csv \
+	    --plots_dir=$(DEMO)/plots
 
 lint:
 	$(PY) -m ruff check ankh_jax tasks scripts tests

@@ -38,6 +38,7 @@ from ankh_jax.downstream import objectives, trainer
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import POOLED_KINDS, TaskData, TaskSpec, load_task
+from ankh_jax.plots.finetune_plots import draw_finetune_plots
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 TASK_MODULES = ("tasks.pfam_family", "tasks.ssp", "tasks.deeploc", "tasks.remote_homology", "tasks.solubility",
@@ -194,6 +195,8 @@ def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, l
     for name in data.test_names():
         tests[name[len("test/"):]] = trainer.evaluate(forward, result.trainable, frozen, data.splits[name],
                                                       metric=spec.metric, cfg=opt_cfg, **common)
+    draw_finetune_plots(model_dir, data, lambda examples: trainer.predict(forward, result.trainable, frozen, examples,
+                                                                          cfg=opt_cfg, **common))
     return {"valid_best": result.best_metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "steps": result.steps, "tests": tests, **timings}
 

@@ -1,0 +1,88 @@
+"""What every picture shares: a headless pyplot, atomic PNG writes, tolerant reading of ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+PLOTS_SUBDIR = "plots"
+DPI = 110
+
+
+class PlotInputError(ValueError):
+    """An input a picture cannot be drawn from (missing file, wrong format); the message names it."""
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str) -> str:
+    """Writes ``fig`` to ``path`` through a temporary file and a rename: a reader (or a kill) never sees half a
+    PNG, and a redraw replaces the old picture in one step."""
+    plt = pyplot()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    try:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def note(text: str) -> None:
+    """One line on stderr about something skipped or not drawn."""
+    print(f"plot: {text}", file=sys.stderr, flush=True)
+
+
+def read_jsonl(path: str) -> tuple[list[dict], list[int]]:
+    """``(rows, bad_line_numbers)``: the JSON objects of a metrics file, skipping lines that do not parse (a run
+    being written, or killed mid-line, leaves a partial last line)."""
+    rows, bad = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(number)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad.append(number)
+    return rows, bad
+
+
+def describe_skipped_lines(path: str, bad: list[int]) -> str:
+    shown = ", ".join(str(n) for n in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    return f"{path}: skipped {len(bad)} unreadable line(s) ({shown})"
+
+
+def finite_series(rows: list[dict], key: str, *, positive: bool = False) -> tuple[list[float], list[float]]:
+    """``(steps, values)`` of the rows holding a finite number under ``key`` (``positive``: > 0 only)."""
+    import math
+
+    steps, values = [], []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            continue
+        if positive and v <= 0:
+            continue
+        if "step" in r:
+            steps.append(r["step"])
+            values.append(float(v))
+    return steps, values
