@@ -138,7 +138,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._options = options
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = self._new_manager()
 
     # -- saving ---------------------------------------------------------------------------------------------
     def should_save(self, step: int) -> bool:
@@ -247,7 +247,16 @@ class Checkpointer:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"ankh_jax_move_aside_{step}")
         self.manager.close()  # a fresh manager: the failed restore may have left the old one mid-operation
-        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+        self.manager = self._new_manager()
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        # Handlers named up front, so the items' metadata (tree and shapes) can be read before restoring.
+        return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=_item_handlers())
+
+
+def _item_handlers() -> dict:
+    return {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler()}
 
 
 def _first_line(err: BaseException) -> str:

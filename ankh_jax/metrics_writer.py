@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -169,3 +170,27 @@ class Timer:
 
     def wall_seconds(self) -> float:
         return max(time.perf_counter() - self.start, 1e-9)
+
+
+class TrainMetricsAccumulator:
+    """Token-weighted sums of the train metrics between log steps (the loss is exact over the interval)."""
+
+    def __init__(self):
+        self.sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
+        self.last: dict = {}
+        self.grad_norm_sq = 0.0
+        self.steps = 0
+
+    def add(self, metrics: dict) -> None:
+        for k in self.sums:
+            self.sums[k] += float(metrics[k])
+        self.grad_norm_sq += float(metrics["grad_norm"]) ** 2
+        self.steps += 1
+        self.last = metrics
+
+    def summary(self) -> dict:
+        w = max(self.sums["weight_sum"], 1.0)
+        return {"loss": self.sums["loss_sum"] / w, "accuracy": self.sums["correct_sum"] / w,
+                "z_loss": self.sums["z_loss_sum"] / w, "learning_rate": float(self.last["learning_rate"]),
+                "grad_norm": float(np.sqrt(self.grad_norm_sq / max(self.steps, 1))),
+                "target_tokens": self.sums["weight_sum"]}

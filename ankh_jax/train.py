@@ -110,10 +110,18 @@ def check_macros_are_used(bindings: list[str]) -> None:
     for binding in bindings:
         name = binding.split("=", 1)[0].strip()
         if name and "." not in name and "/" not in name and name not in referenced:
-            macros = sorted(scope for scope, selector in gin_config._CONFIG if selector == "gin.macro")
-            close = [m for m in macros if m.lower() == name.lower() or m.startswith(name) or name.startswith(m)]
+            import difflib
+
+            macros = sorted(scope for scope, selector in gin_config._CONFIG
+                            if selector == "gin.macro" and scope != name and scope in referenced)
+            close = difflib.get_close_matches(name, macros, n=1)
             hint = f"; did you mean {close[0]}?" if close else f" (macros read here: {', '.join(macros)})"
             raise ValueError(f"binding '{binding.strip()}': no configuration reads the macro {name}{hint}")
+
+
+def _without_gin_context(err: BaseException) -> str:
+    """The message alone: gin appends "In call to configurable 'train' (...)" on a line of its own."""
+    return str(err).split("\n  In call to configurable")[0].strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train()
     except (InputError, RunConfigError, CheckpointError, DirectoryInUseError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_without_gin_context(err)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
-        print(f"error: non-finite loss at {err}", file=sys.stderr)
+        print(f"error: non-finite loss at {_without_gin_context(err)}", file=sys.stderr)
         return 3
     return 0 if result.stopped_by in ("finished", "preempted") else 1
 

@@ -29,7 +29,13 @@ import numpy as np
 from ankh_jax import checkpoints as ckpt_lib
 from ankh_jax import flops as flops_lib
 from ankh_jax.dir_lock import DirectoryInUseError, DirectoryLock
-from ankh_jax.metrics_writer import METRICS_FILE, TENSORBOARD_SUBDIR, MetricsWriter, Timer
+from ankh_jax.metrics_writer import (
+    METRICS_FILE,
+    TENSORBOARD_SUBDIR,
+    MetricsWriter,
+    Timer,
+    TrainMetricsAccumulator,
+)
 from ankh_jax.partitioning import Partitioner
 from ankh_jax.train_program import TrainProgram, build_program, evaluate
 from ankh_jax.train_steps import BATCH_KEYS_REQUIRED, TrainState
@@ -92,7 +98,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
           num_microbatches: int = 1, label_smoothing: float = 0.0, z_loss: float = 0.0,
           init_from_hf: str | None = None, peak_flops_per_device: float | None = None,
           partitioner: Partitioner | None = None, progress_bar: bool = True,
-          num_data_shards: int | None = None) -> TrainResult:
+          num_data_shards: int | None = None, draw_plots: bool = True) -> TrainResult:
     """Pretrains (or continues pretraining) an Ankh model. See the module docstring and configs/runs/pretrain.gin.
 
     Args (the non-obvious ones):
@@ -108,6 +114,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         Fixed, it makes the batches independent of the number of hosts, so a run can move between host counts
         (elastic restart) with its data position, and 1 host gives the same numbers as several. A multiple of
         every host count the run will use.
+      draw_plots: redraw ``MODEL_DIR/plots/training.png`` at each checkpoint and at the end (process 0).
     """
     if num_train_steps <= 0:
         raise RunConfigError(f"num_train_steps must be positive, got {num_train_steps}")
@@ -189,7 +196,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
             checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
                                                  max_to_keep=keep_checkpoints, async_save=async_checkpoints)
         loop = _Loop(program, checkpointer, train_iter, eval_factory, eval_every_steps, eval_steps,
-                     log_every_steps, num_train_steps, global_batch_size, peak_flops_per_device, seed)
+                     log_every_steps, num_train_steps, global_batch_size, peak_flops_per_device, seed,
+                     model_dir if draw_plots and jax.process_index() == 0 else None)
         result = loop.run(state, start_step, pending, MetricsWriter(
             model_dir, total_steps=num_train_steps, start_step=start_step, progress=progress_bar))
     finally:
@@ -207,7 +215,7 @@ class _Loop:
 
     def __init__(self, program: TrainProgram, checkpointer, train_iter, eval_factory, eval_every_steps: int,
                  eval_steps: int | None, log_every_steps: int, num_train_steps: int, global_batch_size: int,
-                 peak_flops_per_device: float | None, seed: int):
+                 peak_flops_per_device: float | None, seed: int, plots_dir: str | None):
         self.program, self.checkpointer, self.train_iter = program, checkpointer, train_iter
         self.eval_factory, self.eval_every_steps, self.eval_steps = eval_factory, eval_every_steps, eval_steps
         self.log_every_steps, self.num_train_steps = log_every_steps, num_train_steps
@@ -215,13 +223,14 @@ class _Loop:
         self.peak, self.peak_source = flops_lib.peak_flops_per_device(override=peak_flops_per_device)
         self.total_peak = self.peak if jax.devices()[0].platform == "cpu" else self.peak * jax.device_count()
         self.rng = jax.random.key(seed + 1)
+        self.plots_dir = plots_dir
 
     def run(self, state: TrainState, step: int, pending: dict, writer: MetricsWriter) -> TrainResult:
         program, checkpointer = self.program, self.checkpointer
         writer.log_line(f"{program.partitioner.describe()}\npeak for MFU: {self.peak / 1e12:.3g} TFLOP/s per "
                         f"device ({self.peak_source})")
         watcher = ckpt_lib.PreemptionWatcher()
-        timer, acc = Timer(), _Accumulator()
+        timer, acc = Timer(), TrainMetricsAccumulator()
         last_train: dict = {}
         last_eval = None
         stopped_by = "finished"
@@ -251,7 +260,7 @@ class _Loop:
                 writer.advance(1, loss=f"{_ratio(metrics['loss_sum'], metrics['weight_sum']):.4f}")
                 if step % self.log_every_steps == 0 or step == self.num_train_steps:
                     last_train = self._log(writer, step, acc, timer, flops_per_step)
-                    acc = _Accumulator()
+                    acc = TrainMetricsAccumulator()
                     timer.reset()
                 preempted = watcher.reached(step)
                 if checkpointer.should_save(step) or step == self.num_train_steps or preempted:
@@ -262,6 +271,10 @@ class _Loop:
                     writer.write(step, "eval", last_eval)
                     writer.log_line(f"step {step} eval: loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.4f}"
                                     f"  ({last_eval['target_tokens']:.0f} target tokens)")
+                if self.plots_dir and (checkpointer.should_save(step) or step == self.num_train_steps or preempted):
+                    from ankh_jax.plots.training import draw_training_plots  # matplotlib only when drawing
+
+                    draw_training_plots(self.plots_dir)
                 if preempted:
                     stopped_by = "preempted"
                     checkpointer.wait()
@@ -277,7 +290,7 @@ class _Loop:
         per_host = ckpt_lib.gather_json(self.train_iter.get_state())
         return sorted((s for states in per_host for s in states), key=lambda s: s["config"]["shard_id"])
 
-    def _log(self, writer: MetricsWriter, step: int, acc: _Accumulator, timer: Timer, flops_per_step) -> dict:
+    def _log(self, writer: MetricsWriter, step: int, acc: TrainMetricsAccumulator, timer: Timer, flops_per_step) -> dict:
         summary = acc.summary()
         busy, wall = timer.busy_seconds(), timer.wall_seconds()
         steps_per_s = timer.steps / busy if timer.steps else 0.0
@@ -291,30 +304,6 @@ class _Loop:
                         f"{row['target_tokens_per_s']:.0f} tgt tok/s  MFU {100 * row['mfu']:.1f}%  "
                         f"ETA {writer.eta(step, row['wall_steps_per_s'])}")
         return summary
-
-
-class _Accumulator:
-    """Token-weighted sums of the train metrics between log steps (the loss is exact over the interval)."""
-
-    def __init__(self):
-        self.sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-        self.last: dict = {}
-        self.grad_norm_sq = 0.0
-        self.steps = 0
-
-    def add(self, metrics: dict) -> None:
-        for k in self.sums:
-            self.sums[k] += float(metrics[k])
-        self.grad_norm_sq += float(metrics["grad_norm"]) ** 2
-        self.steps += 1
-        self.last = metrics
-
-    def summary(self) -> dict:
-        w = max(self.sums["weight_sum"], 1.0)
-        return {"loss": self.sums["loss_sum"] / w, "accuracy": self.sums["correct_sum"] / w,
-                "z_loss": self.sums["z_loss_sum"] / w, "learning_rate": float(self.last["learning_rate"]),
-                "grad_norm": float(np.sqrt(self.grad_norm_sq / max(self.steps, 1))),
-                "target_tokens": self.sums["weight_sum"]}
 
 
 def _load_hf_params(path: str, config) -> Any:

@@ -99,7 +99,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_uninterrupted_run_writes_everything(uninterrupted):
     d = uninterrupted
-    for name in ("config.gin", "model_config.json", "metrics.jsonl"):
+    for name in ("config.gin", "model_config.json", "metrics.jsonl", "plots/training.png"):
         assert (d / name).is_file(), name
     assert sorted(os.listdir(d / "checkpoints")) == ["4", "8"]
     assert any(f.startswith("events.out") for f in os.listdir(d / "tensorboard" / "train"))
