@@ -158,10 +158,13 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
         if state == run_records.FRESH:  # run.json first: a kill from here on leaves a directory that resumes
             run_records.write_json_atomically(path(run_records.RUN_FILE),
                                               {"identity": identity, "encoder_source": enc.source})
-            with open(path(run_records.CONFIG_FILE), "w") as f:
-                f.write(gin.operative_config_str() if gin.config_is_locked() else gin.config_str())
         else:
             print(f"resuming the run in {model_dir}")
+        if not os.path.exists(path(run_records.CONFIG_FILE)):  # the first run's config is the one kept
+            config = gin.operative_config_str() if gin.config_is_locked() else gin.config_str()
+            with open(path(run_records.CONFIG_FILE) + ".tmp", "w") as f:
+                f.write(config)
+            os.replace(path(run_records.CONFIG_FILE) + ".tmp", path(run_records.CONFIG_FILE))
         print(f"task {task.name} ({task.kind}, metric {task.metric}): "
               + ", ".join(f"{k} {v}" for k, v in sizes.items()))
         run_records.write_json_atomically(path(run_records.LABELS_FILE),

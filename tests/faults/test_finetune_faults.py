@@ -8,9 +8,11 @@ A tiny regression task (fluorescence's layout) on a one-layer random encoder kee
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import gin
 import numpy as np
@@ -171,35 +173,31 @@ def _rows_without_timings(path):
     return [{k: v for k, v in r.items() if k not in timing} for r in run_records.read_metrics(str(path))]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data_dir, finished_run, monkeypatch):
-    """Killed in epoch 3 (after a half-written metrics line), the re-run continues after epoch 2 and ends with the
-    results, best epoch and metrics rows of a run that was never interrupted, each epoch logged once."""
-    whole = finished_run
-
-    real_evaluate, calls = trainer.evaluate, []
-
-    def dies_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real_evaluate(*args, **kwargs)
-
+def test_sigkilled_process_resumes_to_the_uninterrupted_result(tmp_path, data_dir, finished_run, repo_root):
+    """A real SIGKILL (no cleanup runs) right after epoch 1's state is saved, and a metrics line cut short by the
+    crash: the same command again continues after epoch 1 and ends with the results, best epoch and metrics rows
+    of a run that was never interrupted, each epoch logged once."""
     killed = tmp_path / "killed"
-    monkeypatch.setattr(trainer, "evaluate", dies_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        finetune.main(_flags(killed, data_dir))
-    monkeypatch.setattr(trainer, "evaluate", real_evaluate)
-    assert not (killed / "results.json").exists() and (killed / run_records.EPOCH_STATE_DIR / "2").is_dir()
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "ankh_jax.finetune", *_flags(killed, data_dir)], cwd=repo_root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / run_records.EPOCH_STATE_DIR / "1").is_dir() and proc.poll() is None:
+            assert time.monotonic() < deadline, "epoch 1 never finished"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "results.json").exists()
     with open(killed / "metrics.jsonl", "a") as f:
-        f.write('{"step": 99, "epo')                                  # a crash mid-write
-
-    gin.clear_config()
+        f.write('{"step": 99, "epo')                                   # a crash mid-write
     assert finetune.main(_flags(killed, data_dir)) == 0
-    a = json.loads((whole / "results.json").read_text())
+    a = json.loads((finished_run / "results.json").read_text())
     b = json.loads((killed / "results.json").read_text())
     assert b["tests"] == a["tests"] and b["valid_best"] == a["valid_best"]
     assert (b["best_epoch"], b["epochs_run"], b["steps"]) == (a["best_epoch"], a["epochs_run"], a["steps"])
-    assert _rows_without_timings(killed / "metrics.jsonl") == _rows_without_timings(whole / "metrics.jsonl")
+    assert _rows_without_timings(killed / "metrics.jsonl") == _rows_without_timings(finished_run / "metrics.jsonl")
     assert [r["epoch"] for r in run_records.read_metrics(str(killed / "metrics.jsonl")) if "split" in r] == [1, 2, 3]
 
 
