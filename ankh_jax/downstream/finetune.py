@@ -141,6 +141,10 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
     started = time.perf_counter()
     data = load_task(task)
     sizes = {k: len(v.sequences) for k, v in data.splits.items()}
+    trains_head = task.kind != "lookup" and mode != "attention"
+    if trains_head and not {"train", "valid"} <= set(data.splits):
+        raise ValueError(f"task {task.name}: training a head needs train and validation splits "
+                         f"(bind {task.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     enc = load_encoder(encoder)
     identity = json.loads(json.dumps({
         "task": dataclasses.asdict(task), "mode": mode, "seed": seed, "encoder_fingerprint": enc.fingerprint,
@@ -161,15 +165,13 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
         else:
             print(f"resuming the run in {model_dir}")
         if not os.path.exists(path(run_records.CONFIG_FILE)):  # the first run's config is the one kept
-            config = gin.operative_config_str() if gin.config_is_locked() else gin.config_str()
-            with open(path(run_records.CONFIG_FILE) + ".tmp", "w") as f:
-                f.write(config)
-            os.replace(path(run_records.CONFIG_FILE) + ".tmp", path(run_records.CONFIG_FILE))
+            run_records.write_atomically(path(run_records.CONFIG_FILE), gin.operative_config_str()
+                                         if gin.config_is_locked() else gin.config_str())
         print(f"task {task.name} ({task.kind}, metric {task.metric}): "
               + ", ".join(f"{k} {v}" for k, v in sizes.items()))
         run_records.write_json_atomically(path(run_records.LABELS_FILE),
                                           {"task": task.name, "kind": task.kind, "classes": data.classes})
-        if task.kind == "lookup" or mode == "attention":
+        if not trains_head:
             from tasks import contacts, lookup  # the two tasks that train no ConvBERT head
             runner = lookup.run_lookup if task.kind == "lookup" else contacts.run_attention_contacts
             results = runner(data, enc, model_dir=model_dir, seed=seed, progress=progress)
@@ -188,9 +190,6 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
 def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
                 batch_tokens, cache_dtype, embed_dtype, progress, log_every) -> dict:
     spec = data.spec
-    if "valid" not in data.splits or "train" not in data.splits:
-        raise ValueError(f"task {spec.name}: training a head needs train and validation splits "
-                         f"(bind {spec.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     train_labels = data.splits["train"].labels
     mean = float(np.mean(train_labels)) if spec.kind == "sequence_regression" else None
     pooling = head_cfg.pooling if spec.kind in POOLED_KINDS else None

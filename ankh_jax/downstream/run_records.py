@@ -36,14 +36,18 @@ class RunMismatchError(ValueError):
     """``MODEL_DIR`` holds another run (or outputs of an unknown one)."""
 
 
-def write_json_atomically(path: str, obj: Any) -> None:
-    """``path`` holds either its old content or all of ``obj``, never part of it (a kill at any moment)."""
+def write_atomically(path: str, text: str) -> None:
+    """``path`` holds either its old content or all of ``text``, never part of it (a kill at any moment)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomically(path: str, obj: Any) -> None:
+    write_atomically(path, json.dumps(obj, indent=1))
 
 
 def read_json(path: str) -> Any:
@@ -124,9 +128,4 @@ def keep_metrics_through(path: str, epoch: int) -> None:
     """Rewrites ``metrics.jsonl`` to the rows of epochs <= ``epoch`` (all of them gone when ``epoch`` is 0): a
     resumed run continues after its last finished epoch and appends from there, so no epoch is logged twice."""
     rows = [r for r in read_metrics(path) if int(r.get("epoch", 0)) <= epoch]
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))
