@@ -8,7 +8,9 @@ Two protocols, as in the Ankh paper:
   training proteins.
 Columns (TAPE layout): ``primary`` (sequence), ``tertiary`` ([L, 3] Cβ coordinates in Å: nested lists in a
 ``save_to_disk`` dir, or a flat / nested list of numbers in a CSV), optional ``valid_mask`` (per residue, 0 =
-unresolved). Gin: ``configs/downstream/contacts.gin``, ``contacts_attention.gin``.
+unresolved). ``max_length`` (512) crops training and validation proteins; test proteins are evaluated whole, so
+L is the protein's length and every long-range pair counts (the standard P@L, P@L/5; ``results.json`` says
+``"test_proteins": "whole"``). Gin: ``configs/downstream/contacts.gin``, ``contacts_attention.gin``.
 """
 
 from __future__ import annotations

@@ -101,22 +101,31 @@ def read_columns(source: str, columns: list[str]) -> dict[str, list]:
 
 
 def parse_float(value, *, source: str, row: int, column: str) -> float:
+    """A finite number: a NaN or infinite label would rank as an extreme value, or make the loss NaN."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise DataError(f"{source}: row {row}, column {column!r}: {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise DataError(f"{source}: row {row}, column {column!r}: {value!r} is not a finite number")
+    return number
 
 
 def parse_float_list(value, *, source: str, row: int, column: str) -> np.ndarray:
-    """A list cell: a python list (arrow), or text like ``'0.0 1.0 1.0'`` / ``'[0.0, 1.0]'`` (CSV)."""
+    """A list cell of finite numbers: a python list (arrow), or text like ``'0.0 1.0 1.0'`` / ``'[0.0, 1.0]'``
+    (CSV)."""
     if isinstance(value, (list, tuple, np.ndarray)):
         items = list(np.asarray(value, dtype=object).ravel())
     else:
         items = str(value).replace("[", " ").replace("]", " ").replace(",", " ").split()
     try:
-        return np.asarray([float(v) for v in items], np.float64)
+        numbers = np.asarray([float(v) for v in items], np.float64)
     except (TypeError, ValueError):
         raise DataError(f"{source}: row {row}, column {column!r}: not a list of numbers: {str(value)[:60]!r}") from None
+    if not np.isfinite(numbers).all():
+        position = int(np.flatnonzero(~np.isfinite(numbers))[0]) + 1
+        raise DataError(f"{source}: row {row}, column {column!r}: value {position} is not a finite number")
+    return numbers
 
 
 def parse_coordinates(value, *, source: str, row: int, column: str, length: int) -> np.ndarray:

@@ -1,8 +1,12 @@
 """The frozen protocol's embedding cache: per-residue encoder outputs computed once, kept in HDF5 next to the run.
 
 ``MODEL_DIR/embeddings.h5`` holds one dataset per distinct sequence, named by the SHA-1 of the sequence, shape
-[L, d_model] (the ``</s>`` position dropped), plus attributes naming the encoder. A rerun (or another run pointed
-at the same file) only embeds sequences that are not there yet; a file written by a different encoder is refused.
+[L, d_model] (the ``</s>`` position dropped). Its ``fingerprint`` attribute identifies what produced the values:
+the encoder's weights (:attr:`Encoder.fingerprint`, not its path), the compute and storage dtypes and the pooling.
+A rerun (or another run pointed at the same file) only embeds sequences that are not there yet; a file written
+with another fingerprint (another model, a directory overwritten since, bfloat16 instead of float32) is refused,
+so a cache never mixes two models. The file is flushed every few seconds; one left unreadable by a kill is moved
+aside (``.unreadable``) and rebuilt.
 """
 
 from __future__ import annotations
@@ -62,29 +66,61 @@ class EmbeddingStore:
         self._file.close()
 
 
+def cache_fingerprint(encoder: Encoder, compute_dtype: str, storage_dtype: str) -> str:
+    """What the cached values are a function of, besides the sequence."""
+    from ankh_jax.model.fingerprint import weights_fingerprint
+
+    return weights_fingerprint({}, f"encoder={encoder.fingerprint}", f"compute_dtype={compute_dtype}",
+                               f"storage_dtype={storage_dtype}", "pooling=none")
+
+
+def _describe(attrs) -> str:
+    return (f"encoder {attrs.get('encoder', '?')!r}, compute {attrs.get('compute_dtype', '?')}, stored "
+            f"{attrs.get('storage_dtype', '?')}, fingerprint {str(attrs.get('fingerprint', 'none'))[:19]}...")
+
+
+def _check_existing(path: str, attrs: dict, log) -> None:
+    """Refuses a cache of other values; moves an unreadable one aside."""
+    if not os.path.exists(path):
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            stored, count = dict(f.attrs), len(f)
+    except OSError as err:
+        aside = path + ".unreadable"
+        os.replace(path, aside)
+        log(f"{path} was unreadable ({err}); moved to {aside}, embedding again")
+        return
+    if count and stored.get("fingerprint") != attrs["fingerprint"]:
+        raise ValueError(f"{path} holds embeddings of another model or setting ({_describe(stored)}), not of "
+                         f"this run's ({_describe(attrs)}); delete it or point the run elsewhere")
+
+
 def build_cache(encoder: Encoder, sequences: list[str], path: str, *, batch_tokens: int = 16384,
                 storage_dtype: str = "float32", compute_dtype: str = "float32", progress: bool = True,
-                log=print) -> EmbeddingStore:
+                log=print, flush_seconds: float = 5.0) -> EmbeddingStore:
     """Embeds the sequences missing from ``path`` (creating it if needed) and opens the store."""
     unique = list(dict.fromkeys(sequences))
+    attrs = {"fingerprint": cache_fingerprint(encoder, compute_dtype, storage_dtype), "encoder": encoder.source,
+             "compute_dtype": compute_dtype, "storage_dtype": storage_dtype, "d_model": encoder.d_model,
+             "model_config": encoder.config.to_json()}
+    _check_existing(path, attrs, log)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with h5py.File(path, "a") as f:
-        if "encoder" in f.attrs and f.attrs["encoder"] != encoder.source:
-            raise ValueError(f"{path} holds embeddings of encoder {f.attrs['encoder']!r}, not {encoder.source!r}; "
-                             "delete it or point the run elsewhere")
-        f.attrs["encoder"] = encoder.source
-        f.attrs["d_model"] = encoder.d_model
-        f.attrs["model_config"] = encoder.config.to_json()
+        f.attrs.update(attrs)
         todo = [s for s in unique if sequence_key(s) not in f]
         if todo:
             residues = sum(len(s) for s in todo)
             log(f"embedding {len(todo)} sequences ({residues} residues; {len(unique) - len(todo)} cached) "
                 f"into {path}")
-            start = time.perf_counter()
+            start = last_flush = time.perf_counter()
             for seq, emb in zip(todo, _embed(encoder, todo, batch_tokens, compute_dtype, progress), strict=True):
                 if emb.shape != (len(seq), encoder.d_model):
                     raise RuntimeError(f"embedding of shape {emb.shape} for a sequence of {len(seq)} residues")
                 f.create_dataset(sequence_key(seq), data=np.asarray(emb, dtype=storage_dtype))
+                if time.perf_counter() - last_flush > flush_seconds:  # a killed run keeps what it wrote
+                    f.flush()
+                    last_flush = time.perf_counter()
             seconds = time.perf_counter() - start
             log(f"embedded {residues} residues in {seconds:.1f} s ({residues / max(seconds, 1e-9):.0f} residues/s)")
     return EmbeddingStore(path)

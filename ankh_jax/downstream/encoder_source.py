@@ -9,6 +9,7 @@ run without weights; LAYERS overrides the encoder depth).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -23,11 +24,20 @@ PRESETS = {"tiny": T5Config.tiny, "base": T5Config.ankh_base, "large": T5Config.
 class Encoder:
     config: T5Config
     params: dict          # {"token_embedder": ..., "encoder": ...}, unboxed
-    source: str           # what ENCODER said: identifies the embedding cache
+    source: str           # what ENCODER said (for messages; the weights identify the encoder: fingerprint)
 
     @property
     def d_model(self) -> int:
         return self.config.d_model
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """``weights_fingerprint`` of the plain, unrolled encoder weights: equal exactly when the weights are,
+        whatever path or layout they were loaded from."""
+        from ankh_jax.hf import plain_params
+        from ankh_jax.model.fingerprint import weights_fingerprint
+
+        return weights_fingerprint(plain_params(self.params, self.config))
 
     def module(self) -> EncoderOnly:
         return EncoderOnly(self.config)
@@ -48,9 +58,14 @@ def random_encoder(preset: str = "tiny", seed: int = 0, **overrides) -> Encoder:
     if preset not in PRESETS:
         raise ValueError(f"random encoder preset {preset!r}; expected one of {sorted(PRESETS)}")
     config = PRESETS[preset](**overrides)
+    return Encoder(config, _random_params(config, seed), f"random:{preset}:{seed}")
+
+
+@functools.lru_cache(maxsize=4)
+def _random_params(config: T5Config, seed: int) -> dict:
+    """Initialised once per (config, seed) in a process (jax arrays are immutable: sharing them is safe)."""
     tokens = jnp.ones((1, 8), jnp.int32)
-    params = jax.jit(EncoderOnly(config).init)(jax.random.key(seed), tokens)["params"]
-    return Encoder(config, _encoder_subtree(params), f"random:{preset}:{seed}")
+    return _encoder_subtree(jax.jit(EncoderOnly(config).init)(jax.random.key(seed), tokens)["params"])
 
 
 def load_encoder(spec: str) -> Encoder:
@@ -63,9 +78,7 @@ def load_encoder(spec: str) -> Encoder:
             overrides = {"num_encoder_layers": int(parts[3])} if len(parts) > 3 else {}
         except ValueError:
             raise ValueError(f"ENCODER={spec!r}: expected random:PRESET[:SEED[:LAYERS]]") from None
-        enc = random_encoder(parts[1], seed, **overrides)
-        enc.source = spec
-        return enc
+        return dataclasses.replace(random_encoder(parts[1], seed, **overrides), source=spec)
     import ankh_jax
 
     loader = getattr(ankh_jax, "load_model", None)

@@ -15,17 +15,26 @@ Modes (``run.mode``):
 Tasks of kind ``lookup`` train nothing (nearest-neighbour search on mean embeddings), and contact tasks can use
 ``run.mode='attention'``: logistic regression on the encoder's attention maps.
 
-``MODEL_DIR`` ends with ``config.gin``, ``metrics.jsonl``, ``best/`` (orbax checkpoint of the trained params),
-``labels.json`` and ``results.json``; a table of each test set's metric is printed.
+``MODEL_DIR`` ends with ``run.json`` (the run's identity), ``config.gin``, ``metrics.jsonl``, ``best/`` (orbax
+checkpoint of the trained params), ``labels.json`` and ``results.json``; a table of each test set's metric is
+printed. Test proteins are evaluated whole (``max_length`` crops training and validation only).
+
+Re-running the same command resumes: after a kill it continues from the last finished epoch (``last_epoch/``,
+removed once ``results.json`` is written); after a finished run it prints the results and writes nothing. A run
+with another encoder (by weights, not path), task, mode or setting into the same ``MODEL_DIR`` is refused before
+anything is written, and so is a second run while the first holds the directory (``.lock``). Bad input (data,
+gin, paths) is one line on stderr and exit status 2; a non-finite loss, exit status 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -33,8 +42,9 @@ import gin
 import jax
 import numpy as np
 
+from ankh_jax.dir_lock import DirectoryInUseError, DirectoryLock
 from ankh_jax.downstream import lora as lora_lib
-from ankh_jax.downstream import objectives, trainer
+from ankh_jax.downstream import objectives, run_records, trainer
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import POOLED_KINDS, TaskData, TaskSpec, load_task
@@ -125,29 +135,55 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
     lora_cfg = lora or LoraConfig()
     if mode not in ("frozen", "full", "attention"):
         raise ValueError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.operative_config_str() if gin.config_is_locked() else gin.config_str())
+    if mode == "attention" and task.kind != "contact":
+        raise ValueError(f"run.mode='attention' is for contact tasks only, not {task.name} ({task.kind})")
+    # Everything is read and checked before the first write: the directory, the data, the encoder, the records.
+    run_records.check_model_dir(model_dir)
     started = time.perf_counter()
     data = load_task(task)
     sizes = {k: len(v.sequences) for k, v in data.splits.items()}
-    print(f"task {task.name} ({task.kind}, metric {task.metric}): " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
-    with open(os.path.join(model_dir, "labels.json"), "w") as f:
-        json.dump({"task": task.name, "kind": task.kind, "classes": data.classes}, f, indent=1)
+    trains_head = task.kind != "lookup" and mode != "attention"
+    if trains_head and not {"train", "valid"} <= set(data.splits):
+        raise ValueError(f"task {task.name}: training a head needs train and validation splits "
+                         f"(bind {task.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     enc = load_encoder(encoder)
-    if task.kind == "lookup" or mode == "attention":
-        from tasks import contacts, lookup  # the two tasks that train no ConvBERT head
-        runner = lookup.run_lookup if task.kind == "lookup" else contacts.run_attention_contacts
-        if mode == "attention" and task.kind != "contact":
-            raise ValueError("run.mode='attention' is for contact tasks only")
-        results = runner(data, enc, model_dir=model_dir, seed=seed, progress=progress)
-    else:
-        results = _train_head(data, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
-                              batch_tokens, cache_dtype, embed_dtype, progress, log_every)
-    results.update(task=task.name, kind=task.kind, metric=task.metric, mode=mode, encoder=enc.source,
-                   split_sizes=sizes, seconds_total=time.perf_counter() - started)
-    with open(os.path.join(model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    identity = json.loads(json.dumps({
+        "task": dataclasses.asdict(task), "mode": mode, "seed": seed, "encoder_fingerprint": enc.fingerprint,
+        "head": dataclasses.asdict(head_cfg), "optimizer": dataclasses.asdict(opt_cfg),
+        "lora": dataclasses.asdict(lora_cfg), "cache_dtype": cache_dtype, "embed_dtype": embed_dtype}))
+    run_records.state_of(model_dir, identity)
+    with DirectoryLock(model_dir, "fine-tuning"):
+        state = run_records.state_of(model_dir, identity)  # again: another run may have written meanwhile
+        path = functools.partial(os.path.join, model_dir)
+        if state == run_records.COMPLETE:
+            results = run_records.read_json(path(run_records.RESULTS_FILE))
+            print(f"{model_dir} already holds the results of this run; nothing to do")
+            _print_table(list(results["tests"].items()), f"{task.name}: test results ({mode})")
+            return results
+        if state == run_records.FRESH:  # run.json first: a kill from here on leaves a directory that resumes
+            run_records.write_json_atomically(path(run_records.RUN_FILE),
+                                              {"identity": identity, "encoder_source": enc.source})
+        else:
+            print(f"resuming the run in {model_dir}")
+        if not os.path.exists(path(run_records.CONFIG_FILE)):  # the first run's config is the one kept
+            run_records.write_atomically(path(run_records.CONFIG_FILE), gin.operative_config_str()
+                                         if gin.config_is_locked() else gin.config_str())
+        print(f"task {task.name} ({task.kind}, metric {task.metric}): "
+              + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+        run_records.write_json_atomically(path(run_records.LABELS_FILE),
+                                          {"task": task.name, "kind": task.kind, "classes": data.classes})
+        if not trains_head:
+            from tasks import contacts, lookup  # the two tasks that train no ConvBERT head
+            runner = lookup.run_lookup if task.kind == "lookup" else contacts.run_attention_contacts
+            results = runner(data, enc, model_dir=model_dir, seed=seed, progress=progress)
+        else:
+            results = _train_head(data, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
+                                  batch_tokens, cache_dtype, embed_dtype, progress, log_every)
+        results.update(task=task.name, kind=task.kind, metric=task.metric, mode=mode, encoder=enc.source,
+                       encoder_fingerprint=enc.fingerprint, split_sizes=sizes, test_proteins="whole",
+                       train_valid_max_length=task.max_length, seconds_total=time.perf_counter() - started)
+        run_records.write_json_atomically(path(run_records.RESULTS_FILE), results)
+        shutil.rmtree(path(run_records.EPOCH_STATE_DIR), ignore_errors=True)  # only needed to resume
     _print_table([(k, v) for k, v in results["tests"].items()], f"{task.name}: test results ({mode})")
     return results
 
@@ -155,9 +191,6 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
 def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
                 batch_tokens, cache_dtype, embed_dtype, progress, log_every) -> dict:
     spec = data.spec
-    if "valid" not in data.splits or "train" not in data.splits:
-        raise ValueError(f"task {spec.name}: training a head needs train and validation splits "
-                         f"(bind {spec.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     train_labels = data.splits["train"].labels
     mean = float(np.mean(train_labels)) if spec.kind == "sequence_regression" else None
     pooling = head_cfg.pooling if spec.kind in POOLED_KINDS else None
@@ -167,7 +200,7 @@ def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, l
                                  training_labels_mean=mean)
     key = jax.random.key(seed)
     dummy = np.zeros((1, 32, enc.d_model), np.float32)
-    trainable = {"head": head.init(key, dummy, np.ones((1, 32), np.int32))["params"]}
+    trainable = {"head": jax.jit(head.init)(key, dummy, np.ones((1, 32), np.int32))["params"]}  # one compile
     frozen, embeddings, timings = None, None, {}
     if mode == "frozen":
         every = [s for split in data.splits.values() for s in split.sequences]
@@ -222,10 +255,17 @@ def parse_flags(argv: list[str]) -> argparse.Namespace:
 
 
 def configure(gin_files: list[str], bindings: list[str], search_paths: list[str] = ()) -> None:
+    """Parses the gin files and bindings; a missing file raises FileNotFoundError naming it."""
     import importlib
 
     for module in TASK_MODULES:
         importlib.import_module(module)
+    searched = ["", *search_paths, REPO_CONFIGS]
+    for file in gin_files:
+        if not any(os.path.isfile(os.path.join(p, file)) for p in searched):
+            raise FileNotFoundError(f"gin file {file!r} not found (searched the current directory, "
+                                    f"{', '.join(p for p in searched if p)})")
+    gin.clear_config()
     for path in [*search_paths, REPO_CONFIGS]:
         if path:
             gin.add_config_file_search_path(path)
@@ -247,10 +287,31 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line, without gin's "In call to configurable" notes."""
+    lines = [line.strip() for line in str(err).splitlines()
+             if line.strip() and not line.strip().startswith("In call to configurable")]
+    return " ".join(lines) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0 done, 2 bad input (one line on stderr, nothing written), 3 a non-finite loss."""
+    from ankh_jax.api import user_errors
+
     args = parse_flags(sys.argv[1:] if argv is None else argv)
-    configure(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
-    run()
+    try:
+        configure(args.gin_file, args.gin_bindings, [p for p in args.gin_search_paths.split(",") if p])
+    except Exception as err:  # noqa: BLE001 - gin raises ValueError/KeyError/SyntaxError/... naming the binding
+        print(f"finetune: error: invalid gin configuration: {one_line(err)}", file=sys.stderr)
+        return 2
+    try:
+        run()
+    except (*user_errors(), DirectoryInUseError) as err:
+        print(f"finetune: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"finetune: error: {one_line(err)}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -41,10 +41,14 @@ def rankdata(x) -> np.ndarray:
 
 
 def spearman(predictions, labels) -> float:
-    """Spearman's rank correlation (Pearson correlation of average ranks); NaN if either side is constant."""
-    a, b = rankdata(predictions), rankdata(labels)
-    if a.size != b.size or a.size < 2:
-        raise ValueError(f"spearman: need two equal-length vectors of >= 2 values, got {a.size} and {b.size}")
+    """Spearman's rank correlation (Pearson correlation of average ranks); NaN if either side is constant or
+    holds a NaN (as ``scipy.stats.spearmanr``: a NaN has no rank, so no correlation is claimed)."""
+    x, y = np.asarray(predictions, np.float64).ravel(), np.asarray(labels, np.float64).ravel()
+    if x.size != y.size or x.size < 2:
+        raise ValueError(f"spearman: need two equal-length vectors of >= 2 values, got {x.size} and {y.size}")
+    if np.isnan(x).any() or np.isnan(y).any():
+        return float("nan")
+    a, b = rankdata(x), rankdata(y)
     a, b = a - a.mean(), b - b.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else float("nan")

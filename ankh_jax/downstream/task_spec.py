@@ -51,7 +51,7 @@ class TaskSpec:
     classes: tuple[str, ...] | None = None
     valid_fraction: float = 0.1       # carved from train (hash of the sequence) when there is no valid split
     multilabel_separator: str = ","
-    max_length: int | None = None     # residues kept per sequence (longer ones are cropped, labels too)
+    max_length: int | None = None     # training/validation crop (labels too); test proteins are never cropped
     min_contact_separation: int = 6   # contact: pairs closer than this in sequence are not trained on
     contact_threshold: float = 8.0    # Å, Cβ-Cβ
 
@@ -83,15 +83,15 @@ class TaskData:
         return [n for n in self.splits if n.startswith("test/")]
 
 
-def _class_label(value) -> str:
+def _class_label(value, where: str) -> str:
     text = str(value).strip()
     try:  # 3, 3.0 and "3" are one class
         f = float(text)
-        if f.is_integer():
-            return str(int(f))
     except ValueError:
-        pass
-    return text
+        return text
+    if not np.isfinite(f):  # a missing value (NaN from pandas / arrow), not a class
+        raise DataError(f"{where}: {value!r} is not a class label")
+    return str(int(f)) if f.is_integer() else text
 
 
 def _binary(value, where: str) -> int:
@@ -103,7 +103,8 @@ def _binary(value, where: str) -> int:
     raise DataError(f"{where}: {value!r} is not a binary label (0/1)")
 
 
-def _read_split(spec: TaskSpec, source: str, classes: list[str] | None, grow_classes: bool) -> Examples:
+def _read_split(spec: TaskSpec, source: str, classes: list[str] | None, grow_classes: bool, crop: bool = True
+                ) -> Examples:
     columns = [spec.sequence_column, spec.label_column] + ([spec.mask_column] if spec.mask_column else [])
     data = datasets.read_columns(source, columns)
     sequences, labels = [], []
@@ -117,7 +118,7 @@ def _read_split(spec: TaskSpec, source: str, classes: list[str] | None, grow_cla
         mask = data[spec.mask_column][row - 1] if spec.mask_column else None
         label = _encode(spec, seq, value, mask, classes, grow_classes, f"{where} {spec.label_column!r}",
                         source, row)
-        if spec.max_length and len(seq) > spec.max_length:
+        if crop and spec.max_length and len(seq) > spec.max_length:
             seq, label = _crop(spec, seq, label)
         sequences.append(seq)
         labels.append(label)
@@ -138,7 +139,7 @@ def _crop(spec: TaskSpec, seq: str, label):
 def _encode(spec, seq, value, mask, classes, grow, where, source, row):
     kind = spec.kind
     if kind == "sequence_class":
-        name = _class_label(value)
+        name = _class_label(value, where)
         if name not in classes:
             if not grow:
                 raise DataError(f"{where}: class {name!r} does not occur in training (classes: {classes[:20]})")
@@ -149,7 +150,7 @@ def _encode(spec, seq, value, mask, classes, grow, where, source, row):
     if kind == "sequence_regression":
         return datasets.parse_float(value, source=source, row=row, column=spec.label_column)
     if kind == "sequence_multilabel":
-        names = [_class_label(v) for v in str(value).split(spec.multilabel_separator) if v.strip()]
+        names = [_class_label(v, where) for v in str(value).split(spec.multilabel_separator) if v.strip()]
         hot = np.zeros(len(classes) if not grow else 0, np.float32)
         for name in names:
             if name not in classes:
@@ -201,7 +202,10 @@ def _in_valid(seq: str, fraction: float) -> bool:
 
 
 def load_task(spec: TaskSpec) -> TaskData:
-    """Reads every split of ``spec``; class vocabularies come from training (or ``spec.classes``)."""
+    """Reads every split of ``spec``; class vocabularies come from training (or ``spec.classes``).
+
+    ``spec.max_length`` crops training and validation sequences only: test sets are evaluated whole (contact
+    precision at L/k over a protein cropped to 512 residues is not the standard long-range P@L)."""
     classes = list(spec.classes) if spec.classes is not None else []
     grow = spec.classes is None and spec.kind in ("sequence_class", "sequence_multilabel", "residue_class")
     splits: dict[str, Examples] = {}
@@ -223,7 +227,7 @@ def load_task(spec: TaskSpec) -> TaskData:
                 raise DataError(f"task {spec.name}: valid_fraction={spec.valid_fraction} left no validation rows")
         else:
             splits["train"] = train
-    for name, source in spec.tests:
-        splits[f"test/{name}"] = _read_split(spec, spec.source(source), classes, False)
+    for name, source in spec.tests:  # whole: a metric over cropped test proteins is not the benchmark's metric
+        splits[f"test/{name}"] = _read_split(spec, spec.source(source), classes, False, crop=False)
     uses_classes = spec.kind in ("sequence_class", "sequence_multilabel", "residue_class")
     return TaskData(spec, splits, tuple(classes) if uses_classes else None)

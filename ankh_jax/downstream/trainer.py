@@ -5,6 +5,11 @@ The model is described by a ``forward(trainable, frozen, batch, rng, determinist
 validation split; the best ``trainable`` (by the task's first metric) is saved with orbax under
 ``MODEL_DIR/best`` and restored at the end. ``MODEL_DIR/metrics.jsonl`` gets one JSON row per log step and per
 evaluation.
+
+A killed run loses at most the epoch it was in: after each epoch the whole training state (``trainable``, the
+optimizer state, both random generators, the early-stopping counters) is saved under ``MODEL_DIR/last_epoch``,
+and :func:`train` continues from there, with the same batches and dropout masks as an uninterrupted run.
+``best/`` is replaced by a rename, never deleted first, so a kill leaves the old or the new one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -24,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from ankh_jax.downstream import batching, objectives
+from ankh_jax.downstream import batching, objectives, run_records
 from ankh_jax.downstream.task_spec import Examples
 
 
@@ -95,6 +101,62 @@ class MetricsLog:
         self._f.close()
 
 
+class EpochCheckpoints:
+    """The training state after the latest finished epoch, ``MODEL_DIR/last_epoch/<epoch>`` (orbax writes a step
+    to a temporary directory and renames it when complete; the previous one is deleted only after that)."""
+
+    def __init__(self, model_dir: str):
+        self.directory = os.path.abspath(os.path.join(model_dir, run_records.EPOCH_STATE_DIR))
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, epoch: int, trainable, opt_state, meta: dict) -> None:
+        state = {"trainable": trainable, "opt_state": opt_state}
+        self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, trainable, opt_state) -> tuple[dict, object, dict] | None:
+        epoch = self.manager.latest_step()
+        if epoch is None:
+            return None
+        target = jax.tree_util.tree_map(np.asarray, {"trainable": trainable, "opt_state": opt_state})
+        try:
+            restored = self.manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        except Exception as err:  # noqa: BLE001 - any failure to read it means the same to the user
+            raise ValueError(f"{self.directory}/{epoch}: the saved training state is unreadable "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); delete "
+                             f"{self.directory} to train again from the start") from None
+        return restored.state["trainable"], restored.state["opt_state"], restored.meta
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def replace_checkpoint(checkpointer: ocp.StandardCheckpointer, path: str, tree) -> None:
+    """Saves ``tree`` at ``path``: written beside it, then swapped in by renames (see :func:`recover_checkpoint`)."""
+    new, old = path + ".new", path + ".old"
+    if os.path.exists(new):
+        shutil.rmtree(new)
+    checkpointer.save(new, tree)
+    checkpointer.wait_until_finished()
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_checkpoint(path: str) -> None:
+    """Undoes a :func:`replace_checkpoint` cut short: the old checkpoint back if the new one is not in place."""
+    new, old = path + ".new", path + ".old"
+    if not os.path.exists(path) and os.path.exists(old):
+        os.rename(old, path)
+    for leftover in (new, old):
+        if os.path.exists(leftover):
+            shutil.rmtree(leftover)
+
+
 @dataclasses.dataclass
 class TrainResult:
     trainable: dict
@@ -140,6 +202,9 @@ def evaluate(forward, trainable, frozen, examples, kind, metric, cfg, **kw) -> d
 def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, kind: str,
           metric: str, cfg: OptimizerConfig, model_dir: str, embeddings=None, num_classes=None, seed: int = 0,
           min_separation: int = 6, log_every: int = 20, progress: bool = True, log=print) -> TrainResult:
+    """Trains ``trainable`` and returns the best one (by validation). Continues after the epoch saved in
+    ``MODEL_DIR/last_epoch`` when there is one (the caller checks it belongs to the same run), and keeps the
+    rows of ``metrics.jsonl`` up to that epoch only."""
     steps_per_epoch = batching.count_batches(train_set, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
     total_updates = max(1, steps_per_epoch * cfg.max_epochs // cfg.grad_accum_steps)
     tx, schedule = make_optimizer(cfg, total_updates, trainable)
@@ -154,19 +219,36 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
         updates, opt = tx.update(grads, opt, t)
         return optax.apply_updates(t, updates), opt, loss, optax.global_norm(grads)
 
-    best_dir = os.path.abspath(os.path.join(model_dir, "best"))
+    best_dir = os.path.abspath(os.path.join(model_dir, run_records.BEST_DIR))
     checkpointer = ocp.StandardCheckpointer()
-    mlog = MetricsLog(os.path.join(model_dir, "metrics.jsonl"))
+    epochs = EpochCheckpoints(model_dir)
     rng_np = np.random.default_rng(seed)
     key = jax.random.key(seed)
-    best, best_epoch, bad_epochs, step = None, -1, 0, 0
+    best, best_epoch, bad_epochs, step, done, epoch = None, -1, 0, 0, False, 0
+    saved = epochs.restore_latest(trainable, opt_state)
+    recover_checkpoint(best_dir)
+    if saved is not None:
+        trainable, opt_state, meta = saved
+        trainable, opt_state = jax.tree_util.tree_map(jnp.asarray, (trainable, opt_state))
+        epoch, step, best, best_epoch = meta["epoch"], meta["step"], meta["best"], meta["best_epoch"]
+        bad_epochs, done = meta["bad_epochs"], meta["done"]
+        rng_np.bit_generator.state = meta["numpy_rng"]
+        key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
+        if best_epoch == epoch:  # best/ may not have been replaced yet when the run died
+            replace_checkpoint(checkpointer, best_dir, trainable)
+        log(f"resuming after epoch {epoch} (step {step}) from {epochs.directory}")
+    metrics_path = os.path.join(model_dir, run_records.METRICS_FILE)
+    run_records.keep_metrics_through(metrics_path, epoch)
+    mlog = MetricsLog(metrics_path)
     start = time.perf_counter()
-    bar = tqdm(total=steps_per_epoch * cfg.max_epochs, disable=not progress, unit="step", dynamic_ncols=True,
-               desc="train")
-    epoch = 0
+    bar = tqdm(total=steps_per_epoch * cfg.max_epochs, initial=step, disable=not progress, unit="step",
+               dynamic_ncols=True, desc="train")
+    epochs_run = epoch
     try:
-        for epoch in range(1, cfg.max_epochs + 1):
-            losses, t_epoch = [], time.perf_counter()
+        for epoch in range(epochs_run + 1, cfg.max_epochs + 1):
+            if done:
+                break
+            losses, t_epoch, first_step = [], time.perf_counter(), step
             for _, batch in _batches(train_set, kind, cfg, embeddings, num_classes, rng_np, min_separation):
                 key, sub = jax.random.split(key)
                 trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, frozen, batch, sub)
@@ -177,7 +259,7 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss} at step {step} (epoch {epoch})")
                     losses.append(loss)
-                    rate = step / (time.perf_counter() - start)
+                    rate = (step - first_step) / (time.perf_counter() - t_epoch)
                     mlog.write({"step": step, "epoch": epoch, "loss": loss, "grad_norm": float(gnorm),
                                 "learning_rate": float(schedule(step // cfg.grad_accum_steps)),
                                 "steps_per_s": rate})
@@ -192,17 +274,23 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
                 + (" (best)" if improved else ""))
             if improved:
                 best, best_epoch, bad_epochs = scores, epoch, 0
-                checkpointer.save(best_dir, trainable, force=True)
-                checkpointer.wait_until_finished()
             else:
                 bad_epochs += 1
-                if bad_epochs >= cfg.patience:
-                    log(f"early stopping: no better validation {next(iter(scores))} for {bad_epochs} epochs")
-                    break
+                done = bad_epochs >= cfg.patience
+            epochs.save(epoch, trainable, opt_state, {
+                "epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "done": done, "numpy_rng": rng_np.bit_generator.state,
+                "key": np.asarray(jax.random.key_data(key)).tolist()})
+            if improved:
+                replace_checkpoint(checkpointer, best_dir, trainable)
+            epochs_run = epoch
+            if done:
+                log(f"early stopping: no better validation {next(iter(scores))} for {bad_epochs} epochs")
     finally:
         bar.close()
         mlog.close()
+        epochs.close()
     restored = checkpointer.restore(best_dir, target=jax.tree_util.tree_map(np.asarray, trainable))
     checkpointer.close()
-    return TrainResult(jax.tree_util.tree_map(jnp.asarray, restored), best, best_epoch, epoch, step,
+    return TrainResult(jax.tree_util.tree_map(jnp.asarray, restored), best, best_epoch, epochs_run, step,
                        time.perf_counter() - start)

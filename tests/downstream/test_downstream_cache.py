@@ -1,5 +1,7 @@
 """The frozen protocol's HDF5 embedding cache: reused across runs, refused for another encoder, exact values."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,8 @@ def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path):
     messages.clear()
     build_cache(enc, seqs, path, progress=False, log=messages.append).close()
     assert messages == []                                   # nothing left to embed
-    with pytest.raises(ValueError, match="holds embeddings of encoder 'random:tiny:0', not 'random:tiny:1'"):
+    with pytest.raises(ValueError, match=r"another model .*encoder 'random:tiny:0'.* not of this run's \(encoder "
+                                         "'random:tiny:1'"):
         build_cache(load_encoder("random:tiny:1"), seqs, path, progress=False)
     assert load_encoder("random:tiny:0:1").config.num_encoder_layers == 1
     with pytest.raises(ValueError, match="random:PRESET"):
@@ -42,3 +45,44 @@ def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp
     tokens = np.array([[5, 6, 7, 9, 1, 0]], np.int32)
     np.testing.assert_array_equal(loaded.module().apply({"params": loaded.params}, tokens),
                                   enc.module().apply({"params": enc.params}, tokens))
+
+
+def test_cache_is_keyed_by_weights_and_dtypes_not_by_path(tmp_path):
+    """Issue 12 / 11: a cache written in bfloat16, or from a model directory overwritten since, was reused
+    silently (it was keyed by the ENCODER string); the same weights under another path are the same model."""
+    from ankh_jax.export_hf import export
+
+    seqs = ["MKVLAAGG", "GSHMSLFDFFKNK"]
+    model = str(tmp_path / "model")
+    enc0 = load_encoder("random:tiny:0")
+    export(enc0.config, enc0.params, model, encoder_only=True)
+    path = str(tmp_path / "embeddings.h5")
+    build_cache(load_encoder(model), seqs, path, progress=False).close()
+
+    with pytest.raises(ValueError, match="compute float32.*compute bfloat16"):
+        build_cache(load_encoder(model), seqs, path, compute_dtype="bfloat16", progress=False)
+    with pytest.raises(ValueError, match="stored float32.*stored float16"):
+        build_cache(load_encoder(model), seqs, path, storage_dtype="float16", progress=False)
+
+    shutil.copytree(model, tmp_path / "copy")                  # same weights, another path: reused as is
+    messages = []
+    build_cache(load_encoder(str(tmp_path / "copy")), seqs, path, progress=False, log=messages.append).close()
+    assert messages == []
+
+    shutil.rmtree(model)                                       # the directory overwritten with other weights
+    enc1 = load_encoder("random:tiny:1")
+    export(enc1.config, enc1.params, model, encoder_only=True)
+    with pytest.raises(ValueError, match="another model"):
+        build_cache(load_encoder(model), seqs, path, progress=False)
+
+
+def test_unreadable_cache_is_moved_aside_and_rebuilt(tmp_path):
+    """A kill before HDF5's first flush leaves a file h5py cannot open; the rerun must not crash on it."""
+    enc = load_encoder("random:tiny:0")
+    path = tmp_path / "embeddings.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)         # an HDF5 signature and nothing else
+    messages = []
+    store = build_cache(enc, ["MKVLAAGG"], str(path), progress=False, log=messages.append)
+    np.testing.assert_array_equal(store["MKVLAAGG"], embed_sequences(enc.config, enc.params, ["MKVLAAGG"])[0])
+    store.close()
+    assert "unreadable" in messages[0] and (tmp_path / "embeddings.h5.unreadable").exists()

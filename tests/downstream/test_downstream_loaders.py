@@ -147,3 +147,41 @@ def test_lookup_and_pfam_and_bad_residues(tmp_path):
         read_columns(write_csv(tmp_path / "x.csv", ["sequence"], [["MKV"]]), ["sequence", "label"])
     with pytest.raises(DataError, match="no such CSV file"):
         read_columns(str(tmp_path / "nope.csv"), ["sequence"])
+
+
+def test_contact_test_proteins_are_evaluated_whole(tmp_path):
+    """Issue 11: max_length cropped test proteins too, so L became the crop and long-range pairs past it vanished.
+    Here the long-range contacts (0, 25) and (1, 25) lie past a crop of 20: a perfect predictor scores P@L/5 =
+    2/6 on the whole protein (L = 30: the top 6 pairs, residue 29 unresolved), and nothing on the cropped one."""
+    from ankh_jax.downstream.metrics import contact_precision
+
+    coords = np.zeros((30, 3))
+    coords[:, 0] = np.arange(30) * 3.8
+    coords[25] = coords[0] + [0, 5.0, 0]
+    flat = " ".join(f"{v:.3f}" for v in coords.ravel())
+    mask = " ".join(["1"] * 29 + ["0"])
+    for name in ("train", "valid", "test"):
+        write_csv(tmp_path / f"{name}.csv", ["primary", "tertiary", "valid_mask"], [["A" * 30, flat, mask]])
+    data = load_task(contact_task(data_dir=str(tmp_path), max_length=20))
+    for split in ("train", "valid"):
+        assert len(data.splits[split].sequences[0]) == 20 and data.splits[split].labels[0][0].shape == (20, 20)
+    test = data.splits["test/proteinnet"]
+    contacts, valid = test.labels[0]
+    assert len(test.sequences[0]) == 30 and contacts.shape == (30, 30) and contacts[0, 25] and contacts[1, 25]
+    perfect = contacts.astype(float)
+    assert contact_precision([perfect], [contacts], [valid])["L/5"] == pytest.approx(2 / 6)
+
+
+def test_non_finite_labels_and_masks_are_refused_naming_file_and_row(tmp_path):
+    """A NaN label ranked as the largest value (regression) or became a class named 'nan'; a NaN mask scored."""
+    write_csv(tmp_path / "train.csv", ["primary", "log_fluorescence"], [["SKGEE", "3.5"], ["SKGEL", "-inf"]])
+    write_csv(tmp_path / "validation.csv", ["primary", "log_fluorescence"], [["SKGEE", "3.5"]])
+    write_csv(tmp_path / "test.csv", ["primary", "log_fluorescence"], [["SKGEE", "3.5"]])
+    with pytest.raises(DataError, match=r"train.csv: row 2, column 'log_fluorescence': '-inf' is not a finite"):
+        load_task(fluorescence_task(data_dir=str(tmp_path)))
+    write_csv(tmp_path / "train.csv", ["sequence", "label"], [["MKV", "3"], ["GGA", "nan"]])
+    with pytest.raises(DataError, match=r"train.csv: row 2, column 'label'.*'nan' is not a class label"):
+        load_task(pfam_family_task(data_dir=str(tmp_path), train="train.csv", valid="train.csv", test="train.csv"))
+    write_csv(tmp_path / "ssp.csv", ["input", "dssp3", "disorder"], [["MKV", "HEC", "1 nan 1"]])
+    with pytest.raises(DataError, match=r"ssp.csv: row 1, column 'disorder': value 2 is not a finite number"):
+        load_task(ssp3_task(data_dir=str(tmp_path), train="ssp.csv", valid="ssp.csv", tests=()))

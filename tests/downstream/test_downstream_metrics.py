@@ -22,6 +22,16 @@ def test_spearman_and_ranks_match_scipy_with_ties():
     assert np.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
 
 
+@pytest.mark.parametrize("where", ["labels", "predictions"])
+def test_spearman_is_nan_when_an_input_holds_nan_as_scipy(where):
+    """A NaN used to rank as the largest value and give a number (0.0394 -> 0.0429 in issue 12's case)."""
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    (y if where == "labels" else x)[7] = np.nan
+    assert np.isnan(stats.spearmanr(x, y).statistic)
+    assert np.isnan(metrics.spearman(x, y))
+
+
 def test_contact_precision_counts_top_long_range_pairs():
     length = 50
     prob = np.zeros((length, length))
