@@ -104,3 +104,22 @@ def test_bad_settings_fail_before_compute(params):
             decoding.generate(CFG, params, ids, **kw)
     with pytest.raises(ValueError, match="no decoder"):
         decoding.generate(CFG, {k: params[k] for k in ("token_embedder", "encoder")}, ids)
+
+
+def test_generation_on_a_mesh_with_sharded_params_is_unchanged(params):
+    """Params sharded by the logical axis rules (data 2 x model 2 of the fake devices), the model's constraints
+    active: the same tokens as on one device."""
+    import jax
+
+    from ankh_jax.partitioning import Partitioner
+    from ankh_jax.train_steps import abstract_boxed_params
+
+    partitioner = Partitioner(mesh_shape=(2, 1, 2), devices=jax.devices()[:4])
+    specs = partitioner.param_specs(abstract_boxed_params(Transformer(CFG), partitioner))
+    sharded = jax.tree_util.tree_map(lambda x, s: jax.device_put(x, partitioner.sharding(s)),
+                                     decoding.prepare_params(CFG, params), specs)
+    ids = np.concatenate([_batch()[0], _batch()[0][:1]])  # 4 rows: divisible by the data axis
+    with partitioner.activate():
+        ours = decoding.generate(CFG, sharded, ids, max_new_tokens=7, strategy="beam", num_beams=2, prepared=True)
+    np.testing.assert_array_equal(ours, decoding.generate(CFG, params, ids, max_new_tokens=7, strategy="beam",
+                                                          num_beams=2))
