@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--num_beams", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_records", type=int, default=None, help="use only the first N records (default all)")
     p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
@@ -91,13 +92,15 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("give exactly one of --mask (positions/spans) or --mask_fraction")
     if args.mask_fraction is not None and not 0 < args.mask_fraction <= 1:
         raise ValueError(f"--mask_fraction={args.mask_fraction}; must be in (0, 1]")
+    if args.max_records is not None and args.max_records < 1:
+        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
     if args.num_samples < 1:
         raise ValueError(f"--num_samples={args.num_samples}; must be at least 1")
     decoding.check_settings(strategy=args.strategy, max_new_tokens=1, num_beams=args.num_beams,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if not os.path.isfile(args.fasta):
         raise FileNotFoundError(f"{args.fasta}: no such file")
-    records = load_fasta(args.fasta)
+    records = load_fasta(args.fasta)[: args.max_records]
     if not records:
         raise ValueError(f"{args.fasta}: no records")
     masks = plan_masks(args, records)

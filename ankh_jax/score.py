@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score_column", default=None,
                    help=f"experimental scores for Spearman (default: the first of {DEFAULT_SCORE_COLUMNS} present)")
     p.add_argument("--output_column", default="ankh_score", help="name of the added score column")
+    p.add_argument("--max_records", type=int, default=None, help="use only the first N records (default all)")
     p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> dict:
 
     if (args.fasta is None) == (args.mutations is None):
         raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
+    if args.max_records is not None and args.max_records < 1:
+        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
     if args.batch_tokens < 1:
         raise ValueError(f"--batch_tokens={args.batch_tokens}; must be positive")
     if args.fasta is not None:
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
 
         if not os.path.isfile(args.fasta):
             raise FileNotFoundError(f"{args.fasta}: no such file")
-        records = load_fasta(args.fasta)
+        records = load_fasta(args.fasta)[: args.max_records]
         if not records:
             raise ValueError(f"{args.fasta}: no records")
     else:

@@ -37,6 +37,8 @@ def test_score_cli_pseudo_likelihood_equals_the_api(model, exported, fasta, tmp_
     assert [int(r["length"]) for r in rows] == [len(s) for s in SEQS]
     np.testing.assert_allclose([float(r["pseudo_likelihood"]) for r in rows], model.pseudo_likelihood(SEQS),
                                rtol=1e-6)
+    assert score.main([f"--model={exported}", f"--fasta={fasta}", f"--output={out}", "--max_records=2"]) == 0
+    assert [r["id"] for r in _rows(out)] == ["p0", "p1"]
 
 
 def test_score_cli_mutations_adds_a_column_and_spearman(model, exported, tmp_path, capsys):
