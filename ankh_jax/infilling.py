@@ -6,9 +6,11 @@ residue per sentinel: a filled protein always has the parent's length, position 
 mask is shorthand for its five positions.
 
 A decoder answer that does not have that exact form is *malformed* and is never turned into a protein: a missing,
-repeated or out-of-order sentinel, a special or sentinel token where a residue belongs, more or less than one
-residue after a sentinel, or anything but ``</s>`` after the last answer. :class:`InfillSample` then carries the
-reason in ``error`` and no ``sequence``; callers count these (``python -m ankh_jax.generate`` reports them).
+repeated or out-of-order sentinel, a special or sentinel token where a residue belongs, or more or less than one
+residue after a sentinel. :class:`InfillSample` then carries the reason in ``error`` and no ``sequence``; callers
+count these (``python -m ankh_jax.generate`` reports them). What follows the last expected answer is ignored: a
+small model often goes on with ``<extra_id_n>`` (a sentinel the input does not have) instead of ``</s>``, which
+leaves every masked position answered exactly once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from ankh_jax import decoding, scoring
 from ankh_jax.embed import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.model.config import T5Config
-from ankh_jax.tokenizer import EOS_ID, FIRST_RESIDUE_ID, ID_TO_TOKEN, NUM_SENTINELS, RESIDUES, sentinel_id
+from ankh_jax.tokenizer import FIRST_RESIDUE_ID, ID_TO_TOKEN, NUM_SENTINELS, RESIDUES, sentinel_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +34,7 @@ class InfillSample:
     masked: tuple[int, ...]         # 0-based masked positions
     sequence: str | None            # the filled protein; None when the answer was malformed
     changed: tuple[str, ...]        # e.g. ("A10G",), 1-based positions whose residue changed
-    log_likelihood: float           # sum log p of the decoder's answer tokens (through </s>)
+    log_likelihood: float           # sum log p of the answer's 2 x masked tokens (sentinels and residues)
     error: str | None = None        # why the answer is malformed
 
 
@@ -85,10 +87,6 @@ def read_answer(generated: Sequence[int], parent: str, positions: Sequence[int])
         if not FIRST_RESIDUE_ID <= got[1] < FIRST_RESIDUE_ID + len(RESIDUES):
             return None, f"expected a residue after <extra_id_{k}>, got {ID_TO_TOKEN[got[1]]}"
         seq[pos] = ID_TO_TOKEN[got[1]]
-    end = tokens[2 * len(positions): 2 * len(positions) + 1]
-    if end != [EOS_ID]:
-        what = ID_TO_TOKEN[end[0]] if end else "nothing"
-        return None, f"expected </s> after the last answer, got {what}"
     return "".join(seq), None
 
 
@@ -141,7 +139,8 @@ def infill(config: T5Config, params, sequences: Sequence[str], masks: Sequence[S
         gen = decoding.generate(config, params, enc, max_new_tokens=budget, strategy=strategy,
                                 num_beams=num_beams, temperature=temperature, top_k=top_k, top_p=top_p,
                                 seed=seed + j, prepared=True)
-        loglik = scoring.generated_log_likelihood(config, params, enc, gen)
+        answer_lengths = [2 * len(requests[members[min(r, len(members) - 1)]][2]) for r in range(n_rows)]
+        loglik = scoring.generated_log_likelihood(config, params, enc, gen, answer_lengths)
         for r, m in enumerate(members):
             i, s, pos = requests[m]
             parent = sequences_clean(proteins[i])

@@ -174,17 +174,21 @@ def score_mutations(config: T5Config, params, wildtype: str, mutants: Sequence[s
     return scores
 
 
-def generated_log_likelihood(config: T5Config, params, encoder_ids: np.ndarray, generated: np.ndarray
-                             ) -> np.ndarray:
+def generated_log_likelihood(config: T5Config, params, encoder_ids: np.ndarray, generated: np.ndarray,
+                             lengths: Sequence[int] | None = None) -> np.ndarray:
     """``sum log p(token)`` (full softmax) of each generated row ``[b, n]`` up to and including its ``</s>``
-    (or all ``n`` tokens when it has none), given encoder ids ``[b, l]``; teacher-forced, one decoder pass."""
+    (or all ``n`` tokens when it has none), or of its first ``lengths[row]`` tokens when given, given encoder ids
+    ``[b, l]``; teacher-forced, one decoder pass."""
     import jax
     import jax.numpy as jnp
 
     from ankh_jax.model.network import shift_right
 
     generated = np.asarray(generated, np.int32)
-    counted = np.cumsum(np.cumsum(generated == EOS_ID, axis=1), axis=1) <= 1  # through the first </s>
+    if lengths is None:
+        counted = np.cumsum(np.cumsum(generated == EOS_ID, axis=1), axis=1) <= 1  # through the first </s>
+    else:
+        counted = np.arange(generated.shape[1])[None, :] < np.asarray(lengths)[:, None]
     logits = _teacher_forced_fn(config)(params, jnp.asarray(encoder_ids), shift_right(jnp.asarray(generated)))
     log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
     picked = np.take_along_axis(log_probs, generated[..., None], axis=-1)[..., 0]

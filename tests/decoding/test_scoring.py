@@ -93,3 +93,5 @@ def test_generated_log_likelihood_is_the_teacher_forced_sum(params, prepared, hf
     picked = np.take_along_axis(lp, gen[..., None], axis=-1)[..., 0]
     expected = [picked[0, :3].sum(), picked[1].sum(), picked[2, :1].sum()]
     np.testing.assert_allclose(ours, expected, rtol=1e-5)
+    np.testing.assert_allclose(scoring.generated_log_likelihood(CFG, prepared, ids, gen, [1, 4, 2]),
+                               [picked[0, :1].sum(), picked[1].sum(), picked[2, :2].sum()], rtol=1e-5)
