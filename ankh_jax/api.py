@@ -115,6 +115,54 @@ class AnkhModel:
         return embed_lib.embed_sequences(self.config, self._device_params, list(sequences), pooling=pooling,
                                          dtype=dtype, max_length=max_length, progress=progress, **kwargs)
 
+    # -- the decoder: generation, infilling, likelihoods (ankh_jax.decoding / infilling / scoring) -------------
+    def _decoding_params(self):
+        """The full params in the decoding layout, on device, made once per model."""
+        from ankh_jax import decoding
+
+        if "_decoding_state" not in self.__dict__:
+            config = decoding.decoding_config(self.config, self.config.dtype)
+            self.__dict__["_decoding_state"] = (config, decoding.prepare_params(config, self.params))
+        return self.__dict__["_decoding_state"]
+
+    def generate(self, input_ids, *, max_new_tokens: int = 20, strategy: str = "greedy", **kwargs):
+        """Generated ids ``[batch, max_new_tokens]`` after the decoder start token, 0 after ``</s>``, from encoder
+        ids ``[batch, length]`` (0 = padding); ``kwargs``: ``num_beams``, ``temperature``, ``top_k``, ``top_p``,
+        ``min_new_tokens``, ``length_penalty``, ``seed`` (see ``ankh_jax.decoding.generate``)."""
+        from ankh_jax import decoding
+
+        config, params = self._decoding_params()
+        return decoding.generate(config, params, input_ids, max_new_tokens=max_new_tokens, strategy=strategy,
+                                 prepared=True, **kwargs)
+
+    def infill(self, sequence: str, positions, *, num_samples: int = 1, strategy: str = "sample", **kwargs):
+        """``num_samples`` fillings of ``sequence`` with the 1-based ``positions`` (ints, or a spec like
+        ``'10-14,30'``) masked, as ``ankh_jax.infilling.InfillSample`` (``sequence`` None when malformed)."""
+        from ankh_jax import infilling
+        from ankh_jax.tokenizer import clean_sequence
+
+        sequence = clean_sequence(sequence)
+        if isinstance(positions, str):
+            mask = infilling.parse_mask_spec(positions, len(sequence))
+        else:
+            mask = infilling.check_positions([int(p) - 1 for p in positions], len(sequence))
+        config, params = self._decoding_params()
+        return infilling.infill(config, params, [sequence], [[mask] * num_samples], strategy=strategy, **kwargs)
+
+    def pseudo_likelihood(self, sequences: Sequence[str], **kwargs):
+        """Ankh's pseudo-likelihood of each sequence (``ankh_jax.scoring.pseudo_likelihood``), float64 ``[n]``."""
+        from ankh_jax import scoring
+
+        config, params = self._decoding_params()
+        return scoring.pseudo_likelihood(config, params, list(sequences), **kwargs)
+
+    def score_mutations(self, wildtype: str, mutants: Sequence[str], **kwargs):
+        """Masked-marginal scores of ``mutants`` (``'A23G'``, ``'A23G:K45R'``, 1-based) of ``wildtype``."""
+        from ankh_jax import scoring
+
+        config, params = self._decoding_params()
+        return scoring.score_mutations(config, params, wildtype, list(mutants), **kwargs)
+
 
 def load_model(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None) -> AnkhModel:
     """An ankh_jax or HuggingFace model directory as an :class:`AnkhModel`."""

@@ -74,7 +74,10 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
 
     @nn.compact
-    def __call__(self, q_len: int, k_len: int, q_positions=None, k_positions=None):
+    def __call__(self, q_len: int, k_len: int, q_positions=None, k_positions=None, query_offset=None):
+        """``query_offset`` (a traced scalar, incremental decoding): queries sit at ``query_offset + arange(q_len)``
+        and keys at ``arange(k_len)``; the buckets come from the same numpy table as the static path, so cached
+        decoding sees bit-identical biases."""
         cfg = self.config
         table = self.param(
             "rel_embedding",
@@ -82,7 +85,13 @@ class RelativePositionBias(nn.Module):
             (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.params_dtype)
         kw = {"bidirectional": self.bidirectional, "num_buckets": cfg.relative_attention_num_buckets,
                   "max_distance": cfg.relative_attention_max_distance}
-        if q_positions is None:
+        if query_offset is not None:
+            offsets = np.arange(-(q_len + k_len), k_len + 1, dtype=np.int32)      # every key - query offset
+            table_buckets = jnp.asarray(relative_position_bucket(offsets, xp=np, **kw))
+            rel = jnp.arange(k_len)[None, :] - (query_offset + jnp.arange(q_len))[:, None]
+            buckets = jnp.take(table_buckets, jnp.clip(rel + q_len + k_len, 0, offsets.size - 1))
+            bias = jnp.take(table, buckets, axis=1)[None]                           # [1, h, q, k]
+        elif q_positions is None:
             rel = np.arange(k_len, dtype=np.int32)[None, :] - np.arange(q_len, dtype=np.int32)[:, None]
             buckets = jnp.asarray(relative_position_bucket(rel, xp=np, **kw))      # [q, k]
             bias = jnp.take(table, buckets, axis=1)[None]                           # [1, h, q, k]
@@ -125,13 +134,20 @@ def flat_matmul(x, kernel, in_dims: int):
 
 
 class MultiHeadAttention(nn.Module):
-    """T5 attention: no 1/sqrt(d_kv) on the logits (folded into the query init), width heads x d_kv."""
+    """T5 attention: no 1/sqrt(d_kv) on the logits (folded into the query init), width heads x d_kv.
+
+    ``cache`` selects incremental decoding (a ``cache`` variable collection): ``"self"`` keeps the keys/values of
+    every position decoded so far in fixed-size buffers and writes the current step at ``cache_index``;
+    ``"cross"`` projects the encoder output once (the call that passes ``x_kv``) and reuses it while ``x_kv`` is
+    None. The first call with an empty ``cache`` collection only creates the buffers (shaped by its inputs).
+    """
 
     config: T5Config
     enable_dropout: bool = False
+    cache: str | None = None  # None (training, full sequences) | "self" | "cross"
 
     @nn.compact
-    def __call__(self, x_q, x_kv, bias):
+    def __call__(self, x_q, x_kv, bias, cache_index=None):
         """``bias``: float32 [b or 1, h, q, k], position bias plus mask (NEG_INF where masked)."""
         cfg = self.config
         d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
@@ -142,8 +158,12 @@ class MultiHeadAttention(nn.Module):
             return constrain(y, ("batch", "heads", "length", "kv"))
 
         q = proj("query", (d * dk) ** -0.5, x_q)
-        k = proj("key", d ** -0.5, x_kv)
-        v = proj("value", d ** -0.5, x_kv)
+        if x_kv is not None:
+            k = proj("key", d ** -0.5, x_kv)
+            v = proj("value", d ** -0.5, x_kv)
+        if self.cache is not None:
+            k, v = self._cached_keys_values(k if x_kv is not None else None, v if x_kv is not None else None,
+                                            cache_index)
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         weights = jax.nn.softmax(logits + bias, axis=-1)
         self.sow("intermediates", "attention_weights", weights)
@@ -154,6 +174,28 @@ class MultiHeadAttention(nn.Module):
         kernel = Kernel(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, name="out")()
         out = flat_matmul(jnp.swapaxes(out, 1, 2), kernel, 2)
         return constrain(out, ("batch", "length", "embed"))
+
+    def _cached_keys_values(self, k, v, cache_index):
+        """The keys/values to attend to in decoding mode, updating the ``cache`` collection."""
+        creating = not self.has_variable("cache", "cached_key")
+        if creating and k is None:
+            raise ValueError("the decoding cache is created by a call that passes the keys' input")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape if creating else None,
+                                 k.dtype if creating else None)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape if creating else None,
+                                 v.dtype if creating else None)
+        if creating:
+            return k, v
+        names = ("batch", "heads", "length", "kv")
+        if self.cache == "self":
+            start = (0, 0, cache_index, 0)
+            cached_k.value = constrain(jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                                    start), names)
+            cached_v.value = constrain(jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                                    start), names)
+        elif k is not None:  # cross-attention: project the encoder output once, reuse it every later step
+            cached_k.value, cached_v.value = k, v
+        return cached_k.value, cached_v.value
 
 
 class GatedGeluMlp(nn.Module):
@@ -205,17 +247,22 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """``decode``: incremental decoding (see :class:`MultiHeadAttention`); ``encoded`` may then be None, meaning
+    the cross-attention keys/values already in the cache."""
+
     config: T5Config
     enable_dropout: bool = False
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x, self_bias, encoded, cross_bias):
+    def __call__(self, x, self_bias, encoded, cross_bias, cache_index=None):
         cfg, drop = self.config, self.enable_dropout
+        self_cache, cross_cache = ("self", "cross") if self.decode else (None, None)
         h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
-        h = MultiHeadAttention(cfg, drop, name="self_attention")(h, h, self_bias)
+        h = MultiHeadAttention(cfg, drop, self_cache, name="self_attention")(h, h, self_bias, cache_index)
         x = x + dropout(cfg, drop, h)
         h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
-        h = MultiHeadAttention(cfg, drop, name="encoder_decoder_attention")(h, encoded, cross_bias)
+        h = MultiHeadAttention(cfg, drop, cross_cache, name="encoder_decoder_attention")(h, encoded, cross_bias)
         x = x + dropout(cfg, drop, h)
         h = RMSNorm(cfg, name="pre_mlp_layer_norm")(x)
         h = GatedGeluMlp(cfg, drop, name="mlp")(h)

@@ -85,15 +85,31 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, embedded, tokens, encoded, encoder_tokens, segment_ids=None, positions=None,
-                 encoder_segment_ids=None, enable_dropout=False):
+                 encoder_segment_ids=None, enable_dropout=False, decode=False):
+        """With ``decode``, one step of incremental decoding (see :meth:`Transformer.decode`)."""
         cfg = self.config
         length = tokens.shape[1]
-        pos_bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(
-            length, length, positions, positions)
-        self_bias = pos_bias + attention_bias(decoder_causal_mask(tokens, segment_ids))
+        relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
         cross_bias = attention_bias(cross_mask(tokens, encoder_tokens, segment_ids, encoder_segment_ids))
+        stack_args = ()
+        if decode and self.has_variable("cache", "index"):
+            index = self.variable("cache", "index", None)
+            max_length = self.variable("cache", "key_positions", None).value.shape[0]
+            pos_bias = relpos(length, max_length, query_offset=index.value)
+            visible = jnp.arange(max_length)[None, :] <= index.value + jnp.arange(length)[:, None]
+            self_bias = pos_bias + attention_bias(visible[None])
+            stack_args = (index.value,)
+            index.value = index.value + length
+        else:
+            if decode:  # the first call creates the cache, sized by this call's decoder length
+                self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+                self.variable("cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32))
+                stack_args = (jnp.zeros((), jnp.int32),)
+            pos_bias = relpos(length, length, positions, positions)
+            self_bias = pos_bias + attention_bias(decoder_causal_mask(tokens, segment_ids))
         x = dropout(cfg, enable_dropout, embedded)
-        x = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, enable_dropout, x, self_bias, encoded, cross_bias)
+        x = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, enable_dropout, x, self_bias, encoded, cross_bias,
+                       *stack_args, decode=decode)
         x = RMSNorm(cfg, name="decoder_norm")(x)
         x = dropout(cfg, enable_dropout, x)
         # Untied head: no d_model**-0.5 rescale (that belongs to tied T5 only).
@@ -104,21 +120,26 @@ class Decoder(nn.Module):
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
 
-def _run_stack(parent: nn.Module, layer_cls, num_layers: int, enable_dropout: bool, x, *args):
-    """Applies the layers inside ``parent``'s scope so their names are ``layers_{i}`` (or ``layers``)."""
+def _run_stack(parent: nn.Module, layer_cls, num_layers: int, enable_dropout: bool, x, *args, **layer_fields):
+    """Applies the layers inside ``parent``'s scope so their names are ``layers_{i}`` (or ``layers``).
+
+    ``layer_fields`` (e.g. ``decode=True``) are passed to each layer's constructor; a ``cache`` collection, when
+    there is one, is stacked along the layers axis like the params.
+    """
     cfg = parent.config
     cls = layer_cls
     if cfg.remat_policy != "none":
         cls = nn.remat(cls, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
         scanned = nn.scan(
-            cls, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
+            cls, variable_axes={"params": 0, "intermediates": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * len(args), length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = scanned(cfg, enable_dropout, parent=parent, name="layers")(x, *args)
+        x, _ = scanned(cfg, enable_dropout, parent=parent, name="layers", **layer_fields)(x, *args)
         return x
     for i in range(num_layers):
-        x, _ = cls(cfg, enable_dropout, parent=parent, name=f"layers_{i}")(x, *args)
+        x, _ = cls(cfg, enable_dropout, parent=parent, name=f"layers_{i}", **layer_fields)(x, *args)
     return x
 
 
@@ -161,16 +182,22 @@ class Transformer(nn.Module):
         return self.encoder(embedded, encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
 
     def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
-               decoder_segment_ids=None, decoder_positions=None, enable_dropout=False):
+               decoder_segment_ids=None, decoder_positions=None, enable_dropout=False, decode=False):
+        """Decoder logits. With ``decode`` (incremental decoding, ``mutable=["cache"]``): the first call on an
+        empty cache creates it, sized by ``decoder_input_tokens`` ``[b, max_length]`` (``ankh_jax.decoding``
+        zeroes it); every later call appends ``decoder_input_tokens`` ``[b, n]`` at the cache's position and
+        returns their logits. ``encoded`` is needed by the first step (the cross-attention keys/values are
+        projected once, then cached) and may be None afterwards."""
         embedded = self.token_embedder(decoder_input_tokens)
         return self.decoder(embedded, decoder_input_tokens, encoded, encoder_input_tokens, decoder_segment_ids,
-                            decoder_positions, encoder_segment_ids, enable_dropout)
+                            decoder_positions, encoder_segment_ids, enable_dropout, decode)
 
     def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
-                 decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, enable_dropout=False):
+                 decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, enable_dropout=False,
+                 decode=False):
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
-                           decoder_segment_ids, decoder_positions, enable_dropout)
+                           decoder_segment_ids, decoder_positions, enable_dropout, decode)
 
 
 def shift_right(targets, start_id: int = 0):

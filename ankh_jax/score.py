@@ -1,0 +1,166 @@
+"""``python -m ankh_jax.score``: pseudo-likelihoods of proteins, or variant-effect scores of mutants.
+
+    python -m ankh_jax.score --model=PATH --fasta=IN.fasta --output=OUT.csv
+        -> columns id, length, pseudo_likelihood (one row per protein, input order)
+    python -m ankh_jax.score --model=PATH --mutations=DMS.csv --wildtype=SEQ_OR_FASTA --output=OUT.csv
+        -> the input CSV plus a score column (masked marginals); Spearman against --score_column when present
+
+Definitions in ``ankh_jax/scoring.py``. Every input (residues, mutation strings, wild-type letters and positions)
+is checked before the model is loaded; an error is one line naming the file and record or row (exit 2). The output
+is written to a temporary file and renamed into place, so it is never half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+
+from ankh_jax.embed import DEFAULT_BATCH_TOKENS
+
+DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ankh_jax.score", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="an ankh_jax training directory or a HuggingFace directory")
+    p.add_argument("--output", required=True, help="CSV file to write")
+    p.add_argument("--fasta", help="proteins to score (pseudo-likelihood)")
+    p.add_argument("--mutations", help="CSV with a mutant column (A23G, A23G:K45R; 1-based)")
+    p.add_argument("--wildtype", help="the wild type: a sequence, or a FASTA file with one record")
+    p.add_argument("--mutant_column", default="mutant")
+    p.add_argument("--score_column", default=None,
+                   help=f"experimental scores for Spearman (default: the first of {DEFAULT_SCORE_COLUMNS} present)")
+    p.add_argument("--output_column", default="ankh_score", help="name of the added score column")
+    p.add_argument("--max_records", type=int, default=None, help="use only the first N records (default all)")
+    p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
+    return p.parse_args(argv)
+
+
+def read_wildtype(value: str) -> str:
+    from ankh_jax.fasta import load_fasta
+    from ankh_jax.tokenizer import clean_sequence
+
+    if os.path.isfile(value):
+        records = load_fasta(value)
+        if len(records) != 1:
+            raise ValueError(f"{value}: --wildtype needs a FASTA file with exactly one record, found {len(records)}")
+        return records[0].sequence
+    return clean_sequence(value, source="--wildtype")
+
+
+def read_mutations(path: str, column: str, wildtype: str, score_column: str | None):
+    """``(header, rows, mutants, score column or None)``; every mutant checked, errors name file and line."""
+    from ankh_jax.scoring import parse_mutant
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if column not in header:
+        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(header) or 'none'})")
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    if score_column is None:
+        score_column = next((c for c in DEFAULT_SCORE_COLUMNS if c in header), None)
+    elif score_column not in header:
+        raise ValueError(f"{path}: no column {score_column!r} for --score_column")
+    for line, row in enumerate(rows, start=2):
+        parse_mutant(row[column] or "", wildtype, where=f"{path}: line {line}: mutant {row[column]!r}: ")
+        if score_column is not None:
+            try:
+                float(row[score_column])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number") from None
+    return header, rows, [r[column] for r in rows], score_column
+
+
+def write_csv_atomically(path: str, header: list[str], rows: list[dict]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ankh_jax import decoding
+    from ankh_jax.api import load_config_and_params
+
+    if (args.fasta is None) == (args.mutations is None):
+        raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
+    if args.max_records is not None and args.max_records < 1:
+        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
+    if args.batch_tokens < 1:
+        raise ValueError(f"--batch_tokens={args.batch_tokens}; must be positive")
+    if args.fasta is not None:
+        from ankh_jax.fasta import load_fasta
+
+        if not os.path.isfile(args.fasta):
+            raise FileNotFoundError(f"{args.fasta}: no such file")
+        records = load_fasta(args.fasta)[: args.max_records]
+        if not records:
+            raise ValueError(f"{args.fasta}: no records")
+    else:
+        if args.wildtype is None:
+            raise ValueError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
+        wildtype = read_wildtype(args.wildtype)
+        header, rows, mutants, score_column = read_mutations(args.mutations, args.mutant_column, wildtype,
+                                                             args.score_column)
+        if args.output_column in header:
+            raise ValueError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
+    config, params = load_config_and_params(args.model, step=args.step)
+    config = decoding.decoding_config(config, args.dtype)
+    params = decoding.prepare_params(config, params)
+    from ankh_jax import scoring
+
+    if args.fasta is not None:
+        pll = scoring.pseudo_likelihood(config, params, [r.sequence for r in records],
+                                        batch_tokens=args.batch_tokens, progress=True)
+        out_rows = [{"id": r.id, "length": len(r.sequence), "pseudo_likelihood": f"{v:.8g}"}
+                    for r, v in zip(records, pll)]
+        write_csv_atomically(args.output, ["id", "length", "pseudo_likelihood"], out_rows)
+        return {"proteins": len(records), "mean_pseudo_likelihood": float(pll.mean())}
+    scores = scoring.score_mutations(config, params, wildtype, mutants, batch_tokens=args.batch_tokens,
+                                     progress=True)
+    for row, value in zip(rows, scores):
+        row[args.output_column] = f"{value:.8g}"
+    write_csv_atomically(args.output, header + [args.output_column], rows)
+    summary = {"mutants": len(rows)}
+    if score_column is not None:
+        from ankh_jax.downstream.metrics import spearman
+
+        summary["spearman"] = spearman(scores, [float(r[score_column]) for r in rows])
+        summary["score_column"] = score_column
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from ankh_jax.api import user_errors
+
+    try:
+        summary = run(args)
+    except user_errors() as e:
+        print(f"score: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
