@@ -35,6 +35,10 @@ demo:
 	    --embeddings=$(DEMO)/embeddings.h5 --fasta=data/sample_proteins.fasta \
 	    --labels=data/pfam_family_train.csv,data/pfam_family_valid.csv,data/pfam_family_test.csv \
 	    --plots_dir=$(DEMO)/plots
+	$(PY) -m ankh_jax.generate --model=$(DEMO)/hf_export --fasta=data/sample_proteins.fasta --max_records=8 \
+	    --mask_fraction=0.05 --num_samples=2 --output=$(DEMO)/variants.fasta
+	$(PY) -m ankh_jax.score --model=$(DEMO)/hf_export --fasta=data/sample_proteins.fasta --max_records=8 \
+	    --output=$(DEMO)/pseudo_likelihood.csv
 
 lint:
 	$(PY) -m ruff check ankh_jax tasks scripts tests
