@@ -88,14 +88,15 @@ _barriers: dict[str, int] = {}
 
 
 def wait_for_all_processes(name: str, timeout_seconds: int = 1800) -> None:
-    """A barrier of jax's coordination service across all processes (no device collective, so no collective
-    timeout while a slow host catches up); a no-op on one process. ``name`` may be reused: a count makes it unique."""
+    """A barrier of jax's coordination service across all processes: no device collective, so a slow host only
+    delays the others (a collective would give up after 30 s on gloo); a no-op on one process. ``name`` may be
+    reused: a count makes each barrier unique, as the service requires."""
     if jax.process_count() == 1:
         return
-    from orbax.checkpoint import multihost
+    from jax._src import distributed  # the client has no public accessor; orbax reaches it the same way
 
     _barriers[name] = _barriers.get(name, 0) + 1
-    multihost.sync_global_processes(f"{name}_{_barriers[name]}", timeout=timeout_seconds)
+    distributed.global_state.client.wait_at_barrier(f"{name}_{_barriers[name]}", timeout_seconds * 1000)
 
 
 def _int_env(name: str) -> int | None:

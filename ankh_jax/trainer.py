@@ -124,6 +124,10 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     if global_batch_size % num_microbatches:
         raise RunConfigError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
                              f"{num_microbatches}")
+    if "://" in model_dir:
+        raise RunConfigError(f"MODEL_DIR {model_dir}: a URL; MODEL_DIR must be a directory path that every host "
+                             "sees (NFS / Filestore, or the bucket mounted with gcsfuse at the same path on every "
+                             "host): the lock and the metrics files are plain files")
     model_dir = os.path.abspath(os.path.expanduser(model_dir))
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise RunConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
@@ -159,10 +163,15 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
 
     # -- state ----------------------------------------------------------------------------------------------
     _check_model_dir_config(model_dir, model_config)
-    lock = _lock_model_dir(model_dir) if os.path.isdir(model_dir) else None
+    # What MODEL_DIR holds, as process 0 sees it before anyone writes, so every host takes the same branches.
+    exists, has_checkpoints = _agreed(os.path.isdir(model_dir),
+                                      os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)))
+    # The lock is taken here if MODEL_DIR exists (restoring may move checkpoints aside), else at the first write.
+    locked = exists
+    lock = _lock_model_dir(model_dir) if locked else None
     checkpointer = None
     try:
-        if os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)):
+        if has_checkpoints:
             checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
                                                  max_to_keep=keep_checkpoints, async_save=async_checkpoints)
             abstract = program.layout.abstract_state()
@@ -189,7 +198,8 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
             return TrainResult(start_step, state.params, "finished", {}, None)
 
         # -- first writes -------------------------------------------------------------------------------------
-        lock = lock or _lock_model_dir(model_dir)
+        if not locked:
+            lock, locked = _lock_model_dir(model_dir), True
         ckpt_lib.write_model_config(model_dir, model_config)
         _write_operative_config(model_dir)
         if checkpointer is None:
@@ -319,8 +329,18 @@ def _load_hf_params(path: str, config) -> Any:
     return params
 
 
+def _agreed(*flags: bool) -> tuple[bool, ...]:
+    """Process 0's values of ``flags`` on every process (a collective on several hosts)."""
+    if jax.process_count() == 1:
+        return tuple(flags)
+    from jax.experimental import multihost_utils
+
+    return tuple(bool(x) for x in np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))))
+
+
 def _lock_model_dir(model_dir: str) -> DirectoryLock | None:
-    """Process 0 locks MODEL_DIR (creating it); every process learns the outcome, so all stop together."""
+    """Process 0 locks MODEL_DIR (creating it) and gets the lock; every process learns the outcome, so all stop
+    together (a collective: every process calls it once)."""
     lock, error = None, ""
     if jax.process_index() == 0:
         try:
