@@ -244,3 +244,20 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, capsys):
     assert "preemption signal: saved the checkpoint at step 3" in capsys.readouterr().err
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["3"]
     assert max(_train_rows(model_dir)) == 3
+
+
+def test_rates_count_training_steps_only():
+    """steps/s and MFU come from the time spent in training steps: an eval or a checkpoint save in the interval
+    (here 0.3 s of sleep) leaves them unchanged, while the wall-clock rate (for the ETA) includes it."""
+    import time
+
+    from ankh_jax.metrics_writer import Timer
+
+    timer = Timer()
+    timer.add(100.0, 5.0, count=False)  # the compiling first step
+    for _ in range(3):
+        timer.add(10.0, 0.01)
+    time.sleep(0.3)  # an eval
+    assert timer.steps == 3 and timer.tokens == 30.0
+    assert timer.steps / timer.busy_seconds() == pytest.approx(100.0)
+    assert timer.wall_seconds() >= 0.3
