@@ -1,7 +1,8 @@
 """Per-device memory of the trainer's own train step, compiled ahead of time for a target, with no arrays anywhere.
 
     python scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin [--target=tpu:v4:4x4x4 | cpu:64]
-        [--mesh=1,-1,1] [--batch=1024] [--hbm_gib=32] [--find_max_batch] [--json=OUT.json] [--gin.NAME=VALUE ...]
+        [--mesh=1,-1,1] [--batch=1024] [--hbm_gib=32] [--find_max_batch [--max_compiles=5]] [--json=OUT.json]
+        [--gin.NAME=VALUE ...]
 
 It reads the model, optimizer, mesh, batch and lengths from the same gin files as ``python -m ankh_jax.train``,
 builds the trainer's program with :func:`ankh_jax.train_program.build_program` (the very jitted step the trainer
@@ -48,6 +49,7 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=None, help="global batch (overrides train.global_batch_size)")
     parser.add_argument("--hbm_gib", type=float, default=32.0, help="device memory to compare against")
     parser.add_argument("--find_max_batch", action="store_true")
+    parser.add_argument("--max_compiles", type=int, default=5, help="compiles --find_max_batch may spend")
     parser.add_argument("--json", default=None, help="also write the results here")
     args, rest = parser.parse_known_args(argv)
     bindings = []
@@ -170,7 +172,8 @@ def main(argv=None) -> int:
               "mesh": dict(partitioner.mesh.shape), "gin_files": args.gin_file, "bindings": bindings,
               "params": config.num_params(), "lengths": lengths, "state_bytes": state_bytes, "runs": [result]}
     if args.find_max_batch:
-        found = _find_max_batch(program, batch, lengths, limit, partitioner.batch_shards, report["runs"])
+        found = _find_max_batch(program, batch, lengths, limit, partitioner.batch_shards, report["runs"],
+                                max_compiles=args.max_compiles)
         report["max_batch"] = found
         print(f"largest global batch found under {args.hbm_gib:g} GiB per device: {found['fits']} "
               f"(smallest tried that does not fit: {found['does_not_fit']})")
