@@ -276,6 +276,9 @@ def configure(gin_files: list[str], bindings: list[str], search_paths: list[str]
         gin.parse_config_files_and_bindings(gin_files, bindings)
     finally:
         logging.getLogger().removeFilter(quiet)
+    from ankh_jax.train import check_macros_are_used
+
+    check_macros_are_used(bindings)  # a misspelled --gin.MACRO=... would otherwise be silently ignored
 
 
 class _DropMessages(logging.Filter):

@@ -219,3 +219,11 @@ def test_best_checkpoint_replacement_cut_short_keeps_the_old_one(tmp_path):
     trainer.recover_checkpoint(str(best))
     assert (best / "item").read_text() == "old"
     assert sorted(os.listdir(tmp_path)) == ["best"]
+
+
+def test_a_misspelled_macro_on_the_command_line_is_an_error(tmp_path, data_dir, capsys):
+    model_dir = tmp_path / "run"
+    assert finetune.main(_flags(model_dir, data_dir, "--gin.ENCODR='elsewhere'")) == 2
+    err = _one_line_error(capsys)
+    assert "ENCODR" in err and "did you mean ENCODER" in err
+    assert not model_dir.exists()
