@@ -255,7 +255,7 @@ def main() -> None:
     doc = {"command": " ".join(["python", "scripts/bench_generate.py"] + sys.argv[1:]), "commit": commit,
            "date": today, "versions": versions(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
            "jax_device": ours["device"], "torch_device": ref["device"], "torch_threads": ref.get("threads"),
-           "dtype": args.dtype, "model": model, "settings": vars(args) | {"_worker": None, "_workdir": None},
+           "dtype": args.dtype, "model": model, "settings": vars(args) | {"_worker": None, "_workdir": None, "out_dir": os.path.relpath(args.out_dir, REPO)},
            "table": [dict(zip(head, r)) for r in rows], "pll_max_relative_difference": pll_rel,
            "raw": {"ankh_jax": ours, "torch": ref}}
     os.makedirs(args.out_dir, exist_ok=True)
