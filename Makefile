@@ -46,7 +46,8 @@ lint:
 bench:
 	$(PY) scripts/bench_embed.py
 	$(PY) scripts/bench_train.py
-	$(PY) scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin --devices=64
+	$(PY) scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin --target=tpu:v4:4x4x4
+	$(PY) scripts/bench_generate.py
 
 clean:
 	rm -rf $(DEMO) build .pytest_cache
