@@ -22,12 +22,13 @@ def make_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int = 0, total
     (peak * sqrt(warmup / step), t5x's default) or ``constant``.
     """
     if peak_learning_rate <= 0:
-        raise ValueError(f"peak_learning_rate must be positive, got {peak_learning_rate}")
+        raise ValueError(f"make_schedule.peak_learning_rate must be positive, got {peak_learning_rate}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise ValueError(f"make_schedule.warmup_steps must be >= 0, got {warmup_steps}")
     if decay in ("linear", "cosine"):
         if total_steps is None or total_steps <= warmup_steps:
-            raise ValueError(f"{decay} decay needs total_steps > warmup_steps ({warmup_steps}), got {total_steps}")
+            raise ValueError(f"make_schedule: {decay} decay needs total_steps ({total_steps}) > warmup_steps "
+                             f"({warmup_steps}); in the pretrain configs these are TRAIN_STEPS and WARMUP_STEPS")
         decay_steps = total_steps - warmup_steps
         if decay == "linear":
             after = optax.linear_schedule(peak_learning_rate, end_learning_rate, decay_steps)
@@ -42,7 +43,7 @@ def make_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int = 0, total
     elif decay == "constant":
         after = optax.constant_schedule(peak_learning_rate)
     else:
-        raise ValueError(f"unknown decay {decay!r}: expected linear, cosine, rsqrt or constant")
+        raise ValueError(f"make_schedule.decay: unknown decay {decay!r}; expected linear, cosine, rsqrt or constant")
     if warmup_steps == 0:
         return after
     warmup = optax.linear_schedule(init_learning_rate, peak_learning_rate, warmup_steps)
@@ -66,7 +67,7 @@ def make_optimizer(learning_rate: optax.Schedule, name: str = "adafactor", clip_
     elif name == "adamw":
         core = optax.adamw(learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=weight_decay)
     else:
-        raise ValueError(f"unknown optimizer {name!r}: expected adafactor or adamw")
+        raise ValueError(f"make_optimizer.name: unknown optimizer {name!r}; expected adafactor or adamw")
     if clip_grad_norm:
         return optax.chain(optax.clip_by_global_norm(clip_grad_norm), core)
     return core

@@ -132,12 +132,15 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise RunConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
     partitioner = partitioner or Partitioner()
-    program = build_program(model_config, partitioner, num_microbatches=num_microbatches,
-                            label_smoothing=label_smoothing, z_loss=z_loss)
+    try:  # the schedule, the optimizer and the batch split are checked here, before anything is read or written
+        program = build_program(model_config, partitioner, num_microbatches=num_microbatches,
+                                label_smoothing=label_smoothing, z_loss=z_loss)
+        shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
+    except ValueError as err:
+        raise RunConfigError(str(err)) from None
     log.info("%s", partitioner.describe())
 
     # -- inputs (a missing data path fails here, before anything is written) -------------------------------
-    shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
     if host_batch % num_microbatches and num_microbatches > 1:
         raise RunConfigError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
     data_shards = num_data_shards or num_shards

@@ -123,3 +123,15 @@ def test_model_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a file, not a directory" in err and len(err.strip().splitlines()) == 1
     assert model_dir.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("binding,named", [
+    ("--gin.WARMUP_STEPS=40", "total_steps (4) > warmup_steps (40)"),  # TRAIN_STEPS=4: the schedule cannot decay
+    ("--gin.BATCH_SIZE=6", "global batch size 6 is not divisible by the 8 batch shards"),
+])
+def test_an_impossible_run_configuration_is_one_line_before_anything_is_written(tmp_path, capsys, binding, named):
+    model_dir = tmp_path / "run"
+    assert main(_flags(model_dir, binding)) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1, err
+    assert not model_dir.exists()
