@@ -19,10 +19,10 @@ registers the tasks at import time):
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 
+import filelock
 import gin
 import seqio
 
@@ -65,14 +65,11 @@ def ensure_sample_dataset(data_dir: str) -> str:
         raise FileNotFoundError(f"no UniRef50 dataset in {data_dir} and no shipped sample at {SAMPLE_FASTA} to "
                                 "build one from; run scripts/prepare_uniref50.py and bind uniref50_data_dir.data_dir")
     os.makedirs(data_dir, exist_ok=True)
-    with open(os.path.join(data_dir, ".uniref50_sample.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _is_built(data_dir):
-                uniref50.build(SAMPLE_FASTA, data_dir, num_shards=SAMPLE_NUM_SHARDS,
-                               validation_fraction=SAMPLE_VALIDATION_FRACTION)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # One builder at a time across processes (the hosts of a local multi-process run build it together).
+    with filelock.FileLock(os.path.join(data_dir, ".uniref50_sample.lock")):
+        if not _is_built(data_dir):
+            uniref50.build(SAMPLE_FASTA, data_dir, num_shards=SAMPLE_NUM_SHARDS,
+                           validation_fraction=SAMPLE_VALIDATION_FRACTION)
     return data_dir
 
 
