@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ankh_jax.jsonl import read_jsonl
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 
@@ -38,18 +40,13 @@ def read_metrics(model_dir: str) -> list[dict]:
     path = os.path.join(model_dir, METRICS_FILE)
     if not os.path.exists(path):
         return []
-    with open(path, "rb") as f:
-        lines = f.read().decode("utf-8", errors="replace").split("\n")
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if any(rest.strip() for rest in lines[number:]):
-                raise ValueError(f"{path}: line {number} is not JSON: {line[:80]!r}") from None
-            log.warning("%s: dropped an incomplete last line (a crash while writing it): %r", path, line[:80])
+    rows, bad = read_jsonl(path)
+    if bad:
+        with open(path, "rb") as f:
+            last = sum(1 for _ in f)
+        if bad != [last]:
+            raise ValueError(f"{path}: line {bad[0]} is not a JSON object")
+        log.warning("%s: dropped an incomplete last line %d (a crash while writing it)", path, last)
     return rows
 
 

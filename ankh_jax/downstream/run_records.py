@@ -19,6 +19,8 @@ import json
 import os
 from typing import Any
 
+from ankh_jax.jsonl import read_jsonl
+
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
@@ -109,18 +111,15 @@ def state_of(model_dir: str, identity: dict) -> str:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The complete rows of a ``metrics.jsonl`` (a last line cut short by a crash is left out)."""
+    """The complete rows of a ``metrics.jsonl``: those before the first line that does not parse (a last line
+    cut short by a crash is left out)."""
     if not os.path.exists(path):
         return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # written partly when the run died
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
+    rows, bad = read_jsonl(path)
+    if bad:
+        with open(path, "rb") as f:
+            numbered = [n for n, raw in enumerate(f, 1) if raw.strip()]
+        rows = rows[:numbered.index(bad[0])]  # the rows on the non-blank lines before the first bad one
     return rows
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -43,27 +42,6 @@ def save_figure(fig, path: str) -> str:
 def note(text: str) -> None:
     """One line on stderr about something skipped or not drawn."""
     print(f"plot: {text}", file=sys.stderr, flush=True)
-
-
-def read_jsonl(path: str) -> tuple[list[dict], list[int]]:
-    """``(rows, bad_line_numbers)``: the JSON objects of a metrics file, skipping lines that do not parse (a run
-    being written, or killed mid-line, leaves a partial last line)."""
-    rows, bad = [], []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad.append(number)
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                bad.append(number)
-    return rows, bad
 
 
 def describe_skipped_lines(path: str, bad: list[int]) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ankh_jax.downstream import metrics
+from ankh_jax.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,
@@ -24,7 +25,6 @@ from ankh_jax.plots.common import (
     finite_series,
     note,
     pyplot,
-    read_jsonl,
     save_figure,
 )
 

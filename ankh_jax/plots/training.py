@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ankh_jax.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,
@@ -16,7 +17,6 @@ from ankh_jax.plots.common import (
     finite_series,
     note,
     pyplot,
-    read_jsonl,
     save_figure,
 )
 
