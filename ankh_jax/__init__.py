@@ -22,14 +22,14 @@ _LAZY = {
     "load_base_model": "ankh_jax.api",
     "load_large_model": "ankh_jax.api",
     "AnkhModel": "ankh_jax.api",
-    "embed_sequences": "ankh_jax.embed",
+    "embed_sequences": "ankh_jax.inference.embedding",
     # the model itself
     "T5Config": "ankh_jax.model.config",
     "Transformer": "ankh_jax.model.network",
     "EncoderOnly": "ankh_jax.model.network",
     # the tokenizer
-    "AnkhTokenizer": "ankh_jax.tokenizer",
-    "write_hf_tokenizer": "ankh_jax.tokenizer",
+    "AnkhTokenizer": "ankh_jax.data.tokenizer",
+    "write_hf_tokenizer": "ankh_jax.data.tokenizer",
     # downstream heads (the ankh package's ConvBert heads, in Flax)
     "ConvBertForBinaryClassification": "ankh_jax.downstream.heads",
     "ConvBertForMultiClassClassification": "ankh_jax.downstream.heads",

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ankh_jax import hf
+from ankh_jax.data.tokenizer import AnkhTokenizer
+from ankh_jax.io import hf
 from ankh_jax.model.config import T5Config
-from ankh_jax.tokenizer import AnkhTokenizer
 
-ANKH_JAX_CONFIG_FILE = "model_config.json"  # written by ankh_jax.checkpoints into a training directory
+ANKH_JAX_CONFIG_FILE = "model_config.json"  # written by ankh_jax.io.checkpoints into a training directory
 HOME_ENV = "ANKH_JAX_HOME"                  # holds ankh-base/ and ankh-large/ (default ~/.cache/ankh_jax)
 RELEASED = {
     "base": ("ElnaggarLab/ankh-base", "ANKH_JAX_BASE_MODEL", "ankh-base", T5Config.ankh_base),
@@ -60,7 +60,7 @@ def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = Fals
         if step is not None:
             raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
         return hf.load_hf_model(path, encoder_only=encoder_only, **config_overrides)
-    from ankh_jax.checkpoints import load_params  # the orbax stack only for training dirs
+    from ankh_jax.io.checkpoints import load_params  # the orbax stack only for training dirs
 
     config, params = load_params(path, step=step)
     params = hf.plain_params(params, config)  # unboxed and unrolled, whatever layout training used
@@ -107,7 +107,7 @@ class AnkhModel:
               batch_tokens: int | None = None, max_length: int | None = None, progress: bool = False):
         """Per-residue ``[L, d_model]`` (``</s>`` dropped) or mean-pooled ``[d_model]`` float32 numpy arrays, in
         input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``."""
-        from ankh_jax import embed as embed_lib
+        from ankh_jax.inference import embedding as embed_lib
 
         if self._device_params is None:
             self._device_params = embed_lib.prepare_params(self.config, self.encoder_params)
@@ -115,10 +115,10 @@ class AnkhModel:
         return embed_lib.embed_sequences(self.config, self._device_params, list(sequences), pooling=pooling,
                                          dtype=dtype, max_length=max_length, progress=progress, **kwargs)
 
-    # -- the decoder: generation, infilling, likelihoods (ankh_jax.decoding / infilling / scoring) -------------
+    # -- the decoder: generation, infilling, likelihoods (ankh_jax.inference.decoding / infilling / scoring) -------------
     def _decoding_params(self):
         """The full params in the decoding layout, on device, made once per model."""
-        from ankh_jax import decoding
+        from ankh_jax.inference import decoding
 
         if "_decoding_state" not in self.__dict__:
             config = decoding.decoding_config(self.config, self.config.dtype)
@@ -128,8 +128,8 @@ class AnkhModel:
     def generate(self, input_ids, *, max_new_tokens: int = 20, strategy: str = "greedy", **kwargs):
         """Generated ids ``[batch, max_new_tokens]`` after the decoder start token, 0 after ``</s>``, from encoder
         ids ``[batch, length]`` (0 = padding); ``kwargs``: ``num_beams``, ``temperature``, ``top_k``, ``top_p``,
-        ``min_new_tokens``, ``length_penalty``, ``seed`` (see ``ankh_jax.decoding.generate``)."""
-        from ankh_jax import decoding
+        ``min_new_tokens``, ``length_penalty``, ``seed`` (see ``ankh_jax.inference.decoding.generate``)."""
+        from ankh_jax.inference import decoding
 
         config, params = self._decoding_params()
         return decoding.generate(config, params, input_ids, max_new_tokens=max_new_tokens, strategy=strategy,
@@ -137,9 +137,9 @@ class AnkhModel:
 
     def infill(self, sequence: str, positions, *, num_samples: int = 1, strategy: str = "sample", **kwargs):
         """``num_samples`` fillings of ``sequence`` with the 1-based ``positions`` (ints, or a spec like
-        ``'10-14,30'``) masked, as ``ankh_jax.infilling.InfillSample`` (``sequence`` None when malformed)."""
-        from ankh_jax import infilling
-        from ankh_jax.tokenizer import clean_sequence
+        ``'10-14,30'``) masked, as ``ankh_jax.inference.infilling.InfillSample`` (``sequence`` None when malformed)."""
+        from ankh_jax.data.tokenizer import clean_sequence
+        from ankh_jax.inference import infilling
 
         sequence = clean_sequence(sequence)
         if isinstance(positions, str):
@@ -150,15 +150,15 @@ class AnkhModel:
         return infilling.infill(config, params, [sequence], [[mask] * num_samples], strategy=strategy, **kwargs)
 
     def pseudo_likelihood(self, sequences: Sequence[str], **kwargs):
-        """Ankh's pseudo-likelihood of each sequence (``ankh_jax.scoring.pseudo_likelihood``), float64 ``[n]``."""
-        from ankh_jax import scoring
+        """Ankh's pseudo-likelihood of each sequence (``ankh_jax.inference.scoring.pseudo_likelihood``), float64 ``[n]``."""
+        from ankh_jax.inference import scoring
 
         config, params = self._decoding_params()
         return scoring.pseudo_likelihood(config, params, list(sequences), **kwargs)
 
     def score_mutations(self, wildtype: str, mutants: Sequence[str], **kwargs):
         """Masked-marginal scores of ``mutants`` (``'A23G'``, ``'A23G:K45R'``, 1-based) of ``wildtype``."""
-        from ankh_jax import scoring
+        from ankh_jax.inference import scoring
 
         config, params = self._decoding_params()
         return scoring.score_mutations(config, params, wildtype, list(mutants), **kwargs)
@@ -212,6 +212,6 @@ def load_large_model(path: str | os.PathLike | None = None, *, encoder_only: boo
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (reported in one line), as opposed to bugs (which keep their traceback)."""
     errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
-    if "ankh_jax.checkpoints" in sys.modules:
-        errors += (sys.modules["ankh_jax.checkpoints"].CheckpointError,)
+    if "ankh_jax.io.checkpoints" in sys.modules:
+        errors += (sys.modules["ankh_jax.io.checkpoints"].CheckpointError,)
     return errors

@@ -22,9 +22,9 @@ import os
 import shutil
 import sys
 
-from ankh_jax import hf
+from ankh_jax.data.tokenizer import write_hf_tokenizer
+from ankh_jax.io import hf
 from ankh_jax.model.config import T5Config
-from ankh_jax.tokenizer import write_hf_tokenizer
 
 _CARD = """---
 library_name: transformers

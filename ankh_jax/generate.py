@@ -25,8 +25,8 @@ import tempfile
 
 import numpy as np
 
-from ankh_jax.decoding import STRATEGIES
-from ankh_jax.embed import DEFAULT_BATCH_TOKENS
+from ankh_jax.inference.decoding import STRATEGIES
+from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def plan_masks(args, records) -> list[list[tuple[int, ...]]]:
     """Per record, the masked positions of each sample; errors name the file and record."""
-    from ankh_jax import infilling
+    from ankh_jax.inference import infilling
 
     masks = []
     for i, r in enumerate(records):
@@ -84,9 +84,9 @@ def _atomic_write(path: str, write) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax import decoding, infilling
     from ankh_jax.api import load_config_and_params
-    from ankh_jax.fasta import load_fasta
+    from ankh_jax.data.fasta import load_fasta
+    from ankh_jax.inference import decoding, infilling
 
     if (args.mask is None) == (args.mask_fraction is None):
         raise ValueError("give exactly one of --mask (positions/spans) or --mask_fraction")

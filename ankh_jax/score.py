@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 
-from ankh_jax.embed import DEFAULT_BATCH_TOKENS
+from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
 
@@ -43,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_wildtype(value: str) -> str:
-    from ankh_jax.fasta import load_fasta
-    from ankh_jax.tokenizer import clean_sequence
+    from ankh_jax.data.fasta import load_fasta
+    from ankh_jax.data.tokenizer import clean_sequence
 
     if os.path.isfile(value):
         records = load_fasta(value)
@@ -56,7 +56,7 @@ def read_wildtype(value: str) -> str:
 
 def read_mutations(path: str, column: str, wildtype: str, score_column: str | None):
     """``(header, rows, mutants, score column or None)``; every mutant checked, errors name file and line."""
-    from ankh_jax.scoring import parse_mutant
+    from ankh_jax.inference.scoring import parse_mutant
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -98,8 +98,8 @@ def write_csv_atomically(path: str, header: list[str], rows: list[dict]) -> None
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax import decoding
     from ankh_jax.api import load_config_and_params
+    from ankh_jax.inference import decoding
 
     if (args.fasta is None) == (args.mutations is None):
         raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.batch_tokens < 1:
         raise ValueError(f"--batch_tokens={args.batch_tokens}; must be positive")
     if args.fasta is not None:
-        from ankh_jax.fasta import load_fasta
+        from ankh_jax.data.fasta import load_fasta
 
         if not os.path.isfile(args.fasta):
             raise FileNotFoundError(f"{args.fasta}: no such file")
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     config, params = load_config_and_params(args.model, step=args.step)
     config = decoding.decoding_config(config, args.dtype)
     params = decoding.prepare_params(config, params)
-    from ankh_jax import scoring
+    from ankh_jax.inference import scoring
 
     if args.fasta is not None:
         pll = scoring.pseudo_likelihood(config, params, [r.sequence for r in records],

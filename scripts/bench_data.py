@@ -39,7 +39,7 @@ def parse_args(argv=None):
 
 def build_dataset(data_dir: str, copies: int) -> None:
     from ankh_jax.data import uniref50
-    from ankh_jax.fasta import load_fasta, write_fasta
+    from ankh_jax.data.fasta import load_fasta, write_fasta
 
     records = load_fasta(os.path.join(REPO, "data", "sample_proteins.fasta"))
     os.makedirs(data_dir, exist_ok=True)
@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     cores = sorted(os.sched_getaffinity(0))[: args.cores]
     os.sched_setaffinity(0, set(cores))  # before TF sizes its thread pools
     import numpy as np
+    from ankh_jax.tasks import pretraining
 
     from ankh_jax.data.input_pipeline import make_input
     from ankh_jax.data.span_corruption import targets_length_for
-    from tasks import pretraining
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="ankh_bench_data_")
     t0 = time.perf_counter()

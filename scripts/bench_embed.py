@@ -8,7 +8,7 @@ One random-weight encoder of Ankh Base width (d_model 768, 12 heads x 64, d_ff 3
 written as a HF directory; each framework then runs in its own subprocess (so peak RSS is its own) over the
 shipped proteins (data/sample_proteins.fasta, a seeded random subset unless --num_sequences=0):
 
-  * ankh_jax: ``ankh_jax.embed.embed_sequences`` (length-sorted, token-budget batches, padded to a few length
+  * ankh_jax: ``ankh_jax.inference.embedding.embed_sequences`` (length-sorted, token-budget batches, padded to a few length
     buckets, scanned encoder); one program per bucket shape is compiled first (timed apart), then the run;
   * torch "README": ``T5EncoderModel`` used as in the Ankh README: batches of --torch_batch_size sequences in file
     order, padded to the longest, fp32, ``torch.no_grad()`` (plus an attention mask, which the README omits and
@@ -55,7 +55,7 @@ def parse_args(argv=None):
 
 
 def load_sequences(args) -> list[str]:
-    from ankh_jax.fasta import load_fasta
+    from ankh_jax.data.fasta import load_fasta
 
     records = load_fasta(args.fasta)
     if args.num_sequences and args.num_sequences < len(records):
@@ -86,7 +86,8 @@ def jax_worker(args, workdir: str) -> dict:
 
     if args.device == "gpu" and not args.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")
-    from ankh_jax import embed, hf
+    from ankh_jax.inference import embedding as embed
+    from ankh_jax.io import hf
 
     config, params = hf.load_hf_model(workdir + "/model", encoder_only=True)
     seqs = load_sequences(args)
@@ -116,7 +117,7 @@ def torch_worker(args, workdir: str, mode: str) -> dict:
     import torch
     import transformers
 
-    from ankh_jax.tokenizer import AnkhTokenizer
+    from ankh_jax.data.tokenizer import AnkhTokenizer
 
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     if args.device == "gpu":

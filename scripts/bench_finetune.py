@@ -4,7 +4,7 @@
         [--output bench_finetune.json]
 
 Steps, each timed:
-1. embed all 1,446 shipped proteins (data/pfam_family_*.csv) with token-budget batching (``ankh_jax.embed``);
+1. embed all 1,446 shipped proteins (data/pfam_family_*.csv) with token-budget batching (``ankh_jax.inference.embedding``);
 2. embed the first ``--one_by_one`` of them one sequence at a time, as the Ankh notebooks do, and extrapolate;
 3. train the Pfam-family head for ``--epochs`` epochs on the cached embeddings through the runner.
 The encoder has random weights (Ankh shapes; ``--preset base --layers 4`` = Ankh Base width at reduced depth): the
@@ -22,11 +22,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ankh_jax.downstream import finetune
+from ankh_jax.tasks.pfam_family import pfam_family_task
+
+from ankh_jax import flags
+from ankh_jax.downstream import runner
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import load_task
-from ankh_jax.embed import embed_sequences
-from tasks.pfam_family import pfam_family_task
+from ankh_jax.finetune import GIN_MODULES
+from ankh_jax.inference.embedding import embed_sequences
 
 
 def main(argv=None) -> int:
@@ -64,11 +67,12 @@ def main(argv=None) -> int:
         rows.append(("  -> extrapolated to all proteins", len(sequences), residues, alone * residues / sub_res))
 
     with tempfile.TemporaryDirectory() as model_dir:
-        finetune.configure(["configs/downstream/pfam_family.gin"], [
+        flags.parse_gin(["configs/downstream/pfam_family.gin"], [
             f"MODEL_DIR = '{model_dir}'", f"ENCODER = '{encoder_spec}'", "run.progress = True",
             f"pfam_family_task.max_length = {args.max_length}", f"OptimizerConfig.max_epochs = {args.epochs}",
-            f"OptimizerConfig.patience = {args.epochs}", f"run.batch_tokens = {args.batch_tokens}"])
-        results = finetune.run()
+            f"OptimizerConfig.patience = {args.epochs}", f"run.batch_tokens = {args.batch_tokens}"],
+            modules=GIN_MODULES)
+        results = runner.run()
     rows.append(("head training (frozen), incl. compile", len(data.splits["train"].sequences),
                  sum(len(s) for s in data.splits["train"].sequences) * results["epochs_run"],
                  results["train_seconds"]))

@@ -58,7 +58,7 @@ def parse_args(argv=None):
 
 
 def proteins(args):
-    from ankh_jax.fasta import load_fasta
+    from ankh_jax.data.fasta import load_fasta
 
     records = load_fasta(os.path.join(REPO, "data", "sample_proteins.fasta"))
     inputs = [r.sequence[: args.input_length] for r in records[: args.batch_size]]
@@ -86,8 +86,9 @@ def jax_worker(args, workdir: str) -> dict:
 
     if args.device == "gpu":
         jax.config.update("jax_default_matmul_precision", "highest")
-    from ankh_jax import decoding, hf, scoring
-    from ankh_jax.tokenizer import AnkhTokenizer
+    from ankh_jax.data.tokenizer import AnkhTokenizer
+    from ankh_jax.inference import decoding, scoring
+    from ankh_jax.io import hf
 
     config, params = hf.load_hf_model(workdir + "/model")
     config = decoding.decoding_config(config, args.dtype)
@@ -117,7 +118,7 @@ def torch_worker(args, workdir: str) -> dict:
     import torch
     import transformers
 
-    from ankh_jax.tokenizer import AnkhTokenizer
+    from ankh_jax.data.tokenizer import AnkhTokenizer
 
     device = torch.device("cuda" if args.device == "gpu" else "cpu")
     dtype = torch.float32 if args.dtype == "float32" else torch.bfloat16

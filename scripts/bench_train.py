@@ -5,7 +5,7 @@
 
 Both sides train the same Ankh-shaped model (gated-GELU T5, untied head, relative attention 64/128, vocab 144)
 on the same fixed batch of synthetic span-corruption-shaped tokens (no padding), with Adafactor: ankh_jax's real
-jitted train step (``ankh_jax.train_steps``, optax Adafactor with parameter scaling, like the pretraining
+jitted train step (``ankh_jax.training.steps``, optax Adafactor with parameter scaling, like the pretraining
 configs) and a plain PyTorch loop (forward with labels, backward, ``transformers.optimization.Adafactor(lr=1e-3,
 scale_parameter=True, relative_step=False)``, zero_grad). Each side runs ``--warmup`` untimed steps, then
 ``--steps`` timed ones (each synchronised, as the trainer does: jax reads the step's metrics, torch .item()).
@@ -71,11 +71,11 @@ def make_batch(args, seed=0):
 def bench_jax(args, config, batch, device):
     import jax
 
-    from ankh_jax.flops import measure_matmul_peak
     from ankh_jax.model.network import Transformer
-    from ankh_jax.optim import make_optimizer, make_schedule
-    from ankh_jax.partitioning import Partitioner
-    from ankh_jax.train_steps import StateLayout, jit_train_step, make_train_step
+    from ankh_jax.training.flops import measure_matmul_peak
+    from ankh_jax.training.optim import make_optimizer, make_schedule
+    from ankh_jax.training.partitioning import Partitioner
+    from ankh_jax.training.steps import StateLayout, jit_train_step, make_train_step
 
     model = Transformer(config)
     schedule = make_schedule(peak_learning_rate=1e-3, decay="constant")
@@ -158,7 +158,8 @@ def bench_data(n_batches=40, batch_size=32, inputs=512):
 
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.threading.set_intra_op_parallelism_threads(1)
-    import tasks.pretraining  # noqa: F401
+    import ankh_jax.tasks.pretraining  # noqa: F401
+
     from ankh_jax.data.input_pipeline import make_input
 
     it = make_input("uniref50_ankh", "train", feature_lengths={"inputs": inputs}, batch_size=batch_size, seed=0,
@@ -181,8 +182,8 @@ def main(argv=None) -> int:
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
 
-    from ankh_jax.flops import train_step_flops
     from ankh_jax.model.config import T5Config
+    from ankh_jax.training.flops import train_step_flops
 
     if args.device == "gpu":
         device = jax.devices("gpu")[0]

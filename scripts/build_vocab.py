@@ -7,7 +7,7 @@ The model is a pure function of the vocabulary in ``ankh_jax/tokenizer.py``, so 
 import argparse
 import sys
 
-from ankh_jax import tokenizer
+from ankh_jax.data import tokenizer
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ def random_model_embeddings(model_dir: str, sequences: list[str], seed: int) -> 
     import jax
     import jax.numpy as jnp
 
-    from ankh_jax.embed import embed_sequences
+    from ankh_jax.inference.embedding import embed_sequences
     from ankh_jax.model.config import T5Config
     from ankh_jax.model.network import EncoderOnly
 
@@ -34,7 +34,7 @@ def random_model_embeddings(model_dir: str, sequences: list[str], seed: int) -> 
 
 
 def draw_map(args, ids: list[str], vectors: np.ndarray, trained_steps: int) -> None:
-    from ankh_jax.fasta import load_fasta
+    from ankh_jax.data.fasta import load_fasta
 
     label_files = args.labels.split(",")
     labels = embedding_map.read_labels(label_files)

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.downstream.batching import bucket_length, contact_labels
 from ankh_jax.downstream.metrics import contact_precision
 from ankh_jax.downstream.task_spec import TaskSpec
-from ankh_jax.tokenizer import AnkhTokenizer
 
 
 @gin.configurable

@@ -28,7 +28,7 @@ def lookup_task(data_dir: str = gin.REQUIRED, lookup: str = "lookup.csv", querie
 @gin.configurable(denylist=["data", "encoder", "model_dir", "seed", "progress"])
 def run_lookup(data, encoder, *, model_dir: str, seed: int = 0, progress: bool = True,
                batch_tokens: int = 16384) -> dict:
-    from ankh_jax.embed import embed_sequences
+    from ankh_jax.inference.embedding import embed_sequences
 
     def pooled(sequences):
         return np.stack(embed_sequences(encoder.config, encoder.params, sequences, pooling="mean",

@@ -27,7 +27,7 @@ import gin
 import seqio
 
 from ankh_jax.data import span_corruption, uniref50
-from ankh_jax.tokenizer import seqio_vocabulary
+from ankh_jax.data.tokenizer import seqio_vocabulary
 
 TASK = "uniref50_ankh"
 VALIDATION_TASK = "uniref50_ankh_validation"

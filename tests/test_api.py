@@ -11,7 +11,9 @@ import pytest
 from flax import linen as nn
 
 import ankh_jax
-from ankh_jax import api, embed, export_hf, hf
+from ankh_jax import api, export_hf
+from ankh_jax.inference import embedding
+from ankh_jax.io import hf
 from ankh_jax.model import T5Config, Transformer, params_layout
 
 CFG = T5Config.tiny(d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
@@ -36,7 +38,7 @@ def test_load_model_from_hf_dir_and_embed(hf_dir, params):
     model = ankh_jax.load_model(hf_dir)
     assert model.config == CFG and model.has_decoder and model.num_params() == CFG.num_params()
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, model.params)
-    expected = embed.embed_sequences(CFG, params, SEQS)
+    expected = embedding.embed_sequences(CFG, params, SEQS)
     got = model.embed(SEQS)
     assert [g.shape for g in got] == [(len(s), CFG.d_model) for s in SEQS]
     for g, e in zip(got, expected):
@@ -49,7 +51,7 @@ def test_load_model_from_hf_dir_and_embed(hf_dir, params):
 
 def test_load_model_from_ankh_jax_training_dir(params, tmp_path):
     """A scanned training run's checkpoint loads unrolled, embeds, and exports to HF bit-exactly."""
-    checkpoints = pytest.importorskip("ankh_jax.checkpoints")
+    checkpoints = pytest.importorskip("ankh_jax.io.checkpoints")
     train_cfg = CFG.replace(scan_layers=True, dtype="bfloat16")
     stacked = params_layout.stack_layers(params, train_cfg)
     run_dir = tmp_path / "run"
@@ -62,7 +64,7 @@ def test_load_model_from_ankh_jax_training_dir(params, tmp_path):
     model = ankh_jax.load_model(run_dir)
     assert model.config == CFG.replace(dtype="bfloat16")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, model.params)
-    np.testing.assert_array_equal(model.embed(SEQS[:1])[0], embed.embed_sequences(CFG, params, SEQS[:1])[0])
+    np.testing.assert_array_equal(model.embed(SEQS[:1])[0], embedding.embed_sequences(CFG, params, SEQS[:1])[0])
 
     out = tmp_path / "exported"
     assert export_hf.main([f"--model={run_dir}", f"--output={out}"]) == 0

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+from ankh_jax import flags, plan_memory
+from ankh_jax.train import GIN_MODULES
 
-import plan_memory
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 REDUCED = ["--gin.T5Config.num_encoder_layers=2", "--gin.T5Config.num_decoder_layers=1", "--gin.INPUTS_LENGTH=64",
            "--batch=16"]
@@ -38,9 +38,7 @@ def test_paper_configs_parse_and_their_train_step_compiles(config, params, tmp_p
     # The state is sharded 8 ways: per device it is about 1/8 of the reduced model's params + Adafactor state.
     assert report["state_bytes"] < 4 * report["params"] / 8 * 1.5
     plan_memory.parse_args([f"--gin_file=configs/{config}"])
-    from ankh_jax.train import parse_gin
-
-    parse_gin([f"configs/{config}"], ["MODEL_DIR = '/unused'"], [])
+    flags.parse_gin([f"configs/{config}"], ["MODEL_DIR = '/unused'"], modules=GIN_MODULES)
     full = copy.deepcopy(gin.query_parameter("train.model_config"))
     assert full.num_params() == params and full.scan_layers and full.remat_policy == "full"
     gin.clear_config()
@@ -50,7 +48,7 @@ def test_paper_configs_parse_and_their_train_step_compiles(config, params, tmp_p
 def test_the_trainer_step_compiles_for_a_tpu_v4_topology(tmp_path):
     out = tmp_path / "plan.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, "scripts/plan_memory.py", "--gin_file=configs/pretrain_tiny_cpu.gin",
+    proc = subprocess.run([sys.executable, "-m", "ankh_jax.plan_memory", "--gin_file=configs/pretrain_tiny_cpu.gin",
                            "--target=tpu:v4:2x2x1", "--gin.INPUTS_LENGTH=64", "--batch=8", f"--json={out}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from ankh_jax import plot
-from ankh_jax.metrics_writer import read_metrics
 from ankh_jax.plots import embedding_map
 from ankh_jax.plots.training import draw_training_plots, training_plot_path
 from ankh_jax.train import main as train_main
+from ankh_jax.training.metrics import read_metrics
 
-# The tiny model for 4 steps, evaluated at steps 2 and 4 (tests/test_train.py runs the same configuration).
+# The tiny model for 4 steps, evaluated at steps 2 and 4 (tests/training/test_train.py runs the same configuration).
 TRAIN_FLAGS = [
     "--gin_file=configs/pretrain_tiny_cpu.gin",
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1",
@@ -53,7 +53,7 @@ def run_dir(tmp_path_factory):
 
 def test_matplotlib_is_imported_only_to_draw():
     """``import ankh_jax``, the embedding / export CLIs and the plot CLI itself load neither matplotlib nor TF."""
-    code = ("import sys, ankh_jax, ankh_jax.embed, ankh_jax.export_hf, ankh_jax.plot, ankh_jax.plots.training; "
+    code = ("import sys, ankh_jax, ankh_jax.inference.embedding, ankh_jax.export_hf, ankh_jax.plot, ankh_jax.plots.training; "
             "bad = [m for m in ('matplotlib', 'tensorflow') if m in sys.modules]; assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -146,7 +146,7 @@ def test_nearest_neighbour_agreement_matches_scipy_cosine_distances():
 
 
 def _write_embeddings(path, arrays):
-    from ankh_jax.embed import h5_key
+    from ankh_jax.io.embeddings_h5 import h5_key
 
     with h5py.File(path, "w") as f:
         for record_id, a in arrays.items():
@@ -364,7 +364,7 @@ def test_finetune_run_writes_its_plots(tmp_path):
     import gin
 
     gin.clear_config()  # the pretraining run above leaves gin locked; importing the runner registers configurables
-    from ankh_jax.downstream import finetune
+    from ankh_jax import finetune
 
     rng = np.random.default_rng(4)
     for name, count in (("train", 24), ("validation", 8), ("test", 8)):

@@ -54,7 +54,7 @@ def make_input(task_name: str, split: str, *, feature_lengths: Mapping[str, int]
     """Per-host batches of a seqio task (``tasks/`` registers them), resumable with ``get_state``/``set_state``.
 
     Args:
-      task_name: a registered seqio task, e.g. ``"uniref50_ankh"`` (importing ``tasks.pretraining`` registers it).
+      task_name: a registered seqio task, e.g. ``"uniref50_ankh"`` (importing ``ankh_jax.tasks.pretraining`` registers it).
       split: ``"train"`` or ``"validation"``.
       feature_lengths: task feature lengths, e.g. ``{"inputs": 512, "targets": 205}``; a missing ``"targets"``
         is derived from ``"inputs"`` with :func:`ankh_jax.data.span_corruption.targets_length_for`.

@@ -6,7 +6,7 @@ Ankh's objective is "1-gram span partial de-masking": T5 span corruption with sp
     inputs  = A B <extra_id_0> D E F <extra_id_1> </s>
     targets = <extra_id_0> C <extra_id_1> G </s>
 
-Sentinel ``<extra_id_k>`` has id ``143 - k`` (:func:`ankh_jax.tokenizer.sentinel_id`), so sentinels count down
+Sentinel ``<extra_id_k>`` has id ``143 - k`` (:func:`ankh_jax.data.tokenizer.sentinel_id`), so sentinels count down
 from the top of the vocabulary. A task's preprocessors, in order (see ``tasks/pretraining.py``)::
 
     tokenize_residues -> random_crop -> span_corruption -> seqio.preprocessors.append_eos_after_trim
@@ -42,7 +42,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from ankh_jax.tokenizer import FIRST_RESIDUE_ID, NUM_SENTINELS, RESIDUES, VOCAB_SIZE
+from ankh_jax.data.tokenizer import FIRST_RESIDUE_ID, NUM_SENTINELS, RESIDUES, VOCAB_SIZE
 
 EXAMPLE_SEED_KEY = "_example_seed"
 

@@ -2,7 +2,7 @@
 
 The FASTA (``uniref50.fasta.gz`` or plain, from https://www.uniprot.org/help/downloads) is the *manual download*:
 tfds never fetches it. Building streams it record by record (constant memory: tfds spills its write-shuffle
-buffer to disk past 1 GB), cleans each sequence with Ankh's rules (``ankh_jax.tokenizer.clean_sequence``), drops
+buffer to disk past 1 GB), cleans each sequence with Ankh's rules (``ankh_jax.data.tokenizer.clean_sequence``), drops
 records that are invalid or outside ``[min_length, max_length]`` (counted by reason), and sends each id to
 ``validation`` when a hash of it falls below ``validation_fraction`` (so the split is deterministic, independent of
 file order, and stable when the file grows), else to ``train``. Each split is written as ``num_shards`` TFRecord
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ankh_jax.fasta import read_fasta
+from ankh_jax.data.fasta import read_fasta
 
 NAME = "uniref50"
 LENGTH_BIN_EDGES = (1, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 5000, 10000, 40000)

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.downstream.metrics import IGNORE
 from ankh_jax.downstream.task_spec import Examples
-from ankh_jax.tokenizer import AnkhTokenizer
 
 
 def bucket_length(n: int, min_bucket: int = 32) -> int:

@@ -27,7 +27,7 @@ def sequence_key(sequence: str) -> str:
 
 def _embed(encoder: Encoder, sequences: list[str], batch_tokens: int, dtype: str, progress: bool
            ) -> list[np.ndarray]:
-    from ankh_jax.embed import embed_sequences
+    from ankh_jax.inference.embedding import embed_sequences
 
     return embed_sequences(encoder.config, encoder.params, sequences, pooling="none", dtype=dtype,
                            batch_tokens=batch_tokens, progress=progress)

@@ -34,7 +34,7 @@ class Encoder:
     def fingerprint(self) -> str:
         """``weights_fingerprint`` of the plain, unrolled encoder weights: equal exactly when the weights are,
         whatever path or layout they were loaded from."""
-        from ankh_jax.hf import plain_params
+        from ankh_jax.io.hf import plain_params
         from ankh_jax.model.fingerprint import weights_fingerprint
 
         return weights_fingerprint(plain_params(self.params, self.config))

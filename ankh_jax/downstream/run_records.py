@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any
 
-from ankh_jax.jsonl import read_jsonl
+from ankh_jax.io.jsonl import read_jsonl
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"

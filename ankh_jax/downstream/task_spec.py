@@ -26,10 +26,10 @@ import os
 
 import numpy as np
 
+from ankh_jax.data.tokenizer import InvalidSequenceError, clean_sequence
 from ankh_jax.downstream import datasets
 from ankh_jax.downstream.datasets import DataError
 from ankh_jax.downstream.metrics import IGNORE, contact_map
-from ankh_jax.tokenizer import InvalidSequenceError, clean_sequence
 
 KINDS = ("sequence_class", "sequence_binary", "sequence_regression", "sequence_multilabel", "residue_class",
          "contact", "lookup")

@@ -184,7 +184,7 @@ class Transformer(nn.Module):
     def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, decoder_positions=None, enable_dropout=False, decode=False):
         """Decoder logits. With ``decode`` (incremental decoding, ``mutable=["cache"]``): the first call on an
-        empty cache creates it, sized by ``decoder_input_tokens`` ``[b, max_length]`` (``ankh_jax.decoding``
+        empty cache creates it, sized by ``decoder_input_tokens`` ``[b, max_length]`` (``ankh_jax.inference.decoding``
         zeroes it); every later call appends ``decoder_input_tokens`` ``[b, n]`` at the cache's position and
         returns their logits. ``encoded`` is needed by the first step (the cross-attention keys/values are
         projected once, then cached) and may be None afterwards."""

@@ -6,6 +6,6 @@
 * :mod:`ankh_jax.plots.finetune_plots`: learning curves and, per task kind, confusion matrices, predicted-vs-true
   scatter or contact maps, beside a fine-tuning run's ``results.json``.
 
-matplotlib is imported only when a picture is drawn, never by ``import ankh_jax`` (or ``ankh_jax.embed`` /
+matplotlib is imported only when a picture is drawn, never by ``import ankh_jax`` (or ``ankh_jax.inference.embedding`` /
 ``ankh_jax.export_hf``).
 """

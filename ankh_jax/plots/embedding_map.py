@@ -4,7 +4,7 @@ The agreement is the fraction of labelled proteins whose nearest neighbour by co
 excluded, among the labelled proteins) carries the same label: near 1 when the embeddings separate the labels,
 near the chance level (sum of squared label frequencies) when they carry no signal.
 
-Embeddings come from ``python -m ankh_jax.embed`` HDF5 files (read with ``ankh_jax.embed.read_embeddings``):
+Embeddings come from ``python -m ankh_jax.embed`` HDF5 files (read with ``ankh_jax.io.embeddings_h5.read_embeddings``):
 per-residue ``[L, d]`` arrays are mean-pooled, pooled ``[d]`` arrays are used as they are. Labels come from CSV
 files with an id column and a label column (``data/pfam_family_*.csv``: ``id``, ``label``).
 """
@@ -38,7 +38,7 @@ def load_pooled_embeddings(path: str) -> tuple[list[str], np.ndarray]:
     """``(ids, [N, d] float32)`` from an embeddings HDF5 file; per-residue arrays are mean-pooled."""
     if not os.path.isfile(path):
         raise PlotInputError(f"{path}: no such file")
-    from ankh_jax.embed import read_embeddings
+    from ankh_jax.io.embeddings_h5 import read_embeddings
 
     try:
         arrays = read_embeddings(path)

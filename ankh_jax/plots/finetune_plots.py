@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ankh_jax.downstream import metrics
-from ankh_jax.jsonl import read_jsonl
+from ankh_jax.io.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,

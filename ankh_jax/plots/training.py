@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ankh_jax.jsonl import read_jsonl
+from ankh_jax.io.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,
@@ -20,7 +20,7 @@ from ankh_jax.plots.common import (
     save_figure,
 )
 
-METRICS_FILE = "metrics.jsonl"  # ankh_jax.metrics_writer.METRICS_FILE (not imported: it pulls in jax)
+METRICS_FILE = "metrics.jsonl"  # ankh_jax.training.metrics.METRICS_FILE (not imported: it pulls in jax)
 TRAINING_PNG = "training.png"
 
 

@@ -6,9 +6,9 @@ import gin
 import numpy as np
 import pytest
 
+from ankh_jax.data.fasta import load_fasta
 from ankh_jax.data.input_pipeline import make_input
-from ankh_jax.fasta import load_fasta
-from ankh_jax.tokenizer import AnkhTokenizer
+from ankh_jax.data.tokenizer import AnkhTokenizer
 
 TOK = AnkhTokenizer()
 SMALL = {"inputs": 64, "targets": 27}
@@ -138,7 +138,7 @@ def test_resume_in_a_fresh_process(sample_tfds_dir, repo_root):
             digest.update(batch[k].tobytes())
     script = (
         "import hashlib, json, sys\n"
-        "import tasks.pretraining as p\n"
+        "import ankh_jax.tasks.pretraining as p\n"
         f"p.set_data_dir({sample_tfds_dir!r})\n"
         "from ankh_jax.data.input_pipeline import make_input\n"
         f"it = make_input('uniref50_ankh', 'train', **{kw!r})\n"

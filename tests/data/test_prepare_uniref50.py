@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from ankh_jax.fasta import load_fasta
-from ankh_jax.tokenizer import InvalidSequenceError
+from ankh_jax.data.fasta import load_fasta
+from ankh_jax.data.tokenizer import InvalidSequenceError
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import seqio
 import tensorflow as tf
 
 from ankh_jax.data import span_corruption as sc
-from ankh_jax.fasta import load_fasta
-from ankh_jax.tokenizer import EOS_ID, AnkhTokenizer, sentinel_id, seqio_vocabulary
+from ankh_jax.data.fasta import load_fasta
+from ankh_jax.data.tokenizer import EOS_ID, AnkhTokenizer, sentinel_id, seqio_vocabulary
 
 TOK = AnkhTokenizer()
 LENGTHS = {"inputs": 512, "targets": 205}

@@ -8,8 +8,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ankh_jax.data import uniref50
-from ankh_jax.fasta import load_fasta
-from ankh_jax.tokenizer import InvalidSequenceError
+from ankh_jax.data.fasta import load_fasta
+from ankh_jax.data.tokenizer import InvalidSequenceError
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,6 @@ def test_bad_record_is_skipped_and_counted(bad_fasta, tmp_path):
 
 
 def load_fasta_skip(path):
-    from ankh_jax.fasta import read_fasta
+    from ankh_jax.data.fasta import read_fasta
 
     return list(read_fasta(path, skip_invalid=True))

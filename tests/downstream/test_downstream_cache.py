@@ -7,7 +7,7 @@ import pytest
 
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
-from ankh_jax.embed import embed_sequences
+from ankh_jax.inference.embedding import embed_sequences
 
 
 def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path):

@@ -7,7 +7,7 @@ import gin
 import numpy as np
 import pytest
 
-from ankh_jax.downstream import finetune
+from ankh_jax import finetune, flags
 
 MAJORITY_BASELINE = 0.44  # globins, 630 of 1,446 (data/README.md)
 
@@ -81,9 +81,9 @@ def test_per_residue_function_of_neighbours_is_learned(tmp_path):
 
 
 def test_flags_follow_t5x_conventions():
-    args = finetune.parse_flags(["--gin_file=a.gin", "--gin_file=b.gin", "--gin.MODEL_DIR='/x'",
-                                 "--gin.run.mode='full'"])
+    args = flags.parse(["--gin_file=a.gin", "--gin_file=b.gin", "--gin.MODEL_DIR='/x'",
+                        "--gin.run.mode='full'"], prog="finetune")
     assert args.gin_file == ["a.gin", "b.gin"]
     assert args.gin_bindings == ["MODEL_DIR = '/x'", "run.mode = 'full'"]
     with pytest.raises(SystemExit):
-        finetune.parse_flags(["--gin_file=a.gin", "--model_dir=/x"])
+        flags.parse(["--gin_file=a.gin", "--model_dir=/x"], prog="finetune")

@@ -7,17 +7,17 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+from ankh_jax.tasks.contacts import contact_task
+from ankh_jax.tasks.deeploc import deeploc_task
+from ankh_jax.tasks.fluorescence import fluorescence_task
+from ankh_jax.tasks.lookup import lookup_task
+from ankh_jax.tasks.pfam_family import pfam_family_task
+from ankh_jax.tasks.remote_homology import remote_homology_task
+from ankh_jax.tasks.solubility import solubility_task
+from ankh_jax.tasks.ssp import ssp3_task, ssp8_task
 
 from ankh_jax.downstream.datasets import DataError, read_columns
 from ankh_jax.downstream.task_spec import load_task
-from tasks.contacts import contact_task
-from tasks.deeploc import deeploc_task
-from tasks.fluorescence import fluorescence_task
-from tasks.lookup import lookup_task
-from tasks.pfam_family import pfam_family_task
-from tasks.remote_homology import remote_homology_task
-from tasks.solubility import solubility_task
-from tasks.ssp import ssp3_task, ssp8_task
 
 
 def write_csv(path, header, rows):

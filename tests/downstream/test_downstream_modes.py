@@ -9,7 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ankh_jax.downstream import finetune, lora
+from ankh_jax import finetune
+from ankh_jax.downstream import lora
 from ankh_jax.downstream.encoder_source import random_encoder
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
@@ -89,8 +90,8 @@ def _accuracy_of(enc, encoder_params, head_params, rows) -> float:
     """Test accuracy recomputed from the saved parameters without the runner (one padded batch, jitted): a run
     that evaluated other parameters than it saved (say, the encoder without its LoRA adapters) scores differently
     (16 proteins: a coincidence is possible, but no longer anything in [0, 1] passes)."""
+    from ankh_jax.data.tokenizer import AnkhTokenizer
     from ankh_jax.downstream.heads import ConvBertForBinaryClassification
-    from ankh_jax.tokenizer import AnkhTokenizer
 
     d = enc.config.d_model
     head = ConvBertForBinaryClassification(input_dim=d, nhead=4, hidden_dim=d // 2, num_layers=1, kernel_size=7,
@@ -116,7 +117,7 @@ def test_lookup_scores_each_cath_level_of_the_nearest_protein(tmp_path):
     chosen CATH level: the known answer is C 5/6, A 4/6, T 3/6, H 2/6. The parent is checked to be the nearest
     protein by a float64 numpy cosine search of its own; a search that returned the query itself, the wrong
     neighbour, or compared the wrong levels would miss."""
-    from ankh_jax.embed import embed_sequences
+    from ankh_jax.inference.embedding import embed_sequences
 
     rng = np.random.default_rng(1)
     seqs = _random_seqs(rng, 12, 30, 60)
@@ -179,10 +180,10 @@ def test_attention_features_are_the_symmetrised_apc_maps_of_transformers(tmp_pat
     symmetrised and APC-corrected in float64 numpy, in layer-major order."""
     import torch
     import transformers
+    from ankh_jax.tasks.contacts import attention_features
 
+    from ankh_jax.data.tokenizer import AnkhTokenizer
     from ankh_jax.export_hf import export
-    from ankh_jax.tokenizer import AnkhTokenizer
-    from tasks.contacts import attention_features
 
     enc = random_encoder("tiny")
     export(enc.config, enc.params, str(tmp_path), encoder_only=True)
@@ -212,8 +213,9 @@ def test_attention_protocol_ranks_oracle_features_perfectly(tmp_path, monkeypatc
     """With attention features replaced by the true contact map (plus a noise channel), the logistic regression
     must rank every long-range contact first: the run reports exactly the perfect ranking's P@L and P@L/5 on the
     whole test proteins. Misaligned pair labels, a transposed map or cropped test proteins would not."""
+    from ankh_jax.tasks import contacts as contacts_task
+
     from ankh_jax.downstream.metrics import contact_map
-    from tasks import contacts as contacts_task
 
     rng = np.random.default_rng(2)
     proteins = _write_contact_splits(tmp_path, rng, (("train", 4), ("valid", 1), ("test", 2)), compaction=0.8)

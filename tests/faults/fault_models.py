@@ -25,7 +25,7 @@ def random_params(seed: int) -> dict:
 
 def save_training_run(run_dir, params_by_step: dict) -> None:
     """An ankh_jax training directory with one checkpoint per ``{step: params}``, written by the real trainer code."""
-    from ankh_jax import checkpoints
+    from ankh_jax.io import checkpoints
 
     checkpoints.write_model_config(str(run_dir), CFG)
     ck = checkpoints.Checkpointer(str(run_dir), save_interval_steps=1, async_save=False)

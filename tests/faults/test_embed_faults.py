@@ -16,8 +16,10 @@ import pytest
 from fault_models import CFG, save_training_run
 
 from ankh_jax import embed, export_hf
-from ankh_jax.dir_lock import DirectoryLock
-from ankh_jax.fasta import load_fasta, write_fasta
+from ankh_jax.data.fasta import load_fasta, write_fasta
+from ankh_jax.inference import embedding
+from ankh_jax.io import embeddings_h5
+from ankh_jax.io.dir_lock import DirectoryLock
 
 # Padding and batch composition change float32 rounding only: a resumed run batches differently.
 REL_TOL = 1e-5
@@ -34,14 +36,14 @@ def records(sample_fasta):
 @pytest.fixture(scope="module")
 def expected(records, params_a):
     seqs = [r.sequence for r in records]
-    return dict(zip((r.id for r in records), embed.embed_sequences(CFG, params_a, seqs, batch_tokens=256)))
+    return dict(zip((r.id for r in records), embedding.embed_sequences(CFG, params_a, seqs, batch_tokens=256)))
 
 
 def assert_complete(out, records, expected):
     with h5py.File(out, "r") as f:
         ids = [ds.attrs["id"] for ds in f.values()]
     assert sorted(ids) == sorted(r.id for r in records)  # every id exactly once
-    got = embed.read_embeddings(str(out))
+    got = embeddings_h5.read_embeddings(str(out))
     for rid, ref in expected.items():
         assert got[rid].shape == ref.shape
         assert np.abs(got[rid] - ref).max() <= REL_TOL * np.abs(ref).max(), rid
@@ -133,10 +135,10 @@ def test_a_kill_between_assembly_and_cleanup_adds_nothing_twice(tmp_path, record
     def die(path, *a, **k):  # the process "dies" right after swapping the assembled output in
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ankh_jax.embed_output.shutil.rmtree", die)
+    monkeypatch.setattr("ankh_jax.io.embeddings_h5.shutil.rmtree", die)
     with pytest.raises(KeyboardInterrupt):
         run_embed(hf_dir_a, fasta, out, "--flush_seconds=0")
-    monkeypatch.setattr("ankh_jax.embed_output.shutil.rmtree", real_rmtree)
+    monkeypatch.setattr("ankh_jax.io.embeddings_h5.shutil.rmtree", real_rmtree)
     assert out.exists() and (tmp_path / "out.h5.partial").is_dir()
     assert run_embed(hf_dir_a, fasta, out) == 0
     assert_complete(out, records, expected)
@@ -150,7 +152,7 @@ def test_a_killed_run_is_not_resumed_with_another_model(tmp_path, records, hf_di
     def die(self):  # the process "dies" after its last part, before assembling the output
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ankh_jax.embed_output.OutputWriter.finish", die)
+    monkeypatch.setattr("ankh_jax.io.embeddings_h5.OutputWriter.finish", die)
     with pytest.raises(KeyboardInterrupt):
         run_embed(hf_dir_a, fasta, out, "--flush_seconds=0")
     monkeypatch.undo()
@@ -211,7 +213,7 @@ def test_an_output_that_is_not_ours_is_refused_untouched(tmp_path, hf_dir_a, cap
         with h5py.File(out, "w") as f:
             f.create_dataset("mine", data=np.arange(3.0))
             f.attrs["owner"] = "someone else"
-    elif kind == "unfingerprinted_hdf5":  # written by ankh_jax.embed before outputs recorded their model
+    elif kind == "unfingerprinted_hdf5":  # written by ankh_jax.inference.embedding before outputs recorded their model
         with h5py.File(out, "w") as f:
             f.attrs.update({"format_version": 1, "pooling": "none", "dtype": "float32", "max_length": -1})
     else:
@@ -231,9 +233,9 @@ def test_ids_hdf5_cannot_name_and_a_bom_are_stored(tmp_path, hf_dir_a, params_a)
     fasta.write_bytes(b"\xef\xbb\xbf>.\nMKVLA\n>a/b\nGSWWC\n>%2E\nWYC\n")
     out = tmp_path / "out.h5"
     assert run_embed(hf_dir_a, fasta, out) == 0
-    got = embed.read_embeddings(str(out))
+    got = embeddings_h5.read_embeddings(str(out))
     assert sorted(got) == ["%2E", ".", "a/b"]
-    ref = embed.embed_sequences(CFG, params_a, ["MKVLA", "WYC"])
+    ref = embedding.embed_sequences(CFG, params_a, ["MKVLA", "WYC"])
     np.testing.assert_allclose(got["."], ref[0], rtol=0, atol=REL_TOL * np.abs(ref[0]).max())
     np.testing.assert_allclose(got["%2E"], ref[1], rtol=0, atol=REL_TOL * np.abs(ref[1]).max())
 

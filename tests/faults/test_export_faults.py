@@ -9,7 +9,8 @@ import pytest
 from fault_models import CFG, save_training_run
 
 import ankh_jax
-from ankh_jax import export_hf, hf
+from ankh_jax import export_hf
+from ankh_jax.io import hf
 
 
 def _files(d):

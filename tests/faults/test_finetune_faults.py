@@ -18,8 +18,9 @@ import gin
 import numpy as np
 import pytest
 
-from ankh_jax.dir_lock import DirectoryLock
-from ankh_jax.downstream import finetune, run_records, trainer
+from ankh_jax import finetune
+from ankh_jax.downstream import run_records, trainer
+from ankh_jax.io.dir_lock import DirectoryLock
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
 ENCODER = "random:tiny:0:1"

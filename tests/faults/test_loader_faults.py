@@ -12,7 +12,8 @@ import pytest
 from fault_models import CFG, save_training_run
 
 import ankh_jax
-from ankh_jax import checkpoints, export_hf, hf
+from ankh_jax import export_hf
+from ankh_jax.io import checkpoints, hf
 
 
 def test_loader_refuses_params_that_do_not_match_their_fingerprint(tmp_path, params_a, params_b):

@@ -1,6 +1,6 @@
 """What the pretraining trainer survives: a changed configuration on resume, two trainers on one MODEL_DIR, a
 metrics file cut mid-line, checkpoints all set aside, a misspelled command-line macro, MODEL_DIR that is a file.
-(Kill, preemption and lost hosts: tests/test_train.py and tests/multihost/.)"""
+(Kill, preemption and lost hosts: tests/training/test_train.py and tests/multihost/.)"""
 
 import os
 import shutil
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ankh_jax.metrics_writer import read_metrics
 from ankh_jax.train import main
+from ankh_jax.training.metrics import read_metrics
 
 FLAGS = ["--gin_file=configs/pretrain_tiny_cpu.gin", "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8",
          "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1", "--gin.train.log_every_steps=1",
@@ -78,7 +78,7 @@ def test_checkpoints_all_set_aside_never_restart_from_zero(finished, tmp_path, c
 def test_a_second_trainer_on_the_same_model_dir_is_refused_naming_the_first(finished, tmp_path, capsys, repo_root):
     model_dir = tmp_path / "run"
     shutil.copytree(finished, model_dir)
-    hold = ("import sys, time; from ankh_jax.dir_lock import DirectoryLock; "
+    hold = ("import sys, time; from ankh_jax.io.dir_lock import DirectoryLock; "
             "lock = DirectoryLock(sys.argv[1], 'ankh_jax.train').acquire(); print('locked', flush=True); time.sleep(300)")
     holder = subprocess.Popen(
         [sys.executable, "-c", hold, str(model_dir)], cwd=repo_root, env=dict(os.environ, PYTHONPATH=str(repo_root)), stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""Model invariants: layouts, remat, padding, packing, logical axes. HF numerical parity is in tests/test_hf.py."""
+"""Model invariants: layouts, remat, padding, packing, logical axes. HF numerical parity is in tests/io/test_hf.py."""
 
 import jax
 import jax.numpy as jnp

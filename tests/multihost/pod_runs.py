@@ -15,7 +15,7 @@ BASE_FLAGS = [
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=12", "--gin.WARMUP_STEPS=2",
     "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=4", "--gin.train.eval_every_steps=6",
     "--gin.train.eval_steps=None", "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
-    "--gin.train.draw_plots=False",  # tests/test_train.py covers the plots
+    "--gin.train.draw_plots=False",  # tests/training/test_train.py covers the plots
     # A lost host ends the job after this long (the default is 100 s).
     "--gin.initialize_distributed.heartbeat_timeout_seconds=10",
 ]
@@ -95,7 +95,7 @@ def assert_bit_identical(a, b, what: str) -> None:
 
 KILL_AFTER_SAVE_STARTS = """
 import os, signal, sys
-from ankh_jax import checkpoints
+from ankh_jax.io import checkpoints
 save = checkpoints.Checkpointer.save
 def save_then_die(self, step, *args):
     started = save(self, step, *args)

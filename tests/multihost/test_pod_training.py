@@ -79,11 +79,11 @@ def test_each_host_reads_its_own_shard_and_only_process_0_writes(pod):
 def test_eval_rows_are_the_loss_over_the_whole_validation_split(single):
     """A known answer for the eval path: the row at step 12 equals the model's float64 cross-entropy over every
     validation batch, computed here from the checkpoint at step 12 and the same validation input."""
+    import ankh_jax.tasks.pretraining  # noqa: F401  (registers the uniref50 tasks)
     import gin
 
-    import tasks.pretraining  # noqa: F401  (registers the uniref50 tasks)
-    from ankh_jax.checkpoints import load_params
     from ankh_jax.data.input_pipeline import make_input
+    from ankh_jax.io.checkpoints import load_params
     from ankh_jax.model.network import Transformer
 
     config, params = load_params(str(single), step=12)
@@ -108,12 +108,12 @@ def test_eval_rows_are_the_loss_over_the_whole_validation_split(single):
 
 
 def test_elastic_restart_from_two_hosts_to_one_and_from_one_to_two(single, pod, tmp_path, capsys):
-    from ankh_jax.checkpoints import Checkpointer
+    from ankh_jax.io.checkpoints import Checkpointer
     from ankh_jax.model.config import T5Config
     from ankh_jax.model.network import Transformer
-    from ankh_jax.optim import make_optimizer, make_schedule
-    from ankh_jax.partitioning import Partitioner
-    from ankh_jax.train_steps import StateLayout
+    from ankh_jax.training.optim import make_optimizer, make_schedule
+    from ankh_jax.training.partitioning import Partitioner
+    from ankh_jax.training.steps import StateLayout
 
     # The state written by 2 processes restores, resharded onto this process's 8 devices, bit for bit.
     gin_free_tx = make_optimizer(make_schedule(peak_learning_rate=0.01, warmup_steps=2, total_steps=12))

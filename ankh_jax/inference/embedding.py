@@ -1,0 +1,252 @@
+"""Protein embeddings from Ankh's encoder: batched, bucketed, compiled once per bucket (``python -m ankh_jax.embed``
+is the command over this library).
+
+Sequences are sorted by length and padded to a few length buckets, and each bucket is cut into batches of about
+``batch_tokens`` tokens, so a large FASTA compiles the encoder once per bucket rather than once per batch; the
+encoder runs with its layers under ``nn.scan``, so each compile is cheap whatever the depth. Padding never
+changes a result (pad keys are masked). Per-residue output drops the ``</s>`` position; ``mean`` pooling averages
+residues only. The CLI writes one HDF5 dataset per id (``/`` in an id is stored as ``%2F``, the exact id is the
+dataset's ``id`` attribute), resumes an existing output (or a killed run) made by the same model and settings,
+skipping the ids already there, and writes a metrics JSON next to the output; ``ankh_jax.io.embeddings_h5`` says
+how the output survives a kill and never mixes two models. TensorFlow is never imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
+from ankh_jax.model.config import T5Config
+
+POOLINGS = ("none", "mean")
+DTYPES = ("float32", "bfloat16")
+DEFAULT_BATCH_TOKENS = 8192
+
+
+def length_buckets(longest: int) -> list[int]:
+    """Padded lengths (tokens): 32..96 by 16s-32s, then 1, 1.25, 1.5 x powers of two (padding waste <= 25%)."""
+    buckets = [32, 48, 64, 80, 96]
+    k = 128
+    while buckets[-1] < longest:
+        buckets += [k, k * 5 // 4, k * 3 // 2]
+        k *= 2
+    return buckets
+
+
+def bucket_for(n_tokens: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if b >= n_tokens:
+            return b
+    raise ValueError(f"{n_tokens} tokens exceed the largest bucket {buckets[-1]}")
+
+
+def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 buckets: Sequence[int] | None = None) -> list[tuple[int, list[int]]]:
+    """``[(padded_length, [sequence indices]), ...]``, longest first.
+
+    Inside a bucket the sequences (sorted by length) are split into equal-sized batches of at most
+    ``batch_tokens // padded_length`` rows (at least one), so a bucket has a single batch shape.
+    """
+    lengths = np.asarray(token_lengths)
+    if buckets is None:
+        buckets = length_buckets(int(lengths.max(initial=1)))
+    order = np.argsort(-lengths, kind="stable")
+    by_bucket: dict[int, list[int]] = {}
+    for i in order:
+        by_bucket.setdefault(bucket_for(int(lengths[i]), buckets), []).append(int(i))
+    plan = []
+    for width in sorted(by_bucket, reverse=True):
+        members = by_bucket[width]
+        max_rows = max(1, batch_tokens // width)
+        n_batches = -(-len(members) // max_rows)
+        rows = -(-len(members) // n_batches)
+        plan += [(width, members[j: j + rows]) for j in range(0, len(members), rows)]
+    return plan
+
+
+def batch_rows(plan: list[tuple[int, list[int]]]) -> dict[int, int]:
+    """The fixed number of rows of each bucket's batches (a short last batch is padded with dummy rows)."""
+    rows: dict[int, int] = {}
+    for width, members in plan:
+        rows[width] = max(rows.get(width, 0), len(members))
+    return rows
+
+
+def embedding_config(config: T5Config, dtype: str) -> T5Config:
+    """Inference settings: compute ``dtype``, no dropout / remat, layers scanned (one compiled layer)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}; expected one of {DTYPES}")
+    return config.replace(dtype=dtype, dropout_rate=0.0, remat_policy="none", scan_layers=True)
+
+
+def prepare_params(config: T5Config, params):
+    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result)."""
+    import jax
+
+    from ankh_jax.io.hf import plain_params
+    from ankh_jax.model import params_layout
+
+    params = plain_params(params, config)
+    params = {k: params[k] for k in ("token_embedder", "encoder")}
+    stacked = params_layout.stack_layers(params, config.replace(scan_layers=True))
+    return PreparedParams(jax.device_put(stacked))
+
+
+class PreparedParams:
+    """Marks params already stacked and on device, so :func:`embed_sequences` does not redo it per call."""
+
+    def __init__(self, tree):
+        self.tree = tree
+
+
+@functools.lru_cache(maxsize=16)
+def encoder_fn(config: T5Config, pooling: str):
+    """The jitted encoder for one config and pooling (jit then caches one executable per batch shape)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ankh_jax.model.network import EncoderOnly
+
+    model = EncoderOnly(config)
+
+    def run(params, ids):
+        hidden = model.apply({"params": params}, ids)
+        if pooling == "none":
+            return hidden
+        residues = ((ids != PAD_ID) & (ids != EOS_ID)).astype(jnp.float32)[..., None]
+        return (hidden * residues).sum(axis=1) / jnp.maximum(residues.sum(axis=1), 1.0)
+
+    return jax.jit(run)
+
+
+def precompile(config: T5Config, params, token_lengths: Sequence[int], *, pooling: str = "none",
+               dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS) -> int:
+    """Compiles the encoder for every batch shape that sequences of these lengths (tokens) will use, ahead of
+    time, so timing the embedding afterwards measures running only. ``params`` from :func:`prepare_params`.
+    Returns the number of shapes compiled."""
+    import jax
+
+    fn = encoder_fn(embedding_config(config, dtype), pooling)
+    rows = batch_rows(plan_batches(token_lengths, batch_tokens=batch_tokens))
+    for width, n in rows.items():
+        fn.lower(params.tree, jax.ShapeDtypeStruct((n, width), np.int32)).compile()
+    return len(rows)
+
+
+def _encode_all(sequences: Sequence[str], max_length: int | None) -> list[np.ndarray]:
+    tok = AnkhTokenizer()
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length={max_length}: it counts </s>, so at least 2")
+    out = []
+    for i, seq in enumerate(sequences):
+        ids = tok.encode(clean_sequence(seq, record=f"#{i}"), clean=False)
+        if max_length is not None and len(ids) > max_length:
+            ids = np.append(ids[: max_length - 1], EOS_ID).astype(np.int32)
+        out.append(ids)
+    return out
+
+
+def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
+                    dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
+                    buckets: Sequence[int] | None = None, progress: bool = False, progress_desc: str = "embed"
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(index into sequences, embedding)`` batch by batch, longest sequences first.
+
+    Every sequence is validated and tokenized before the first batch runs. The next batch is dispatched before
+    the previous one is copied back, so host work overlaps the encoder.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens={batch_tokens} must be positive")
+    run_config = embedding_config(config, dtype)
+    encoded = _encode_all(sequences, max_length)
+    if not encoded:
+        return
+    if not isinstance(params, PreparedParams):
+        params = prepare_params(config, params)
+    fn = encoder_fn(run_config, pooling)
+    plan = plan_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets)
+    rows = batch_rows(plan)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(sum(len(e) - 1 for e in encoded)), unit="res", unit_scale=True, desc=progress_desc,
+                   dynamic_ncols=True, smoothing=0.05)
+
+    def finish(pending):
+        out, members = pending
+        out = np.asarray(out)
+        for r, idx in enumerate(members):
+            n_res = len(encoded[idx]) - 1
+            yield idx, (out[r, :n_res].copy() if pooling == "none" else out[r].copy())
+        if bar is not None:
+            bar.update(sum(len(encoded[i]) - 1 for i in members))
+
+    pending = None
+    try:
+        for width, members in plan:
+            ids = np.zeros((rows[width], width), dtype=np.int32)
+            ids[:, 0] = EOS_ID  # dummy rows hold a lone </s>, so no row is all padding
+            for r, idx in enumerate(members):
+                ids[r, : len(encoded[idx])] = encoded[idx]
+            current = (fn(params.tree, ids), members)
+            if pending is not None:
+                yield from finish(pending)
+            pending = current
+        if pending is not None:
+            yield from finish(pending)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
+                    dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
+                    progress: bool = False) -> list[np.ndarray]:
+    """Embeddings of ``sequences`` in input order: ``[L, d_model]`` per residue (``</s>`` dropped), or
+    ``[d_model]`` with ``pooling='mean'`` (mean over residues, not padding); float32 numpy.
+
+    ``params``: an ankh_jax model's params (full model or encoder only, boxed or plain, scanned or unrolled), or
+    the result of :func:`prepare_params` to skip re-stacking on repeated calls. ``dtype`` is the compute dtype.
+    ``max_length`` (tokens, ``</s>`` included) truncates longer sequences; without it nothing is truncated.
+    """
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    for idx, emb in iter_embeddings(config, params, sequences, pooling=pooling, dtype=dtype,
+                                    batch_tokens=batch_tokens, max_length=max_length, progress=progress):
+        out[idx] = emb
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line (the HDF5 output itself: ankh_jax.io.embeddings_h5)
+# ----------------------------------------------------------------------------------------------------------------
+
+def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None) -> str:
+    """What an output's numbers depend on: the encoder's weights (plain, unrolled), the settings of this run and
+    the config fields that are not visible in the weights' shapes."""
+    from ankh_jax.model.fingerprint import weights_fingerprint
+
+    return weights_fingerprint(encoder_params, f"pooling={pooling}", f"dtype={dtype}", f"max_length={max_length}",
+                               f"relative_attention_max_distance={config.relative_attention_max_distance}",
+                               f"layer_norm_epsilon={config.layer_norm_epsilon}")
+
+
+def enable_compilation_cache(directory: str | None) -> str | None:
+    """Points jax's persistent compilation cache at ``directory`` (default under ANKH_JAX_HOME; '' = off)."""
+    if directory is None:
+        home = os.environ.get("ANKH_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
+        directory = os.path.join(home, "xla_cache")
+    if not directory:
+        return None
+    import jax
+
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory

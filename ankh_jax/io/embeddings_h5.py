@@ -1,0 +1,197 @@
+"""The HDF5 output of ``python -m ankh_jax.embed``: one dataset per id, resumable after a kill, from one model only.
+
+Crash safety. HDF5 is not safe to modify in place: a process killed while the library holds the file open (even
+before its first flush) leaves it unreadable, and every re-run then fails. So the output file is never opened for
+writing. A run writes its progress as small HDF5 *parts* into a sidecar directory ``OUT.partial/`` (each written
+as ``part-N.h5.tmp`` and renamed, so a part is either complete or absent), and at the end assembles output and
+parts into ``OUT.partial/assembling.h5`` (a copy of the existing output plus the new datasets) that replaces
+``OUT`` with one ``os.replace``. A kill at any moment therefore leaves ``OUT`` as it was (absent or complete) and
+``OUT.partial/`` holding every finished batch; the re-run skips the ids in both, computes the rest, and
+assembles: every id exactly once. Assembly copies the output once per run, not once per flush (a temporary
+file replaced at each flush would copy it over and over).
+
+One model. The output and the sidecar record a fingerprint of the encoder's weights plus every setting that
+changes the numbers (``ankh_jax.model.fingerprint``), not the model's path: a re-run resumes only on an exact
+match, so a training directory trained further or an HF directory replaced in place is refused (a symlink or a
+copy of the same model resumes). ``OUT.partial/`` is also held with an exclusive lock (``ankh_jax.io.dir_lock``):
+a second run on the same output is refused naming the first.
+
+Ids: ``/`` is stored as ``%2F`` and an id ``.`` (which HDF5 takes for the group itself) as ``%2E``; ``%`` is
+``%25``, so keys never collide. The exact id is the dataset's ``id`` attribute.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+
+from ankh_jax.io.dir_lock import DirectoryLock
+
+FORMAT_VERSION = 2
+PARTIAL_SUFFIX = ".partial"
+SETTINGS_FILE = "settings.json"
+SETTINGS = ("pooling", "dtype", "max_length")  # compared first, for a message that says what differs
+_PART = re.compile(r"part-(\d+)\.h5$")
+
+
+def h5_key(record_id: str) -> str:
+    """The dataset name for a sequence id (HDF5 treats ``/`` as a group separator and ``.`` as the group)."""
+    key = record_id.replace("%", "%25").replace("/", "%2F")
+    return "%2E" if key == "." else key
+
+
+def read_embeddings(path: str) -> dict[str, np.ndarray]:
+    """All embeddings of an output file, keyed by the original sequence ids."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {ds.attrs["id"]: ds[()] for ds in f.values()}
+
+
+def partial_dir(output: str) -> str:
+    return output + PARTIAL_SUFFIX
+
+
+def stored_attrs(output: str) -> dict | None:
+    """The run attributes of an existing output (None when there is none); anything at ``output`` that is not an
+    ankh_jax embedding file is a ValueError, and nothing there is modified."""
+    if not os.path.lexists(output):
+        return None
+    if os.path.isdir(output):
+        raise ValueError(f"{output}: is a directory; --output must be an HDF5 file path")
+    import h5py
+
+    try:
+        with h5py.File(output, "r") as f:
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError as e:
+        raise ValueError(f"{output}: exists and is not a readable HDF5 file ({str(e).splitlines()[0]}); "
+                         "choose another --output") from None
+    if attrs.get("format_version") == 1:
+        raise ValueError(f"{output}: written by an older ankh_jax.inference.embedding that recorded no model fingerprint, so a "
+                         "resume cannot be checked against the model; choose another --output")
+    if "fingerprint" not in attrs or attrs.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{output}: an HDF5 file not written by this version of ankh_jax.inference.embedding (no model "
+                         "fingerprint); refusing to add to it: choose another --output")
+    return attrs
+
+
+def _stored_settings(output: str) -> dict | None:
+    path = os.path.join(partial_dir(output), SETTINGS_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); delete {partial_dir(output)} to start the output afresh") \
+            from None
+
+
+def check_compatible(output: str, run_attrs: dict) -> None:
+    """Refuses (ValueError, nothing touched) an output or an interrupted run's parts written with other settings
+    or, when ``run_attrs`` holds a ``fingerprint``, by another model."""
+    if os.path.lexists(partial_dir(output)) and not os.path.isdir(partial_dir(output)):
+        raise ValueError(f"{partial_dir(output)}: exists and is not a directory; move it away")
+    for where, stored in ((output, stored_attrs(output)), (partial_dir(output), _stored_settings(output))):
+        if stored is None:
+            continue
+        for key in SETTINGS:
+            if str(stored.get(key)) != str(run_attrs[key]):
+                raise ValueError(f"{where} was written with {key}={stored.get(key)}, this run has "
+                                 f"{key}={run_attrs[key]}: use another --output (or the same settings to resume)")
+        if "fingerprint" in run_attrs and stored.get("fingerprint") != run_attrs["fingerprint"]:
+            raise ValueError(f"{where} was written by a different model (weights fingerprint "
+                             f"{str(stored.get('fingerprint'))[:19]}..., written from {stored.get('model')}); "
+                             f"{run_attrs['model']} has {run_attrs['fingerprint'][:19]}...: resuming would mix two "
+                             "models in one file; use another --output (or the original model)")
+
+
+class OutputWriter:
+    """Writes embeddings crash-safely (see the module docstring): ``open()`` -> ids already done; ``add()`` per
+    sequence; ``flush()`` makes what was added survive a kill; ``finish()`` assembles ``output``."""
+
+    def __init__(self, output: str, run_attrs: dict):
+        self.output = os.path.abspath(output)
+        self.directory = partial_dir(self.output)
+        self.run_attrs = run_attrs
+        self._lock = DirectoryLock(self.directory, "embedding")
+        self._buffer: list[tuple[str, np.ndarray, dict]] = []
+
+    def open(self) -> set[str]:
+        """Takes the lock (creating ``OUT.partial/``), re-checks compatibility, returns the ids already done."""
+        self._lock.acquire()
+        check_compatible(self.output, self.run_attrs)  # again, now that no other run can change them
+        for stale in glob.glob(os.path.join(self.directory, "*.tmp")) + \
+                glob.glob(os.path.join(self.directory, "assembling.h5")):
+            os.remove(stale)  # a killed run's unfinished part or assembly: ours, under the lock
+        settings = os.path.join(self.directory, SETTINGS_FILE)
+        if not os.path.exists(settings):
+            with open(settings + ".tmp", "w") as f:
+                json.dump(self.run_attrs, f)
+            os.replace(settings + ".tmp", settings)
+        return self._ids_in_output() | {i for part in self._parts() for i in _ids(part)}
+
+    def add(self, record_id: str, embedding: np.ndarray, attrs: dict) -> None:
+        self._buffer.append((record_id, embedding, attrs))
+
+    def flush(self) -> None:
+        """Writes the buffered embeddings as the next part (complete or absent after a kill)."""
+        if not self._buffer:
+            return
+        import h5py
+
+        numbers = [int(_PART.search(p).group(1)) for p in self._parts()]
+        final = os.path.join(self.directory, f"part-{max(numbers, default=0) + 1:06d}.h5")
+        with h5py.File(final + ".tmp", "w") as f:
+            for record_id, embedding, attrs in self._buffer:
+                f.create_dataset(h5_key(record_id), data=embedding).attrs.update({"id": record_id, **attrs})
+        os.replace(final + ".tmp", final)
+        self._buffer = []
+
+    def finish(self) -> None:
+        """Assembles the output (existing datasets + parts) and swaps it in with one rename; removes the parts."""
+        import h5py
+
+        self.flush()
+        done = self._ids_in_output()
+        parts = [p for p in self._parts() if _ids(p) - done]  # parts all in the output: a run killed after its
+        if parts or not os.path.exists(self.output):        # swap, before removing them
+            staging = os.path.join(self.directory, "assembling.h5")
+            if os.path.exists(self.output):
+                shutil.copyfile(self.output, staging)
+            with h5py.File(staging, "a") as out:
+                if not out.attrs:
+                    out.attrs.update(self.run_attrs)
+                for part in parts:
+                    with h5py.File(part, "r") as src:
+                        for key, ds in src.items():
+                            if ds.attrs["id"] not in done:
+                                src.copy(ds, out, name=key)
+                                done.add(ds.attrs["id"])
+            with open(staging, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(staging, self.output)
+        shutil.rmtree(self.directory)
+        self.close()
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def _parts(self) -> list[str]:
+        return sorted(p for p in glob.glob(os.path.join(self.directory, "part-*.h5")) if _PART.search(p))
+
+    def _ids_in_output(self) -> set[str]:
+        return _ids(self.output) if os.path.exists(self.output) else set()
+
+
+def _ids(path: str) -> set[str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {ds.attrs["id"] for ds in f.values()}

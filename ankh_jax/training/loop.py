@@ -1,0 +1,445 @@
+"""The pretraining loop: gin-configured ``train()``: data in, sharded steps, metrics, checkpoints, resume.
+
+One call of :func:`train` does, in this order (everything that can fail on bad input happens before the first
+write to ``model_dir``):
+
+1. the mesh and rules (``Partitioner``), the model, the optimizer and the state layout (abstract shapes only);
+2. the training (and validation) input iterators, each host reading its own shard of the global batch;
+3. the state: resumed from the newest readable checkpoint in ``model_dir`` (with the input position), else loaded
+   from a HuggingFace Ankh directory (``init_from_hf``), else random; always created already sharded;
+4. ``model_config.json`` and ``config.gin`` written by process 0, then the loop: one jitted step per batch, a
+   finiteness check per step (a NaN/inf loss stops the run naming the step, without saving), metrics every
+   ``log_every_steps``, an async checkpoint every ``checkpoint_every_steps``, eval every ``eval_every_steps``, and a
+   checkpoint-and-stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+
+from ankh_jax.io import checkpoints as ckpt_lib
+from ankh_jax.io.dir_lock import DirectoryInUseError, DirectoryLock
+from ankh_jax.training import flops as flops_lib
+from ankh_jax.training.metrics import (
+    METRICS_FILE,
+    TENSORBOARD_SUBDIR,
+    MetricsWriter,
+    Timer,
+    TrainMetricsAccumulator,
+)
+from ankh_jax.training.partitioning import Partitioner
+from ankh_jax.training.program import TrainProgram, build_program, evaluate
+from ankh_jax.training.steps import BATCH_KEYS_REQUIRED, TrainState
+
+log = logging.getLogger(__name__)
+
+# Fields that must agree between the run's T5Config and a HuggingFace checkpoint it starts from.
+_ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers",
+                "relative_attention_num_buckets", "relative_attention_max_distance")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; the run stopped without saving."""
+
+
+class RunConfigError(ValueError):
+    """The run's configuration is invalid or does not fit what MODEL_DIR holds; nothing was written."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    params: Any
+    stopped_by: str  # "finished" | "preempted"
+    last_train_metrics: dict
+    last_eval_metrics: dict | None
+
+
+def _default_input_fn():
+    from ankh_jax.data.input_pipeline import make_input
+
+    return make_input
+
+
+class InputError(RuntimeError):
+    """The training or validation data cannot be read."""
+
+
+def _first_batch(iterator, where: str) -> dict:
+    """The first batch, read before anything is written, so a missing data path or split fails early."""
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise InputError(f"{where} is empty") from None
+    except Exception as err:
+        raise InputError(f"cannot read {where}: {type(err).__name__}: {err}") from err
+    missing = [k for k in BATCH_KEYS_REQUIRED if k not in batch]
+    if missing:
+        raise InputError(f"{where}: batches lack {missing}; got {sorted(batch)}")
+    return batch
+
+
+@gin.configurable
+def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name: str = gin.REQUIRED,
+          feature_lengths: Mapping[str, int] = gin.REQUIRED, global_batch_size: int = gin.REQUIRED,
+          num_train_steps: int = gin.REQUIRED, input_fn: Callable | None = None, pack: bool = False,
+          data_seed: int = 0, seed: int = 0, log_every_steps: int = 50, checkpoint_every_steps: int = 1000,
+          keep_checkpoints: int = 3, async_checkpoints: bool = True, eval_every_steps: int = 0,
+          eval_task_name: str | None = None, eval_split: str = "validation", eval_steps: int | None = None,
+          num_microbatches: int = 1, label_smoothing: float = 0.0, z_loss: float = 0.0,
+          init_from_hf: str | None = None, peak_flops_per_device: float | None = None,
+          partitioner: Partitioner | None = None, progress_bar: bool = True,
+          num_data_shards: int | None = None, draw_plots: bool = True) -> TrainResult:
+    """Pretrains (or continues pretraining) an Ankh model. See the module docstring and configs/runs/pretrain.gin.
+
+    Args (the non-obvious ones):
+      model_config: a ``T5Config`` (gin: ``%MODEL_CONFIG`` from configs/models/*.gin).
+      feature_lengths: ``{"inputs": 512, "targets": ...}`` for the seqio task.
+      global_batch_size: examples per step over all hosts (each host reads global / num_hosts).
+      input_fn: ``make_input``-compatible factory (default ``ankh_jax.data.input_pipeline.make_input``).
+      eval_steps: at most this many validation batches per eval (default: the whole split).
+      num_microbatches: gradient accumulation; the batch is split into this many micro-batches per step.
+      init_from_hf: a HuggingFace Ankh directory to start from when ``model_dir`` holds no checkpoint.
+      peak_flops_per_device: for MFU; default a table by device kind, or a measured matmul on CPU.
+      num_data_shards: independent data streams (default: one per host); each host reads an equal run of them.
+        Fixed, it makes the batches independent of the number of hosts, so a run can move between host counts
+        (elastic restart) with its data position, and 1 host gives the same numbers as several. A multiple of
+        every host count the run will use.
+      draw_plots: redraw ``MODEL_DIR/plots/training.png`` at each checkpoint and at the end (process 0).
+    """
+    if num_train_steps <= 0:
+        raise RunConfigError(f"num_train_steps must be positive, got {num_train_steps}")
+    for name, value in (("log_every_steps", log_every_steps), ("checkpoint_every_steps", checkpoint_every_steps)):
+        if value <= 0:
+            raise RunConfigError(f"{name} must be positive, got {value}")
+    if global_batch_size % num_microbatches:
+        raise RunConfigError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
+                             f"{num_microbatches}")
+    if "://" in model_dir:
+        raise RunConfigError(f"MODEL_DIR {model_dir}: a URL; MODEL_DIR must be a directory path that every host "
+                             "sees (NFS / Filestore, or the bucket mounted with gcsfuse at the same path on every "
+                             "host): the lock and the metrics files are plain files")
+    model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise RunConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
+    partitioner = partitioner or Partitioner()
+    try:  # the schedule, the optimizer and the batch split are checked here, before anything is read or written
+        program = build_program(model_config, partitioner, num_microbatches=num_microbatches,
+                                label_smoothing=label_smoothing, z_loss=z_loss)
+        shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
+    except ValueError as err:
+        raise RunConfigError(str(err)) from None
+    log.info("%s", partitioner.describe())
+
+    # -- inputs (a missing data path fails here, before anything is written) -------------------------------
+    if host_batch % num_microbatches and num_microbatches > 1:
+        raise RunConfigError(f"per-host batch {host_batch} not divisible by num_microbatches {num_microbatches}")
+    data_shards = num_data_shards or num_shards
+    per_host = data_shards // num_shards
+    if data_shards % num_shards or host_batch % per_host:
+        raise RunConfigError(f"train.num_data_shards={data_shards} must be a multiple of the {num_shards} hosts "
+                             f"and divide their batch of {host_batch}")
+    make_input = input_fn or _default_input_fn()
+    common = {"feature_lengths": dict(feature_lengths), "pack": pack}
+    from ankh_jax.data.input_pipeline import HostInput
+
+    train_iter = HostInput([
+        make_input(task_name, "train", seed=data_seed, shuffle=True, repeat=True, batch_size=host_batch // per_host,
+                   shard_id=shard_id * per_host + j, num_shards=data_shards, **common) for j in range(per_host)])
+    common.update(batch_size=host_batch, shard_id=shard_id, num_shards=num_shards)
+    eval_factory = None
+    if eval_every_steps:
+        eval_task = eval_task_name or task_name
+
+        def eval_factory():
+            return make_input(eval_task, eval_split, seed=data_seed, shuffle=False, repeat=False, **common)
+        _first_batch(eval_factory(), f"task {eval_task!r} split {eval_split!r}")  # fails early if missing
+
+    # -- state ----------------------------------------------------------------------------------------------
+    _check_model_dir_config(model_dir, model_config)
+    # What MODEL_DIR holds, as process 0 sees it before anyone writes, so every host takes the same branches.
+    exists, has_checkpoints = _agreed(os.path.isdir(model_dir),
+                                      os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)))
+    # The lock is taken here if MODEL_DIR exists (restoring may move checkpoints aside), else at the first write.
+    locked = exists
+    lock = _lock_model_dir(model_dir) if locked else None
+    checkpointer = None
+    try:
+        if has_checkpoints:
+            checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
+                                                 max_to_keep=keep_checkpoints, async_save=async_checkpoints)
+            abstract = program.layout.abstract_state()
+            restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=_warn)
+        else:
+            restored = None
+        if restored is not None:
+            state = TrainState(step=jax.device_put(np.int32(restored.step), partitioner.replicated()),
+                               params=restored.params, opt_state=restored.opt_state)
+            start_step = restored.step
+            _restore_input_position(train_iter, restored.input_states, shard_id * per_host, restored.num_processes)
+            _info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
+        elif init_from_hf:
+            state = program.layout.from_params(_load_hf_params(init_from_hf, model_config))
+            start_step = 0
+            _info(f"initialised from the HuggingFace model in {init_from_hf}")
+        else:
+            state = program.layout.create(jax.random.key(seed))
+            start_step = 0
+        pending = _first_batch(train_iter, f"task {task_name!r} split 'train'")
+        if start_step >= num_train_steps:
+            _info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
+            _print_summary(model_dir, start_step)
+            return TrainResult(start_step, state.params, "finished", {}, None)
+
+        # -- first writes -------------------------------------------------------------------------------------
+        if not locked:
+            lock, locked = _lock_model_dir(model_dir), True
+        ckpt_lib.write_model_config(model_dir, model_config)
+        _write_operative_config(model_dir)
+        if checkpointer is None:
+            checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
+                                                 max_to_keep=keep_checkpoints, async_save=async_checkpoints)
+        loop = _Loop(program, checkpointer, train_iter, eval_factory, eval_every_steps, eval_steps,
+                     log_every_steps, num_train_steps, global_batch_size, peak_flops_per_device, seed,
+                     model_dir if draw_plots and jax.process_index() == 0 else None)
+        result = loop.run(state, start_step, pending, MetricsWriter(
+            model_dir, total_steps=num_train_steps, start_step=start_step, progress=progress_bar))
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+        if lock is not None:
+            lock.release()
+    if result.stopped_by == "finished":
+        _print_summary(model_dir, result.step)
+    return result
+
+
+class _Loop:
+    """One jitted step per batch; metrics, checkpoints, eval and preemption at step boundaries."""
+
+    def __init__(self, program: TrainProgram, checkpointer, train_iter, eval_factory, eval_every_steps: int,
+                 eval_steps: int | None, log_every_steps: int, num_train_steps: int, global_batch_size: int,
+                 peak_flops_per_device: float | None, seed: int, plots_dir: str | None):
+        self.program, self.checkpointer, self.train_iter = program, checkpointer, train_iter
+        self.eval_factory, self.eval_every_steps, self.eval_steps = eval_factory, eval_every_steps, eval_steps
+        self.log_every_steps, self.num_train_steps = log_every_steps, num_train_steps
+        self.global_batch_size = global_batch_size
+        self.peak, self.peak_source = flops_lib.peak_flops_per_device(override=peak_flops_per_device)
+        self.total_peak = self.peak if jax.devices()[0].platform == "cpu" else self.peak * jax.device_count()
+        self.rng = jax.random.key(seed + 1)
+        self.plots_dir = plots_dir
+
+    def run(self, state: TrainState, step: int, pending: dict, writer: MetricsWriter) -> TrainResult:
+        program, checkpointer = self.program, self.checkpointer
+        writer.log_line(f"{program.partitioner.describe()}\npeak for MFU: {self.peak / 1e12:.3g} TFLOP/s per "
+                        f"device ({self.peak_source})")
+        watcher = ckpt_lib.PreemptionWatcher()
+        timer, acc = Timer(), TrainMetricsAccumulator()
+        last_train: dict = {}
+        last_eval = None
+        stopped_by = "finished"
+        flops_per_step = None
+        first = step + 1  # this run's first step compiles: rates leave it out
+        try:
+            while step < self.num_train_steps:
+                started = time.perf_counter()
+                local, pending = (pending, None) if pending is not None else (next(self.train_iter), None)
+                if flops_per_step is None:
+                    flops_per_step = flops_lib.train_step_flops(
+                        program.config, self.global_batch_size, local["encoder_input_tokens"].shape[1],
+                        local["decoder_target_tokens"].shape[1])
+                state, metrics = program.train_step(state, program.partitioner.make_global_batch(local), self.rng)
+                metrics = jax.device_get(metrics)
+                step += 1
+                if not bool(metrics["finite"]):
+                    raise NonFiniteLossError(
+                        f"step {step}: loss is {_ratio(metrics['loss_sum'], metrics['weight_sum'])} and grad norm "
+                        f"{float(metrics['grad_norm'])}; stopped without saving. The last good checkpoint is "
+                        f"{_last_step(checkpointer)} in {checkpointer.directory}. Lower the learning rate, enable "
+                        f"z_loss, or check the data near this step.")
+                acc.add(metrics)
+                # Rates count training steps only (input + step), never eval or checkpoint time; the first step
+                # compiles and is left out.
+                timer.add(float(metrics["weight_sum"]), time.perf_counter() - started, count=step != first)
+                writer.advance(1, loss=f"{_ratio(metrics['loss_sum'], metrics['weight_sum']):.4f}")
+                if step % self.log_every_steps == 0 or step == self.num_train_steps:
+                    last_train = self._log(writer, step, acc, timer, flops_per_step)
+                    acc = TrainMetricsAccumulator()
+                    timer.reset()
+                preempted = watcher.reached(step)
+                if checkpointer.should_save(step) or step == self.num_train_steps or preempted:
+                    checkpointer.save(step, state.params, state.opt_state, self._all_input_states())
+                if self.eval_factory is not None and (step % self.eval_every_steps == 0
+                                                      or step == self.num_train_steps):
+                    last_eval = evaluate(program, state.params, self.eval_factory(), self.eval_steps)
+                    writer.write(step, "eval", last_eval)
+                    writer.log_line(f"step {step} eval: loss {last_eval['loss']:.4f}  acc {last_eval['accuracy']:.4f}"
+                                    f"  ({last_eval['target_tokens']:.0f} target tokens)")
+                if self.plots_dir and (checkpointer.should_save(step) or step == self.num_train_steps or preempted):
+                    from ankh_jax.plots.training import draw_training_plots  # matplotlib only when drawing
+
+                    draw_training_plots(self.plots_dir)
+                if preempted:
+                    stopped_by = "preempted"
+                    checkpointer.wait()
+                    writer.log_line(f"preemption signal: saved the checkpoint at step {step} and stopped")
+                    break
+        finally:
+            watcher.close()
+            writer.close()
+        return TrainResult(step, state.params, stopped_by, last_train, last_eval)
+
+    def _all_input_states(self) -> list[dict]:
+        """Every data shard's position, in shard order (a collective: all hosts call it at the same step)."""
+        per_host = ckpt_lib.gather_json(self.train_iter.get_state())
+        return sorted((s for states in per_host for s in states), key=lambda s: s["config"]["shard_id"])
+
+    def _log(self, writer: MetricsWriter, step: int, acc: TrainMetricsAccumulator, timer: Timer, flops_per_step) -> dict:
+        summary = acc.summary()
+        busy, wall = timer.busy_seconds(), timer.wall_seconds()
+        steps_per_s = timer.steps / busy if timer.steps else 0.0
+        row = dict(summary, steps_per_s=steps_per_s,
+                   target_tokens_per_s=timer.tokens / busy if timer.steps else 0.0,
+                   mfu=(flops_per_step * steps_per_s / self.total_peak) if timer.steps else 0.0,
+                   wall_steps_per_s=acc.steps / wall)
+        writer.write(step, "train", row)
+        writer.log_line(f"step {step}/{self.num_train_steps}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+                        f"lr {row['learning_rate']:.3g}  |g| {row['grad_norm']:.3g}  {steps_per_s:.2f} steps/s  "
+                        f"{row['target_tokens_per_s']:.0f} tgt tok/s  MFU {100 * row['mfu']:.1f}%  "
+                        f"ETA {writer.eta(step, row['wall_steps_per_s'])}")
+        return summary
+
+
+def _load_hf_params(path: str, config) -> Any:
+    from ankh_jax.io.hf import load_hf_model
+
+    hf_config, params = load_hf_model(path, scan_layers=config.scan_layers)
+    diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in _ARCH_FIELDS
+             if getattr(hf_config, f) != getattr(config, f)}
+    if diffs:
+        detail = ", ".join(f"{k}: HF {a} vs gin {b}" for k, (a, b) in diffs.items())
+        raise ValueError(f"init_from_hf={path}: the HuggingFace model does not match MODEL_CONFIG ({detail}); "
+                         "use the model gin file that matches it")
+    return params
+
+
+def _agreed(*flags: bool) -> tuple[bool, ...]:
+    """Process 0's values of ``flags`` on every process (a collective on several hosts)."""
+    if jax.process_count() == 1:
+        return tuple(flags)
+    from jax.experimental import multihost_utils
+
+    return tuple(bool(x) for x in np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))))
+
+
+def _lock_model_dir(model_dir: str) -> DirectoryLock | None:
+    """Process 0 locks MODEL_DIR (creating it) and gets the lock; every process learns the outcome, so all stop
+    together (a collective: every process calls it once)."""
+    lock, error = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = DirectoryLock(model_dir, "ankh_jax.train").acquire()
+        except DirectoryInUseError as err:
+            error = str(err)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(0 if error else 1)))
+        if not locked and not error:
+            error = f"{model_dir} is in use by another run (process 0 has the details)"
+    if error:
+        raise DirectoryInUseError(error)
+    return lock
+
+
+def _restore_input_position(train_iter, input_states: list[dict] | None, first_shard: int,
+                            saved_hosts: int) -> None:
+    """Each host continues its own data shards' streams; with another number of data shards none can."""
+    if input_states is None:
+        _warn("the checkpoint holds no input position: the input starts from its beginning")
+        return
+    mine = len(train_iter.get_state())
+    now = train_iter.get_state()[0]["config"]["num_shards"]
+    if len(input_states) == now:
+        try:
+            train_iter.set_state(input_states[first_shard:first_shard + mine])
+        except ValueError as err:
+            raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
+        if jax.process_count() != saved_hosts:
+            _info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
+                  f"{jax.process_count()}; parameters and optimizer state are resharded, and the {now} data shards "
+                  "continue exactly where they were")
+        return
+    # The data shards are a function of their number (seqio.ShardInfo), so no position in the new shards
+    # corresponds to the old ones. Restart every shard at the start of the earliest epoch any old one was in.
+    epoch = min(int(s["epoch"]) for s in input_states)
+    train_iter.set_state([dict(s, epoch=epoch, position=0, row=0) for s in train_iter.get_state()])
+    _info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
+          f"{jax.process_count()}, and it holds {len(input_states)} data shard position(s) where this run reads {now} "
+          f"data shards. Parameters and optimizer state continue exactly (resharded); the data shards differ, so "
+          f"every shard restarts at the beginning of epoch {epoch}, the earliest epoch a saved shard was in "
+          f"(examples of that epoch already trained on are seen again). Fix train.num_data_shards to keep the "
+          f"data position across host counts")
+
+
+def _check_model_dir_config(model_dir: str, config) -> None:
+    path = os.path.join(model_dir, ckpt_lib.MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = type(config).from_json(f.read())
+    diffs = [f for f in _ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if diffs:
+        raise RunConfigError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
+                         "pick a new MODEL_DIR or the matching model gin file")
+
+
+def _write_operative_config(model_dir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = os.path.join(model_dir, "config.gin.tmp")
+    with open(tmp, "w") as f:
+        f.write(gin.operative_config_str())
+    os.replace(tmp, os.path.join(model_dir, "config.gin"))
+
+
+def _ratio(a, b) -> float:
+    return float(a) / max(float(b), 1.0)
+
+
+def _last_step(checkpointer) -> str:
+    steps = checkpointer.all_steps()
+    return f"step {steps[-1]}" if steps else "none (no checkpoint yet)"
+
+
+def _info(text: str) -> None:
+    log.info(text)
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
+def _warn(text: str) -> None:
+    log.warning(text)
+    if jax.process_index() == 0:
+        print(f"WARNING: {text}", flush=True)
+
+
+def _print_summary(model_dir: str, step: int) -> None:
+    if jax.process_index() != 0:
+        return
+    print(f"\nTrained to step {step}.\n"
+          f"  checkpoints:  {os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)}\n"
+          f"  metrics:      {os.path.join(model_dir, METRICS_FILE)}\n"
+          f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, TENSORBOARD_SUBDIR)}\n"
+          f"  gin config:   {os.path.join(model_dir, 'config.gin')}\n"
+          f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)
