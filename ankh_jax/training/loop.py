@@ -27,32 +27,22 @@ import jax
 import numpy as np
 
 from ankh_jax.io import checkpoints as ckpt_lib
-from ankh_jax.io.dir_lock import DirectoryInUseError, DirectoryLock
 from ankh_jax.training import flops as flops_lib
+from ankh_jax.training import run_dir
 from ankh_jax.training.metrics import (
-    METRICS_FILE,
-    TENSORBOARD_SUBDIR,
     MetricsWriter,
     Timer,
     TrainMetricsAccumulator,
 )
 from ankh_jax.training.partitioning import Partitioner
 from ankh_jax.training.program import TrainProgram, build_program, evaluate
+from ankh_jax.training.run_dir import RunConfigError
 from ankh_jax.training.steps import BATCH_KEYS_REQUIRED, TrainState
 
 log = logging.getLogger(__name__)
 
-# Fields that must agree between the run's T5Config and a HuggingFace checkpoint it starts from.
-_ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers",
-                "relative_attention_num_buckets", "relative_attention_max_distance")
-
-
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN/inf; the run stopped without saving."""
-
-
-class RunConfigError(ValueError):
-    """The run's configuration is invalid or does not fit what MODEL_DIR holds; nothing was written."""
 
 
 @dataclasses.dataclass
@@ -165,46 +155,46 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         _first_batch(eval_factory(), f"task {eval_task!r} split {eval_split!r}")  # fails early if missing
 
     # -- state ----------------------------------------------------------------------------------------------
-    _check_model_dir_config(model_dir, model_config)
+    run_dir.check_model_dir_config(model_dir, model_config)
     # What MODEL_DIR holds, as process 0 sees it before anyone writes, so every host takes the same branches.
-    exists, has_checkpoints = _agreed(os.path.isdir(model_dir),
+    exists, has_checkpoints = run_dir.agreed(os.path.isdir(model_dir),
                                       os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)))
     # The lock is taken here if MODEL_DIR exists (restoring may move checkpoints aside), else at the first write.
     locked = exists
-    lock = _lock_model_dir(model_dir) if locked else None
+    lock = run_dir.lock_model_dir(model_dir) if locked else None
     checkpointer = None
     try:
         if has_checkpoints:
             checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
                                                  max_to_keep=keep_checkpoints, async_save=async_checkpoints)
             abstract = program.layout.abstract_state()
-            restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=_warn)
+            restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, report=run_dir.warn)
         else:
             restored = None
         if restored is not None:
             state = TrainState(step=jax.device_put(np.int32(restored.step), partitioner.replicated()),
                                params=restored.params, opt_state=restored.opt_state)
             start_step = restored.step
-            _restore_input_position(train_iter, restored.input_states, shard_id * per_host, restored.num_processes)
-            _info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
+            run_dir.restore_input_position(train_iter, restored.input_states, shard_id * per_host, restored.num_processes)
+            run_dir.info(f"resumed from the checkpoint at step {start_step} in {checkpointer.directory}")
         elif init_from_hf:
             state = program.layout.from_params(_load_hf_params(init_from_hf, model_config))
             start_step = 0
-            _info(f"initialised from the HuggingFace model in {init_from_hf}")
+            run_dir.info(f"initialised from the HuggingFace model in {init_from_hf}")
         else:
             state = program.layout.create(jax.random.key(seed))
             start_step = 0
         pending = _first_batch(train_iter, f"task {task_name!r} split 'train'")
         if start_step >= num_train_steps:
-            _info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
-            _print_summary(model_dir, start_step)
+            run_dir.info(f"nothing to do: the checkpoint is at step {start_step} >= num_train_steps {num_train_steps}")
+            run_dir.print_summary(model_dir, start_step)
             return TrainResult(start_step, state.params, "finished", {}, None)
 
         # -- first writes -------------------------------------------------------------------------------------
         if not locked:
-            lock, locked = _lock_model_dir(model_dir), True
+            lock, locked = run_dir.lock_model_dir(model_dir), True
         ckpt_lib.write_model_config(model_dir, model_config)
-        _write_operative_config(model_dir)
+        run_dir.write_operative_config(model_dir)
         if checkpointer is None:
             checkpointer = ckpt_lib.Checkpointer(model_dir, save_interval_steps=checkpoint_every_steps,
                                                  max_to_keep=keep_checkpoints, async_save=async_checkpoints)
@@ -219,7 +209,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         if lock is not None:
             lock.release()
     if result.stopped_by == "finished":
-        _print_summary(model_dir, result.step)
+        run_dir.print_summary(model_dir, result.step)
     return result
 
 
@@ -323,94 +313,13 @@ def _load_hf_params(path: str, config) -> Any:
     from ankh_jax.io.hf import load_hf_model
 
     hf_config, params = load_hf_model(path, scan_layers=config.scan_layers)
-    diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in _ARCH_FIELDS
+    diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in run_dir.ARCH_FIELDS
              if getattr(hf_config, f) != getattr(config, f)}
     if diffs:
         detail = ", ".join(f"{k}: HF {a} vs gin {b}" for k, (a, b) in diffs.items())
         raise ValueError(f"init_from_hf={path}: the HuggingFace model does not match MODEL_CONFIG ({detail}); "
                          "use the model gin file that matches it")
     return params
-
-
-def _agreed(*flags: bool) -> tuple[bool, ...]:
-    """Process 0's values of ``flags`` on every process (a collective on several hosts)."""
-    if jax.process_count() == 1:
-        return tuple(flags)
-    from jax.experimental import multihost_utils
-
-    return tuple(bool(x) for x in np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))))
-
-
-def _lock_model_dir(model_dir: str) -> DirectoryLock | None:
-    """Process 0 locks MODEL_DIR (creating it) and gets the lock; every process learns the outcome, so all stop
-    together (a collective: every process calls it once)."""
-    lock, error = None, ""
-    if jax.process_index() == 0:
-        try:
-            lock = DirectoryLock(model_dir, "ankh_jax.train").acquire()
-        except DirectoryInUseError as err:
-            error = str(err)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(0 if error else 1)))
-        if not locked and not error:
-            error = f"{model_dir} is in use by another run (process 0 has the details)"
-    if error:
-        raise DirectoryInUseError(error)
-    return lock
-
-
-def _restore_input_position(train_iter, input_states: list[dict] | None, first_shard: int,
-                            saved_hosts: int) -> None:
-    """Each host continues its own data shards' streams; with another number of data shards none can."""
-    if input_states is None:
-        _warn("the checkpoint holds no input position: the input starts from its beginning")
-        return
-    mine = len(train_iter.get_state())
-    now = train_iter.get_state()[0]["config"]["num_shards"]
-    if len(input_states) == now:
-        try:
-            train_iter.set_state(input_states[first_shard:first_shard + mine])
-        except ValueError as err:
-            raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
-        if jax.process_count() != saved_hosts:
-            _info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
-                  f"{jax.process_count()}; parameters and optimizer state are resharded, and the {now} data shards "
-                  "continue exactly where they were")
-        return
-    # The data shards are a function of their number (seqio.ShardInfo), so no position in the new shards
-    # corresponds to the old ones. Restart every shard at the start of the earliest epoch any old one was in.
-    epoch = min(int(s["epoch"]) for s in input_states)
-    train_iter.set_state([dict(s, epoch=epoch, position=0, row=0) for s in train_iter.get_state()])
-    _info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
-          f"{jax.process_count()}, and it holds {len(input_states)} data shard position(s) where this run reads {now} "
-          f"data shards. Parameters and optimizer state continue exactly (resharded); the data shards differ, so "
-          f"every shard restarts at the beginning of epoch {epoch}, the earliest epoch a saved shard was in "
-          f"(examples of that epoch already trained on are seen again). Fix train.num_data_shards to keep the "
-          f"data position across host counts")
-
-
-def _check_model_dir_config(model_dir: str, config) -> None:
-    path = os.path.join(model_dir, ckpt_lib.MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        saved = type(config).from_json(f.read())
-    diffs = [f for f in _ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
-    if diffs:
-        raise RunConfigError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
-                         "pick a new MODEL_DIR or the matching model gin file")
-
-
-def _write_operative_config(model_dir: str) -> None:
-    if jax.process_index() != 0:
-        return
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = os.path.join(model_dir, "config.gin.tmp")
-    with open(tmp, "w") as f:
-        f.write(gin.operative_config_str())
-    os.replace(tmp, os.path.join(model_dir, "config.gin"))
 
 
 def _ratio(a, b) -> float:
@@ -420,26 +329,3 @@ def _ratio(a, b) -> float:
 def _last_step(checkpointer) -> str:
     steps = checkpointer.all_steps()
     return f"step {steps[-1]}" if steps else "none (no checkpoint yet)"
-
-
-def _info(text: str) -> None:
-    log.info(text)
-    if jax.process_index() == 0:
-        print(text, flush=True)
-
-
-def _warn(text: str) -> None:
-    log.warning(text)
-    if jax.process_index() == 0:
-        print(f"WARNING: {text}", flush=True)
-
-
-def _print_summary(model_dir: str, step: int) -> None:
-    if jax.process_index() != 0:
-        return
-    print(f"\nTrained to step {step}.\n"
-          f"  checkpoints:  {os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)}\n"
-          f"  metrics:      {os.path.join(model_dir, METRICS_FILE)}\n"
-          f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, TENSORBOARD_SUBDIR)}\n"
-          f"  gin config:   {os.path.join(model_dir, 'config.gin')}\n"
-          f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)

@@ -1,0 +1,130 @@
+"""What the pretraining loop does with MODEL_DIR around the steps, on one host or many: every host agreeing on what
+the directory holds, the lock, the model check, the data position on resume (same or another host count), the
+operative gin config, and the closing summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import gin
+import jax
+import numpy as np
+
+from ankh_jax.io import checkpoints as ckpt_lib
+from ankh_jax.io.dir_lock import DirectoryInUseError, DirectoryLock
+from ankh_jax.training.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
+
+log = logging.getLogger(__name__)
+
+# Fields that must agree between the run's T5Config and a checkpoint or HuggingFace model it starts from.
+ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers",
+               "relative_attention_num_buckets", "relative_attention_max_distance")
+
+
+class RunConfigError(ValueError):
+    """The run's configuration is invalid or does not fit what MODEL_DIR holds; nothing was written."""
+
+
+def agreed(*flags: bool) -> tuple[bool, ...]:
+    """Process 0's values of ``flags`` on every process (a collective on several hosts)."""
+    if jax.process_count() == 1:
+        return tuple(flags)
+    from jax.experimental import multihost_utils
+
+    return tuple(bool(x) for x in np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))))
+
+
+def lock_model_dir(model_dir: str) -> DirectoryLock | None:
+    """Process 0 locks MODEL_DIR (creating it) and gets the lock; every process learns the outcome, so all stop
+    together (a collective: every process calls it once)."""
+    lock, error = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = DirectoryLock(model_dir, "ankh_jax.train").acquire()
+        except DirectoryInUseError as err:
+            error = str(err)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        locked = bool(multihost_utils.broadcast_one_to_all(np.int32(0 if error else 1)))
+        if not locked and not error:
+            error = f"{model_dir} is in use by another run (process 0 has the details)"
+    if error:
+        raise DirectoryInUseError(error)
+    return lock
+
+
+def restore_input_position(train_iter, input_states: list[dict] | None, first_shard: int,
+                            saved_hosts: int) -> None:
+    """Each host continues its own data shards' streams; with another number of data shards none can."""
+    if input_states is None:
+        warn("the checkpoint holds no input position: the input starts from its beginning")
+        return
+    mine = len(train_iter.get_state())
+    now = train_iter.get_state()[0]["config"]["num_shards"]
+    if len(input_states) == now:
+        try:
+            train_iter.set_state(input_states[first_shard:first_shard + mine])
+        except ValueError as err:
+            raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
+        if jax.process_count() != saved_hosts:
+            info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
+                  f"{jax.process_count()}; parameters and optimizer state are resharded, and the {now} data shards "
+                  "continue exactly where they were")
+        return
+    # The data shards are a function of their number (seqio.ShardInfo), so no position in the new shards
+    # corresponds to the old ones. Restart every shard at the start of the earliest epoch any old one was in.
+    epoch = min(int(s["epoch"]) for s in input_states)
+    train_iter.set_state([dict(s, epoch=epoch, position=0, row=0) for s in train_iter.get_state()])
+    info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
+          f"{jax.process_count()}, and it holds {len(input_states)} data shard position(s) where this run reads {now} "
+          f"data shards. Parameters and optimizer state continue exactly (resharded); the data shards differ, so "
+          f"every shard restarts at the beginning of epoch {epoch}, the earliest epoch a saved shard was in "
+          f"(examples of that epoch already trained on are seen again). Fix train.num_data_shards to keep the "
+          f"data position across host counts")
+
+
+def check_model_dir_config(model_dir: str, config) -> None:
+    path = os.path.join(model_dir, ckpt_lib.MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = type(config).from_json(f.read())
+    diffs = [f for f in ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if diffs:
+        raise RunConfigError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
+                         "pick a new MODEL_DIR or the matching model gin file")
+
+
+def write_operative_config(model_dir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = os.path.join(model_dir, "config.gin.tmp")
+    with open(tmp, "w") as f:
+        f.write(gin.operative_config_str())
+    os.replace(tmp, os.path.join(model_dir, "config.gin"))
+
+
+def info(text: str) -> None:
+    log.info(text)
+    if jax.process_index() == 0:
+        print(text, flush=True)
+
+
+def warn(text: str) -> None:
+    log.warning(text)
+    if jax.process_index() == 0:
+        print(f"WARNING: {text}", flush=True)
+
+
+def print_summary(model_dir: str, step: int) -> None:
+    if jax.process_index() != 0:
+        return
+    print(f"\nTrained to step {step}.\n"
+          f"  checkpoints:  {os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)}\n"
+          f"  metrics:      {os.path.join(model_dir, METRICS_FILE)}\n"
+          f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, TENSORBOARD_SUBDIR)}\n"
+          f"  gin config:   {os.path.join(model_dir, 'config.gin')}\n"
+          f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)
