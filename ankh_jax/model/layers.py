@@ -74,15 +74,19 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
 
     @nn.compact
-    def __call__(self, q_len: int, k_len: int, q_positions=None, k_positions=None, query_offset=None):
+    def __call__(self, q_len: int, k_len: int, q_positions=None, k_positions=None, query_offset=None,
+                 as_table: bool = False):
         """``query_offset`` (a traced scalar, incremental decoding): queries sit at ``query_offset + arange(q_len)``
         and keys at ``arange(k_len)``; the buckets come from the same numpy table as the static path, so cached
-        decoding sees bit-identical biases."""
+        decoding sees bit-identical biases. ``as_table``: return the float32 ``[heads, num_buckets]`` table itself
+        (for ``attention.chunked_attention``, which gathers the bias per chunk)."""
         cfg = self.config
         table = self.param(
             "rel_embedding",
             nn.with_logical_partitioning(normal_init(cfg.d_model ** -0.5), ("heads", "relpos_buckets")),
             (cfg.num_heads, cfg.relative_attention_num_buckets), cfg.params_dtype)
+        if as_table:
+            return table.astype(jnp.float32)
         kw = {"bidirectional": self.bidirectional, "num_buckets": cfg.relative_attention_num_buckets,
                   "max_distance": cfg.relative_attention_max_distance}
         if query_offset is not None:
@@ -148,7 +152,9 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x_q, x_kv, bias, cache_index=None):
-        """``bias``: float32 [b or 1, h, q, k], position bias plus mask (NEG_INF where masked)."""
+        """``bias``: float32 [b or 1, h, q, k], position bias plus mask (NEG_INF where masked); or an
+        ``attention.ChunkedBias`` (anything with its ``attend``), which computes the bias per chunk in O(L) memory
+        (no ``attention_weights`` are sown then: they are never materialised)."""
         cfg = self.config
         d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
 
@@ -164,12 +170,17 @@ class MultiHeadAttention(nn.Module):
         if self.cache is not None:
             k, v = self._cached_keys_values(k if x_kv is not None else None, v if x_kv is not None else None,
                                             cache_index)
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits + bias, axis=-1)
-        self.sow("intermediates", "attention_weights", weights)
-        if self.enable_dropout and cfg.dropout_rate > 0:
-            weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.compute_dtype), v)
+        if callable(getattr(bias, "attend", None)):
+            dropping = self.enable_dropout and cfg.dropout_rate > 0
+            out = bias.attend(q, k, v, dropout_rate=cfg.dropout_rate if dropping else 0.0,
+                              dropout_rng=self.make_rng("dropout") if dropping else None)
+        else:
+            logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+            weights = jax.nn.softmax(logits + bias, axis=-1)
+            self.sow("intermediates", "attention_weights", weights)
+            if self.enable_dropout and cfg.dropout_rate > 0:
+                weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
+            out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.compute_dtype), v)
         out = constrain(out, ("batch", "heads", "length", "kv"))
         kernel = Kernel(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, name="out")()
         out = flat_matmul(jnp.swapaxes(out, 1, 2), kernel, 2)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from ankh_jax.model.attention import ChunkedBias
 from ankh_jax.model.config import T5Config
 from ankh_jax.model.layers import (
     NEG_INF,
@@ -65,15 +66,25 @@ def cross_mask(decoder_tokens, encoder_tokens, decoder_segment_ids=None, encoder
 
 
 class Encoder(nn.Module):
+    """``attention_chunk_size`` > 0: self-attention in chunks of that many keys and queries (``attention.py``,
+    O(L) memory, equal to the plain path within float32 round-off); 0: the plain ``L x L`` path."""
+
     config: T5Config
+    attention_chunk_size: int = 0
 
     @nn.compact
     def __call__(self, embedded, tokens, segment_ids=None, positions=None, enable_dropout=False):
         cfg = self.config
         length = tokens.shape[1]
-        pos_bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
-            length, length, positions, positions)
-        bias = pos_bias + attention_bias(encoder_mask(tokens, segment_ids))
+        relpos = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")
+        if self.attention_chunk_size > 0:
+            bias = ChunkedBias(
+                bias_table=relpos(length, length, as_table=True), key_mask=tokens != 0, q_positions=positions,
+                k_positions=positions, q_segment_ids=segment_ids, k_segment_ids=segment_ids, bidirectional=True,
+                num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
+                chunk_size=self.attention_chunk_size)
+        else:
+            bias = relpos(length, length, positions, positions) + attention_bias(encoder_mask(tokens, segment_ids))
         x = dropout(cfg, enable_dropout, embedded)
         x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, enable_dropout, x, bias)
         x = RMSNorm(cfg, name="encoder_norm")(x)
@@ -156,14 +167,17 @@ class TokenEmbedder(nn.Module):
 
 
 class EncoderOnly(nn.Module):
-    """The encoder alone (embeddings, downstream heads): ``[b, l] -> [b, l, d_model]`` float32."""
+    """The encoder alone (embeddings, downstream heads): ``[b, l] -> [b, l, d_model]`` float32;
+    ``attention_chunk_size`` as in :class:`Encoder`."""
 
     config: T5Config
+    attention_chunk_size: int = 0
 
     @nn.compact
     def __call__(self, input_tokens, segment_ids=None, positions=None, enable_dropout=False):
         embedded = TokenEmbedder(self.config, name="token_embedder")(input_tokens)
-        out = Encoder(self.config, name="encoder")(embedded, input_tokens, segment_ids, positions, enable_dropout)
+        out = Encoder(self.config, self.attention_chunk_size, name="encoder")(
+            embedded, input_tokens, segment_ids, positions, enable_dropout)
         return out.astype(jnp.float32)
 
 
