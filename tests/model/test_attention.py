@@ -141,7 +141,7 @@ def test_gradient_equals_plain():
 def test_dropout_is_the_plain_dropout_with_the_per_chunk_mask():
     q, k, v, table = _qkv(8, 1, 20, 20)
     rng, rate, c = jax.random.PRNGKey(3), 0.25, 8
-    out = chunked(q, k, v, table, chunk_size=c, dropout_rate=rate, dropout_rng=rng)
+    out = jax.jit(lambda r: chunked(q, k, v, table, chunk_size=c, dropout_rate=rate, dropout_rng=r))(rng)
     rows = [jnp.concatenate([dropout_keep(rng, i, j, (1, HEADS, c, c), rate) for j in range(3)], axis=-1)
             for i in range(3)]
     keep = jnp.concatenate(rows, axis=-2)[:, :, :20, :20]
@@ -215,9 +215,8 @@ def test_packed_encoder_with_chunked_attention_equals_plain(encoder_params):
     x[0, 10] = 1
     seg = jnp.asarray([[1] * 11 + [2] * 13])
     pos = jnp.asarray([list(range(11)) + list(range(13))])
-    ref = EncoderOnly(T5Config.tiny()).apply({"params": encoder_params}, x, seg, pos)
-    out = EncoderOnly(T5Config.tiny(), attention_chunk_size=8).apply({"params": encoder_params}, x, seg, pos)
-    _close(out, ref)
+    run = jax.jit(lambda m: m.apply({"params": encoder_params}, x, seg, pos), static_argnums=0)
+    _close(run(EncoderOnly(T5Config.tiny(), attention_chunk_size=8)), run(EncoderOnly(T5Config.tiny())))
 
 
 def test_encoder_gradient_and_remat_with_chunked_attention(encoder_params):
@@ -226,9 +225,10 @@ def test_encoder_gradient_and_remat_with_chunked_attention(encoder_params):
     def loss(p, cfg, chunk):
         return EncoderOnly(cfg, attention_chunk_size=chunk).apply({"params": p}, x).sum()
 
-    ref = jax.grad(loss)(encoder_params, T5Config.tiny(), 0)
+    grad = jax.jit(jax.grad(loss), static_argnums=(1, 2))
+    ref = grad(encoder_params, T5Config.tiny(), 0)
     for cfg in (T5Config.tiny(), T5Config.tiny(remat_policy="full")):
-        got = jax.grad(loss)(encoder_params, cfg, 8)
+        got = grad(encoder_params, cfg, 8)
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
             _close(a, b, 1e-4)
 
@@ -237,13 +237,15 @@ def test_encoder_dropout_with_chunked_attention(encoder_params):
     cfg, x = T5Config.tiny(dropout_rate=0.3), _tokens(13, 2, 30)
     model = EncoderOnly(cfg, attention_chunk_size=8)
 
+    @jax.jit
     def run(seed):
         return model.apply({"params": encoder_params}, x, enable_dropout=True,
                            rngs={"dropout": jax.random.PRNGKey(seed)})
 
     np.testing.assert_array_equal(run(0), run(0))
     assert not np.allclose(run(0), run(1))
-    _close(model.apply({"params": encoder_params}, x), EncoderOnly(cfg).apply({"params": encoder_params}, x))
+    no_dropout = jax.jit(lambda m: m.apply({"params": encoder_params}, x), static_argnums=0)
+    _close(no_dropout(model), no_dropout(EncoderOnly(cfg)))
 
 
 def test_chunked_bias_is_a_pytree_with_static_settings():
