@@ -1,4 +1,5 @@
-"""The fine-tuning runner end to end on CPU with a random tiny encoder (``ENCODER='random:tiny'``)."""
+"""The fine-tuning runner end to end on CPU with a random tiny encoder (an HF directory written by
+``ankh_jax.testing.write_random_encoder``, the ``random_encoder_dir`` fixture)."""
 
 import csv
 import json
