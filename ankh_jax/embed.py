@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> dict:
     Nothing is created until the flags, the FASTA, the output and the model have all been checked: a refused run
     leaves no file behind and an existing output untouched.
     """
-    from ankh_jax.api import load_config_and_params
     from ankh_jax.data.fasta import load_fasta
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
+    from ankh_jax.io.loading import load
 
     if args.batch_tokens < 1:
         raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.fasta}: no sequences")
 
     t0 = time.perf_counter()
-    config, params = load_config_and_params(args.model, encoder_only=True)
+    config, params = load(args.model, encoder_only=True, scan_layers=True)  # the embedding encoder's layout
     run_attrs.update(d_model=config.d_model, fingerprint=output_fingerprint(
         config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length))
     check_compatible(args.output, run_attrs)  # the same model, or refused before anything is written

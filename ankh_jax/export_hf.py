@@ -23,7 +23,7 @@ import shutil
 import sys
 
 from ankh_jax.data.tokenizer import write_hf_tokenizer
-from ankh_jax.io import hf
+from ankh_jax.io import hf_files, hf_mapping
 from ankh_jax.model.config import T5Config
 
 _CARD = """---
@@ -60,7 +60,7 @@ def check_output(output_dir: str) -> None:
     if not os.path.isdir(output_dir):
         raise ValueError(f"{output_dir}: exists and is not a directory; --output must be a directory")
     entries = set(os.listdir(output_dir))
-    if entries and (hf.CONFIG_FILE not in entries or "model_config.json" in entries):
+    if entries and (hf_files.CONFIG_FILE not in entries or "model_config.json" in entries):
         raise ValueError(f"{output_dir}: not empty and not an earlier HuggingFace export (an ankh_jax training "
                          f"directory, or files other than a model's); refusing to replace it: choose a new or empty "
                          f"directory")
@@ -95,7 +95,7 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
     """Writes an HF model directory (replacing an earlier export there whole); returns the paths written."""
     output_dir = os.path.abspath(output_dir)
     check_output(output_dir)
-    state = hf.params_to_hf(params, config, encoder_only=encoder_only)
+    state = hf_mapping.params_to_hf(params, config, encoder_only=encoder_only)
     parent, name = os.path.split(output_dir)
     staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
     if os.path.lexists(staging):
@@ -113,10 +113,10 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
 
 def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, encoder_only: bool, source: str,
                  max_shard_bytes: int | None) -> list[str]:
-    written = hf.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
-    config_path = os.path.join(output_dir, hf.CONFIG_FILE)
+    written = hf_files.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
+    config_path = os.path.join(output_dir, hf_files.CONFIG_FILE)
     with open(config_path, "w") as f:
-        json.dump(hf.config_to_hf(config, encoder_only=encoder_only), f, indent=2, sort_keys=True)
+        json.dump(hf_mapping.config_to_hf(config, encoder_only=encoder_only), f, indent=2, sort_keys=True)
     written.append(config_path)
     if not encoder_only:
         gen_path = os.path.join(output_dir, "generation_config.json")
@@ -151,13 +151,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import load_config_and_params, user_errors
+    from ankh_jax.api import user_errors
+    from ankh_jax.io.loading import load
 
     try:
         check_output(args.output)  # before the (slow) model load
         if args.max_shard_size_gb is not None and args.max_shard_size_gb <= 0:
             raise ValueError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
-        config, params = load_config_and_params(args.model, encoder_only=args.encoder_only, step=args.step)
+        config, params = load(args.model, encoder_only=args.encoder_only, step=args.step)  # plain, unrolled
         max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
                          max_shard_bytes=max_bytes)

@@ -87,9 +87,9 @@ def jax_worker(args, workdir: str) -> dict:
     if args.device == "gpu" and not args.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")
     from ankh_jax.inference import embedding as embed
-    from ankh_jax.io import hf
+    from ankh_jax.io import hf_files
 
-    config, params = hf.load_hf_model(workdir + "/model", encoder_only=True)
+    config, params = hf_files.load_hf_model(workdir + "/model", encoder_only=True)
     seqs = load_sequences(args)
     kwargs = {} if args.batch_tokens is None else {"batch_tokens": args.batch_tokens}
     prepared = embed.prepare_params(config, params)

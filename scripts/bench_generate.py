@@ -88,9 +88,9 @@ def jax_worker(args, workdir: str) -> dict:
         jax.config.update("jax_default_matmul_precision", "highest")
     from ankh_jax.data.tokenizer import AnkhTokenizer
     from ankh_jax.inference import decoding, scoring
-    from ankh_jax.io import hf
+    from ankh_jax.io import hf_files
 
-    config, params = hf.load_hf_model(workdir + "/model")
+    config, params = hf_files.load_hf_model(workdir + "/model")
     config = decoding.decoding_config(config, args.dtype)
     prepared = decoding.prepare_params(config, params)
     inputs, pll_seqs = proteins(args)

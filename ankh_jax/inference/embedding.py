@@ -84,15 +84,16 @@ def embedding_config(config: T5Config, dtype: str) -> T5Config:
 
 
 def prepare_params(config: T5Config, params):
-    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result)."""
+    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result).
+
+    Params loaded with ``scan_layers=True`` (``ankh_jax.io.loading.load``) are already in that layout and are only
+    cut to the encoder and put on device; any other form (boxed, unrolled, a full model) is normalised here."""
     import jax
 
-    from ankh_jax.io.hf import plain_params
     from ankh_jax.model import params_layout
 
-    params = plain_params(params, config)
-    params = {k: params[k] for k in ("token_embedder", "encoder")}
-    stacked = params_layout.stack_layers(params, config.replace(scan_layers=True))
+    encoder = params_layout.encoder_subtree(params)
+    stacked = params_layout.as_layout(encoder, config.replace(scan_layers=True))
     return PreparedParams(jax.device_put(stacked))
 
 
@@ -228,11 +229,13 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
 # ----------------------------------------------------------------------------------------------------------------
 
 def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None) -> str:
-    """What an output's numbers depend on: the encoder's weights (plain, unrolled), the settings of this run and
-    the config fields that are not visible in the weights' shapes."""
+    """What an output's numbers depend on: the encoder's weights (plain, either layout: hashed unrolled), the
+    settings of this run and the config fields that are not visible in the weights' shapes."""
+    from ankh_jax.model import params_layout
     from ankh_jax.model.fingerprint import weights_fingerprint
 
-    return weights_fingerprint(encoder_params, f"pooling={pooling}", f"dtype={dtype}", f"max_length={max_length}",
+    return weights_fingerprint(params_layout.unrolled_on_host(encoder_params, config), f"pooling={pooling}",
+                               f"dtype={dtype}", f"max_length={max_length}",
                                f"relative_attention_max_distance={config.relative_attention_max_distance}",
                                f"layer_norm_epsilon={config.layer_norm_epsilon}")
 

@@ -310,7 +310,7 @@ class _Loop:
 
 
 def _load_hf_params(path: str, config) -> Any:
-    from ankh_jax.io.hf import load_hf_model
+    from ankh_jax.io.hf_files import load_hf_model
 
     hf_config, params = load_hf_model(path, scan_layers=config.scan_layers)
     diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in run_dir.ARCH_FIELDS

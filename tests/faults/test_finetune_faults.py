@@ -23,7 +23,13 @@ from ankh_jax.downstream import run_records, trainer
 from ankh_jax.io.dir_lock import DirectoryLock
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
-ENCODER = "random:tiny:0:1"
+ENCODER = ""  # a tiny random one-layer encoder directory, set for the module by use_tiny_encoder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def use_tiny_encoder(random_encoder_dir):
+    global ENCODER
+    ENCODER = random_encoder_dir(0, 1)
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +148,8 @@ def finished_run(tmp_path_factory, data_dir):
     return model_dir
 
 
-def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_dir, finished_run, capsys):
+def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_dir, finished_run, capsys,
+                                                               random_encoder_dir):
     """A re-run retrained over results.json and best/ and appended a second run to metrics.jsonl; another
     ENCODER was refused only after config.gin had been rewritten. The identity is the weights, not the ENCODER
     string: an HF export of the same random encoder is the same run."""
@@ -161,7 +168,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
         assert "already holds the results of this run" in capsys.readouterr().out
         assert _snapshot(model_dir) == done
 
-    for extra, named in ((["--gin.ENCODER='random:tiny:1:1'"], "encoder_fingerprint"),
+    for extra, named in (([f"--gin.ENCODER='{random_encoder_dir(1, 1)}'"], "encoder_fingerprint"),
                          (["--gin.run.mode='full'"], "mode: 'frozen' in run.json, 'full' now"),
                          (["--gin.OptimizerConfig.max_epochs=4"], "optimizer.max_epochs: 3 in run.json, 4 now")):
         assert finetune.main(_flags(model_dir, data_dir, *extra)) == 2

@@ -49,7 +49,7 @@ def test_transformers_counts_the_same(preset, total):
     """transformers' T5 built on the meta device (no memory), its head untied as in the released Ankh."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from ankh_jax.io.hf import config_to_hf
+    from ankh_jax.io.hf_mapping import config_to_hf
 
     cfg = transformers.T5Config(**{k: v for k, v in config_to_hf(preset()).items() if k != "architectures"})
     with torch.device("meta"):
