@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 
 from ankh_jax.data.tokenizer import AnkhTokenizer
@@ -24,7 +23,7 @@ from ankh_jax.io.loading import ANKH_JAX_CONFIG_FILE, HF_CONFIG_FILE, model_form
 from ankh_jax.model.config import T5Config
 
 __all__ = ["ANKH_JAX_CONFIG_FILE", "HOME_ENV", "RELEASED", "AnkhModel", "load_base_model", "load_config_and_params",
-           "load_large_model", "load_model", "model_format", "released_model_dir", "user_errors"]
+           "load_large_model", "load_model", "model_format", "released_model_dir"]
 
 HOME_ENV = "ANKH_JAX_HOME"                  # holds ankh-base/ and ankh-large/ (default ~/.cache/ankh_jax)
 RELEASED = {
@@ -169,11 +168,3 @@ def load_base_model(path: str | os.PathLike | None = None, *, encoder_only: bool
 def load_large_model(path: str | os.PathLike | None = None, *, encoder_only: bool = False) -> AnkhModel:
     """Ankh Large (``ElnaggarLab/ankh-large``) from ``path`` or the local copy, like ``ankh.load_large_model()``."""
     return _load_released("large", path, encoder_only)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input (reported in one line), as opposed to bugs (which keep their traceback)."""
-    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
-    if "ankh_jax.io.checkpoints" in sys.modules:
-        errors += (sys.modules["ankh_jax.io.checkpoints"].CheckpointError,)
-    return errors

@@ -115,14 +115,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import user_errors
-    from ankh_jax.io.dir_lock import DirectoryInUseError
+    from ankh_jax import flags
 
     try:
         metrics = run(args)
-    except (*user_errors(), DirectoryInUseError) as e:
-        print(f"embed: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+    except flags.command_errors() as err:
+        return flags.report("embed", err)
     metrics_file = metrics_path(args)
     with open(metrics_file + ".tmp", "w") as f:
         json.dump({**metrics, "output": args.output, "model": args.model, "pooling": args.pooling,

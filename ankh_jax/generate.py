@@ -138,13 +138,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import user_errors
+    from ankh_jax import flags
 
     try:
         summary = run(args)
-    except user_errors() as e:
-        print(f"generate: error: {e}", file=sys.stderr)
-        return 2
+    except flags.command_errors() as err:
+        return flags.report("generate", err)
     print(f"wrote {args.output}: {json.dumps(summary)}")
     return 0
 

@@ -59,7 +59,7 @@ def _random_params(config: T5Config, seed: int) -> dict:
 def write_random_encoder(directory: str | os.PathLike, preset: str = "tiny", seed: int = 0,
                          layers: int | None = None) -> str:
     """:func:`random_encoder` exported as a HuggingFace ``T5EncoderModel`` directory; returns its path."""
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     enc = random_encoder(preset, seed, layers)
     directory = os.fspath(directory)

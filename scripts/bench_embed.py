@@ -173,12 +173,12 @@ def build_model(args, workdir: str) -> dict:
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from ankh_jax import export_hf
+    from ankh_jax.io import hf_export
     from ankh_jax.model import EncoderOnly, T5Config
 
     config = T5Config.ankh_base(num_encoder_layers=args.num_layers, num_decoder_layers=1, dropout_rate=0.0)
     params = nn.unbox(EncoderOnly(config).init(jax.random.PRNGKey(args.seed), jnp.ones((1, 8), jnp.int32)))
-    export_hf.export(config, params["params"], workdir + "/model", encoder_only=True, source="random init")
+    hf_export.export(config, params["params"], workdir + "/model", encoder_only=True, source="random init")
     return {"d_model": config.d_model, "num_heads": config.num_heads, "d_ff": config.d_ff,
             "num_layers": config.num_encoder_layers, "encoder_params": config.num_params(encoder_only=True)}
 

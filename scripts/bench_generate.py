@@ -178,13 +178,13 @@ def build_model(args, workdir: str) -> dict:
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from ankh_jax import export_hf
+    from ankh_jax.io import hf_export
     from ankh_jax.model import T5Config, Transformer
 
     config = T5Config.ankh_base(num_encoder_layers=args.num_layers, num_decoder_layers=args.num_layers)
     x = jnp.ones((1, 8), jnp.int32)
     params = nn.unbox(Transformer(config).init(jax.random.PRNGKey(args.seed), x, x)["params"])
-    export_hf.export(config, params, workdir + "/model", source="random init")
+    hf_export.export(config, params, workdir + "/model", source="random init")
     return {"d_model": config.d_model, "num_heads": config.num_heads, "d_ff": config.d_ff,
             "encoder_layers": args.num_layers, "decoder_layers": args.num_layers}
 

@@ -13,7 +13,7 @@ from flax import linen as nn
 import ankh_jax
 from ankh_jax import api, export_hf
 from ankh_jax.inference import embedding
-from ankh_jax.io import hf_files
+from ankh_jax.io import hf_export, hf_files
 from ankh_jax.model import T5Config, Transformer, params_layout
 
 CFG = T5Config.tiny(d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
@@ -30,7 +30,7 @@ def params():
 @pytest.fixture(scope="module")
 def hf_dir(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_model")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 

@@ -38,7 +38,7 @@ def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path, random_en
 
 
 def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp_path):
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     enc = random_encoder("tiny", 0)
     export(enc.config, enc.params, str(tmp_path / "hf"), encoder_only=True)
@@ -52,7 +52,7 @@ def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp
 def test_cache_is_keyed_by_weights_and_dtypes_not_by_path(tmp_path):
     """Issue 12 / 11: a cache written in bfloat16, or from a model directory overwritten since, was reused
     silently (it was keyed by the ENCODER string); the same weights under another path are the same model."""
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     seqs = ["MKVLAAGG", "GSHMSLFDFFKNK"]
     model = str(tmp_path / "model")

@@ -185,7 +185,7 @@ def test_attention_features_are_the_symmetrised_apc_maps_of_transformers(tmp_pat
     from ankh_jax.tasks.contacts import attention_features
 
     from ankh_jax.data.tokenizer import AnkhTokenizer
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     enc = random_encoder("tiny")
     export(enc.config, enc.params, str(tmp_path), encoder_only=True)

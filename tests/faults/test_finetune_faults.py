@@ -154,7 +154,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
     ENCODER was refused only after config.gin had been rewritten. The identity is the weights, not the ENCODER
     string: an HF export of the same random encoder is the same run."""
     from ankh_jax.downstream.encoder_source import load_encoder
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     model_dir = finished_run
     done = _snapshot(model_dir)

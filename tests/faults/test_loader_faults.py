@@ -13,7 +13,7 @@ from fault_models import CFG, save_training_run
 
 import ankh_jax
 from ankh_jax import export_hf
-from ankh_jax.io import checkpoints, hf_files
+from ankh_jax.io import checkpoints, hf_export, hf_files
 
 
 def test_loader_refuses_params_that_do_not_match_their_fingerprint(tmp_path, params_a, params_b):
@@ -88,7 +88,7 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, params_a, ca
         save_training_run(model, {1: poisoned})
         tensor = "encoder/layers_1/mlp/wo/kernel"
     else:
-        export_hf.export(CFG, poisoned, str(model))
+        hf_export.export(CFG, poisoned, str(model))
         tensor = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
         if fmt == "torch_bin":
             torch = pytest.importorskip("torch")

@@ -5,7 +5,7 @@ parameter perturbed, and the ``</s>`` row of the LM head raised so that generati
 
 import pytest
 
-from ankh_jax import export_hf
+from ankh_jax.io import hf_export
 from ankh_jax.testing import DECODING_CFG, decoding_params
 
 
@@ -17,7 +17,7 @@ def params():
 @pytest.fixture(scope="session")
 def exported(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_export")
-    export_hf.export(DECODING_CFG, params, str(out))
+    hf_export.export(DECODING_CFG, params, str(out))
     return out
 
 

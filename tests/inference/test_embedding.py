@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ankh_jax import embed, export_hf
+from ankh_jax import embed
 from ankh_jax.data.fasta import load_fasta, write_fasta
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.inference import embedding
-from ankh_jax.io import embeddings_h5
+from ankh_jax.io import embeddings_h5, hf_export
 from ankh_jax.model import EncoderOnly, T5Config, Transformer
 
 CFG = T5Config.tiny(d_model=32, d_ff=64, num_heads=4, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
@@ -53,7 +53,7 @@ def records(sample_fasta):
 @pytest.fixture(scope="module")
 def model_dir(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 

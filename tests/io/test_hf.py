@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ankh_jax import export_hf
 from ankh_jax.data.tokenizer import AnkhTokenizer
-from ankh_jax.io import hf_files, hf_mapping
+from ankh_jax.io import hf_export, hf_files, hf_mapping
 from ankh_jax.model import EncoderOnly, T5Config, Transformer, params_layout
 
 torch = pytest.importorskip("torch")
@@ -100,7 +99,7 @@ def params():
 @pytest.fixture(scope="module")
 def exported(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("export_full")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 
@@ -118,7 +117,7 @@ def test_exported_model_loads_in_transformers_with_same_logits(params, exported)
 
 
 def test_exported_encoder_only_loads_as_t5_encoder_model(params, tmp_path):
-    export_hf.export(CFG, params, str(tmp_path), encoder_only=True)
+    hf_export.export(CFG, params, str(tmp_path), encoder_only=True)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["T5EncoderModel"]
     model = transformers.T5EncoderModel.from_pretrained(str(tmp_path)).eval()
     assert_close(ours_hidden(CFG, params), torch_hidden(model), valid=batch()[1] > 0)

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ankh_jax import embed, export_hf
+from ankh_jax import embed
 from ankh_jax.inference import decoding, embedding
-from ankh_jax.io import checkpoints, hf_files, loading
+from ankh_jax.io import checkpoints, hf_export, hf_files, loading
 from ankh_jax.model import T5Config, params_layout
 from ankh_jax.testing import decoding_params
 
@@ -44,7 +44,7 @@ def scanned_run(params, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_dir(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 
@@ -90,7 +90,7 @@ def test_export_and_decoding_use_the_loaded_params_as_they_are(source, request, 
     assert spy["normalize"] == 1 and not config.scan_layers
     assert params_layout.in_layout(loaded, config)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded)
-    export_hf.export(config, loaded, str(tmp_path / "out"))
+    hf_export.export(config, loaded, str(tmp_path / "out"))
     decoding.prepare_params(decoding.decoding_config(config), loaded)
     assert spy["normalize"] == 1  # export and the decoding layout took the loaded tree as it was
     _, back = hf_files.load_hf_model(str(tmp_path / "out"))
