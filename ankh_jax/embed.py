@@ -17,8 +17,8 @@ import os
 import sys
 import time
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.inference.embedding import (
-    DEFAULT_BATCH_TOKENS,
     DTYPES,
     POOLINGS,
     enable_compilation_cache,

@@ -25,8 +25,8 @@ import tempfile
 
 import numpy as np
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.inference.decoding import STRATEGIES
-from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 
-from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
 

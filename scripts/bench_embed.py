@@ -86,6 +86,7 @@ def jax_worker(args, workdir: str) -> dict:
 
     if args.device == "gpu" and not args.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")
+    from ankh_jax.data import batching
     from ankh_jax.inference import embedding as embed
     from ankh_jax.io import hf_files
 
@@ -102,8 +103,8 @@ def jax_worker(args, workdir: str) -> dict:
     out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=sys.stderr.isatty(), **kwargs)
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     save_embeddings(workdir + "/jax.npz", out)
-    plan = embed.plan_batches(lengths, **kwargs)
-    rows = embed.batch_rows(plan)
+    plan = batching.plan_batches(lengths, **kwargs)
+    rows = batching.batch_rows(plan)
     result = {"compile_seconds": compile_seconds, "seconds": seconds, "cpu_seconds": cpu, "compiled_shapes": shapes,
               "padded_tokens": int(sum(rows[w] * w for w, _ in plan)), "device": str(jax.devices()[0]),
               "peak_rss_gib": peak_rss_gib()}

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ankh_jax.data.batching import bucket_for, length_buckets
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID
-from ankh_jax.inference.embedding import bucket_for, length_buckets
 from ankh_jax.model.config import T5Config
 
 STRATEGIES = ("greedy", "sample", "beam")

@@ -19,61 +19,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
 from ankh_jax.model.config import T5Config
 
 POOLINGS = ("none", "mean")
 DTYPES = ("float32", "bfloat16")
-DEFAULT_BATCH_TOKENS = 8192
-
-
-def length_buckets(longest: int) -> list[int]:
-    """Padded lengths (tokens): 32..96 by 16s-32s, then 1, 1.25, 1.5 x powers of two (padding waste <= 25%)."""
-    buckets = [32, 48, 64, 80, 96]
-    k = 128
-    while buckets[-1] < longest:
-        buckets += [k, k * 5 // 4, k * 3 // 2]
-        k *= 2
-    return buckets
-
-
-def bucket_for(n_tokens: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if b >= n_tokens:
-            return b
-    raise ValueError(f"{n_tokens} tokens exceed the largest bucket {buckets[-1]}")
-
-
-def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 buckets: Sequence[int] | None = None) -> list[tuple[int, list[int]]]:
-    """``[(padded_length, [sequence indices]), ...]``, longest first.
-
-    Inside a bucket the sequences (sorted by length) are split into equal-sized batches of at most
-    ``batch_tokens // padded_length`` rows (at least one), so a bucket has a single batch shape.
-    """
-    lengths = np.asarray(token_lengths)
-    if buckets is None:
-        buckets = length_buckets(int(lengths.max(initial=1)))
-    order = np.argsort(-lengths, kind="stable")
-    by_bucket: dict[int, list[int]] = {}
-    for i in order:
-        by_bucket.setdefault(bucket_for(int(lengths[i]), buckets), []).append(int(i))
-    plan = []
-    for width in sorted(by_bucket, reverse=True):
-        members = by_bucket[width]
-        max_rows = max(1, batch_tokens // width)
-        n_batches = -(-len(members) // max_rows)
-        rows = -(-len(members) // n_batches)
-        plan += [(width, members[j: j + rows]) for j in range(0, len(members), rows)]
-    return plan
-
-
-def batch_rows(plan: list[tuple[int, list[int]]]) -> dict[int, int]:
-    """The fixed number of rows of each bucket's batches (a short last batch is padded with dummy rows)."""
-    rows: dict[int, int] = {}
-    for width, members in plan:
-        rows[width] = max(rows.get(width, 0), len(members))
-    return rows
 
 
 def embedding_config(config: T5Config, dtype: str) -> T5Config:

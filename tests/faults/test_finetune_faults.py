@@ -21,6 +21,7 @@ import pytest
 from ankh_jax import finetune
 from ankh_jax.downstream import run_records, trainer
 from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.training.metrics import read_metrics
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
 ENCODER = ""  # a tiny random one-layer encoder directory, set for the module by use_tiny_encoder
@@ -178,7 +179,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
 
 def _rows_without_timings(path):
     timing = {"steps_per_s", "epoch_seconds"}
-    return [{k: v for k, v in r.items() if k not in timing} for r in run_records.read_metrics(str(path))]
+    return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(str(path))]
 
 
 def test_sigkilled_process_resumes_to_the_uninterrupted_result(tmp_path, data_dir, finished_run, repo_root):
@@ -205,8 +206,8 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(tmp_path, data_di
     b = json.loads((killed / "results.json").read_text())
     assert b["tests"] == a["tests"] and b["valid_best"] == a["valid_best"]
     assert (b["best_epoch"], b["epochs_run"], b["steps"]) == (a["best_epoch"], a["epochs_run"], a["steps"])
-    assert _rows_without_timings(killed / "metrics.jsonl") == _rows_without_timings(finished_run / "metrics.jsonl")
-    assert [r["epoch"] for r in run_records.read_metrics(str(killed / "metrics.jsonl")) if "split" in r] == [1, 2, 3]
+    assert _rows_without_timings(killed) == _rows_without_timings(finished_run)
+    assert [r["epoch"] for r in read_metrics(str(killed)) if "split" in r] == [1, 2, 3]
 
 
 def test_second_run_on_a_model_dir_in_use_refuses_naming_the_first(tmp_path, data_dir, capsys):

@@ -107,21 +107,6 @@ def test_max_length_truncates_to_a_prefix(params):
     assert_agree(cut, reference(params, seq[:10]))
 
 
-def test_batch_plan_has_few_shapes_and_respects_the_budget(sample_fasta):
-    lengths = [len(r.sequence) + 1 for r in load_fasta(sample_fasta)]
-    plan = embedding.plan_batches(lengths, batch_tokens=4096)
-    seen = sorted(i for _, members in plan for i in members)
-    assert seen == list(range(len(lengths)))  # every sequence exactly once
-    rows = embedding.batch_rows(plan)
-    assert len(rows) <= 16  # one batch shape per bucket: a handful of compiles for 1,446 proteins
-    for width, members in plan:
-        assert all(lengths[i] <= width for i in members)
-        assert rows[width] * width <= 4096 or rows[width] == 1
-    padded = sum(rows[w] * w for w, _ in plan)
-    assert padded < 1.35 * sum(lengths)  # bucket rounding and short last batches waste little
-    assert [w for w, _ in plan] == sorted((w for w, _ in plan), reverse=True)  # longest first
-
-
 def test_input_errors_are_reported_before_any_compute(tmp_path, model_dir, capsys):
     cases = {
         "dup.fasta": ">a\nMKV\n>b\nGS\n>a\nWW\n",
