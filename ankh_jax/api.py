@@ -15,73 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 from ankh_jax.data.tokenizer import AnkhTokenizer
-from ankh_jax.io import hf
+from ankh_jax.io import loading
+from ankh_jax.io.loading import ANKH_JAX_CONFIG_FILE, HF_CONFIG_FILE, model_format
 from ankh_jax.model.config import T5Config
 
-ANKH_JAX_CONFIG_FILE = "model_config.json"  # written by ankh_jax.io.checkpoints into a training directory
+__all__ = ["ANKH_JAX_CONFIG_FILE", "HOME_ENV", "RELEASED", "AnkhModel", "load_base_model", "load_config_and_params",
+           "load_large_model", "load_model", "model_format", "released_model_dir"]
+
 HOME_ENV = "ANKH_JAX_HOME"                  # holds ankh-base/ and ankh-large/ (default ~/.cache/ankh_jax)
 RELEASED = {
     "base": ("ElnaggarLab/ankh-base", "ANKH_JAX_BASE_MODEL", "ankh-base", T5Config.ankh_base),
     "large": ("ElnaggarLab/ankh-large", "ANKH_JAX_LARGE_MODEL", "ankh-large", T5Config.ankh_large),
 }
 
-
-def model_format(path: str | os.PathLike) -> str:
-    """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error."""
-    path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: is a file, not a model directory")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such model directory")
-    if os.path.exists(os.path.join(path, ANKH_JAX_CONFIG_FILE)):
-        return "ankh_jax"
-    if os.path.exists(os.path.join(path, hf.CONFIG_FILE)):
-        return "hf"
-    raise FileNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
-                            f"HuggingFace model directory ({hf.CONFIG_FILE})")
-
-
-def load_config_and_params(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None,
-                           **config_overrides) -> tuple[T5Config, dict]:
-    """``(config, params)`` from either kind of directory: plain params (numpy or jax arrays), unrolled
-    (``layers_{i}``) unless ``scan_layers=True`` is among the overrides.
-
-    With ``encoder_only`` only the ``token_embedder`` and ``encoder`` subtrees are returned (and read, for HF).
-    ``step`` picks a checkpoint of an ankh_jax directory (default: the latest).
-    """
-    path = os.fspath(path)
-    if model_format(path) == "hf":
-        if step is not None:
-            raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
-        return hf.load_hf_model(path, encoder_only=encoder_only, **config_overrides)
-    from ankh_jax.io.checkpoints import load_params  # the orbax stack only for training dirs
-
-    config, params = load_params(path, step=step)
-    params = hf.plain_params(params, config)  # unboxed and unrolled, whatever layout training used
-    import jax
-
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        hf.require_finite(np.asarray(leaf), f"{path}: parameter "
-                          f"{jax.tree_util.keystr(key_path, simple=True, separator='/')}")
-    config = config.replace(scan_layers=False, **config_overrides)
-    if encoder_only:
-        params = {k: params[k] for k in ("token_embedder", "encoder")}
-    if config.scan_layers:
-        from ankh_jax.model import params_layout
-
-        params = params_layout.stack_layers(params, config)
-    return config, params
+# ``(config, params)`` from either kind of directory, params normalised once (see ankh_jax.io.loading).
+load_config_and_params = loading.load
 
 
 @dataclasses.dataclass
 class AnkhModel:
-    """A loaded model: ``config``, ``params`` (plain, unrolled), ``tokenizer`` and where it came from."""
+    """A loaded model: ``config``, ``params`` (plain, unrolled), ``tokenizer`` and where it came from.
+
+    ``embed`` runs the encoder scanned (one compiled layer), so its first call stacks the encoder's layers once
+    and keeps them on device; the decoding methods use ``params`` in their own layout, also kept on device."""
 
     config: T5Config
     params: dict
@@ -96,7 +55,9 @@ class AnkhModel:
     @property
     def encoder_params(self) -> dict:
         """The ``EncoderOnly`` params: the ``token_embedder`` and ``encoder`` subtrees."""
-        return {k: self.params[k] for k in ("token_embedder", "encoder")}
+        from ankh_jax.model import params_layout
+
+        return params_layout.encoder_subtree(self.params)
 
     def num_params(self) -> int:
         import jax
@@ -166,7 +127,7 @@ class AnkhModel:
 
 def load_model(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None) -> AnkhModel:
     """An ankh_jax or HuggingFace model directory as an :class:`AnkhModel`."""
-    config, params = load_config_and_params(path, encoder_only=encoder_only, step=step)
+    config, params = loading.load(path, encoder_only=encoder_only, step=step)
     return AnkhModel(config=config, params=params, tokenizer=AnkhTokenizer(), path=os.fspath(path))
 
 
@@ -182,7 +143,7 @@ def released_model_dir(which: str) -> str:
 def _load_released(which: str, path, encoder_only: bool) -> AnkhModel:
     repo, env, _, preset = RELEASED[which]
     model_dir = os.fspath(path) if path is not None else released_model_dir(which)
-    if not os.path.exists(os.path.join(model_dir, hf.CONFIG_FILE)) and not os.path.exists(
+    if not os.path.exists(os.path.join(model_dir, HF_CONFIG_FILE)) and not os.path.exists(
             os.path.join(model_dir, ANKH_JAX_CONFIG_FILE)):
         raise FileNotFoundError(
             f"No local copy of {repo} at {model_dir}. ankh_jax never downloads; fetch it once with\n"
@@ -207,11 +168,3 @@ def load_base_model(path: str | os.PathLike | None = None, *, encoder_only: bool
 def load_large_model(path: str | os.PathLike | None = None, *, encoder_only: bool = False) -> AnkhModel:
     """Ankh Large (``ElnaggarLab/ankh-large``) from ``path`` or the local copy, like ``ankh.load_large_model()``."""
     return _load_released("large", path, encoder_only)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input (reported in one line), as opposed to bugs (which keep their traceback)."""
-    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
-    if "ankh_jax.io.checkpoints" in sys.modules:
-        errors += (sys.modules["ankh_jax.io.checkpoints"].CheckpointError,)
-    return errors

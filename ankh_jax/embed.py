@@ -17,8 +17,8 @@ import os
 import sys
 import time
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.inference.embedding import (
-    DEFAULT_BATCH_TOKENS,
     DTYPES,
     POOLINGS,
     enable_compilation_cache,
@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> dict:
     Nothing is created until the flags, the FASTA, the output and the model have all been checked: a refused run
     leaves no file behind and an existing output untouched.
     """
-    from ankh_jax.api import load_config_and_params
     from ankh_jax.data.fasta import load_fasta
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
+    from ankh_jax.io.loading import load
 
     if args.batch_tokens < 1:
         raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.fasta}: no sequences")
 
     t0 = time.perf_counter()
-    config, params = load_config_and_params(args.model, encoder_only=True)
+    config, params = load(args.model, encoder_only=True, scan_layers=True)  # the embedding encoder's layout
     run_attrs.update(d_model=config.d_model, fingerprint=output_fingerprint(
         config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length))
     check_compatible(args.output, run_attrs)  # the same model, or refused before anything is written
@@ -115,14 +115,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import user_errors
-    from ankh_jax.io.dir_lock import DirectoryInUseError
+    from ankh_jax import flags
 
     try:
         metrics = run(args)
-    except (*user_errors(), DirectoryInUseError) as e:
-        print(f"embed: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+    except flags.command_errors() as err:
+        return flags.report("embed", err)
     metrics_file = metrics_path(args)
     with open(metrics_file + ".tmp", "w") as f:
         json.dump({**metrics, "output": args.output, "model": args.model, "pooling": args.pooling,

@@ -6,136 +6,18 @@ the tokenizer files (``tokenizer.json`` & co., read by ``transformers.AutoTokeni
 The result loads with ``T5ForConditionalGeneration.from_pretrained(DIR)`` (or ``T5EncoderModel`` with
 ``--encoder_only``). Never imports TensorFlow or transformers.
 
-An export leaves exactly its own files: it is written into a sibling directory ``.DIR.export-PID`` and swapped in
-at the end (one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux, two renames elsewhere), so a stale
-``model.safetensors`` from an earlier single-file export can never sit beside new shards, and a kill leaves
-either the old export or the new one. ``DIR`` must be new, empty, or an earlier HuggingFace model directory
-(``config.json``, no ``model_config.json``): anything else is refused untouched.
+An export replaces an earlier export whole or not at all; anything in DIR that is not an HF export is refused
+untouched (:mod:`ankh_jax.io.hf_export`).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
-import shutil
 import sys
 
-from ankh_jax.data.tokenizer import write_hf_tokenizer
-from ankh_jax.io import hf
-from ankh_jax.model.config import T5Config
-
-_CARD = """---
-library_name: transformers
-tags: [protein, ankh, t5, ankh_jax]
----
-# {name}
-
-An Ankh-architecture protein language model (T5 {kind}) exported by
-ankh_jax (JAX/Flax) from `{source}`.
-
-| | |
-|---|---|
-| encoder / decoder layers | {enc} / {dec} |
-| d_model, d_ff | {d_model}, {d_ff} |
-| heads x d_kv | {heads} x {d_kv} |
-| parameters | {params:,} |
-
-```python
-from transformers import AutoTokenizer, {cls}
-tokenizer = AutoTokenizer.from_pretrained("{name}")
-model = {cls}.from_pretrained("{name}").eval()
-ids = tokenizer(["MKALCLLLLPVLGLLVSS"], return_tensors="pt")  # plain strings, one token per residue + </s>
-```
-Per-residue embeddings: drop the final `</s>` position. Do not pass `is_split_into_words=True` with
-transformers 5 (it inserts `<unk>` tokens); plain strings tokenize correctly.
-"""
-
-
-def check_output(output_dir: str) -> None:
-    """Refuses (ValueError) an output that is a file, or a non-empty directory that is not an earlier export."""
-    if not os.path.lexists(output_dir):
-        return
-    if not os.path.isdir(output_dir):
-        raise ValueError(f"{output_dir}: exists and is not a directory; --output must be a directory")
-    entries = set(os.listdir(output_dir))
-    if entries and (hf.CONFIG_FILE not in entries or "model_config.json" in entries):
-        raise ValueError(f"{output_dir}: not empty and not an earlier HuggingFace export (an ankh_jax training "
-                         f"directory, or files other than a model's); refusing to replace it: choose a new or empty "
-                         f"directory")
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Swaps two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _swap_in(new_dir: str, output_dir: str) -> None:
-    """Puts the finished ``new_dir`` at ``output_dir``, replacing (and deleting) an earlier export there."""
-    if not os.path.lexists(output_dir):
-        os.rename(new_dir, output_dir)
-    elif _exchange(new_dir, output_dir):
-        shutil.rmtree(new_dir)  # now the old export
-    else:
-        old = new_dir + ".old"
-        os.rename(output_dir, old)
-        os.rename(new_dir, output_dir)
-        shutil.rmtree(old)
-
-
-def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = False, source: str = "params",
-           max_shard_bytes: int | None = None) -> list[str]:
-    """Writes an HF model directory (replacing an earlier export there whole); returns the paths written."""
-    output_dir = os.path.abspath(output_dir)
-    check_output(output_dir)
-    state = hf.params_to_hf(params, config, encoder_only=encoder_only)
-    parent, name = os.path.split(output_dir)
-    staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
-    if os.path.lexists(staging):
-        shutil.rmtree(staging)  # left by a killed export of this very process id: ours to remove
-    os.makedirs(staging)
-    try:
-        written = _write_files(config, state, staging, name=name, encoder_only=encoder_only, source=source,
-                               max_shard_bytes=max_shard_bytes)
-        _swap_in(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return [os.path.join(output_dir, os.path.basename(p)) for p in written]
-
-
-def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, encoder_only: bool, source: str,
-                 max_shard_bytes: int | None) -> list[str]:
-    written = hf.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
-    config_path = os.path.join(output_dir, hf.CONFIG_FILE)
-    with open(config_path, "w") as f:
-        json.dump(hf.config_to_hf(config, encoder_only=encoder_only), f, indent=2, sort_keys=True)
-    written.append(config_path)
-    if not encoder_only:
-        gen_path = os.path.join(output_dir, "generation_config.json")
-        with open(gen_path, "w") as f:
-            json.dump({"decoder_start_token_id": config.decoder_start_token_id, "eos_token_id": config.eos_token_id,
-                       "pad_token_id": config.pad_token_id}, f, indent=2)
-        written.append(gen_path)
-    written += write_hf_tokenizer(output_dir)
-    card_path = os.path.join(output_dir, "README.md")
-    with open(card_path, "w") as f:
-        f.write(_CARD.format(
-            name=name, source=source,
-            kind="encoder only" if encoder_only else "encoder-decoder",
-            cls="T5EncoderModel" if encoder_only else "T5ForConditionalGeneration",
-            enc=config.num_encoder_layers, dec=0 if encoder_only else config.num_decoder_layers,
-            d_model=config.d_model, d_ff=config.d_ff, heads=config.num_heads, d_kv=config.d_kv,
-            params=int(sum(v.size for v in state.values()))))
-    written.append(card_path)
-    return written
+from ankh_jax import flags
+from ankh_jax.io.hf_export import check_output, export
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,19 +33,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import load_config_and_params, user_errors
+    from ankh_jax.io.loading import load
 
     try:
         check_output(args.output)  # before the (slow) model load
         if args.max_shard_size_gb is not None and args.max_shard_size_gb <= 0:
             raise ValueError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
-        config, params = load_config_and_params(args.model, encoder_only=args.encoder_only, step=args.step)
+        config, params = load(args.model, encoder_only=args.encoder_only, step=args.step)  # plain, unrolled
         max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
                          max_shard_bytes=max_bytes)
-    except user_errors() as e:
-        print(f"export_hf: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
-        return 2
+    except flags.command_errors() as err:
+        return flags.report("export_hf", err)
     print(f"wrote {len(written)} files to {args.output}:")
     for path in written:
         print(f"  {os.path.basename(path)}")

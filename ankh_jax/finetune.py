@@ -5,7 +5,7 @@
 
 Flags, gin search paths and errors are :mod:`ankh_jax.flags`'s (t5x's conventions). Each task's gin file imports
 the module under ``ankh_jax.tasks`` that defines it. ``ENCODER`` is an HF or ankh_jax model
-directory, or ``'random:tiny'`` (a random tiny encoder: a testing aid, not a model).
+directory (for a random tiny one to try things with, ``ankh_jax.testing.write_random_encoder(DIR)`` writes one).
 
 Modes (``run.mode``):
 * ``frozen`` (the paper's protocol): per-residue embeddings computed once into ``MODEL_DIR/embeddings.h5`` (reused

@@ -25,8 +25,8 @@ import tempfile
 
 import numpy as np
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.inference.decoding import STRATEGIES
-from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,9 +84,9 @@ def _atomic_write(path: str, write) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax.api import load_config_and_params
     from ankh_jax.data.fasta import load_fasta
     from ankh_jax.inference import decoding, infilling
+    from ankh_jax.io.loading import load
 
     if (args.mask is None) == (args.mask_fraction is None):
         raise ValueError("give exactly one of --mask (positions/spans) or --mask_fraction")
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     if not records:
         raise ValueError(f"{args.fasta}: no records")
     masks = plan_masks(args, records)
-    config, params = load_config_and_params(args.model, step=args.step)
+    config, params = load(args.model, step=args.step)
     config = decoding.decoding_config(config, args.dtype)
     params = decoding.prepare_params(config, params)
     samples = infilling.infill(config, params, [r.sequence for r in records], masks, strategy=args.strategy,
@@ -138,13 +138,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import user_errors
+    from ankh_jax import flags
 
     try:
         summary = run(args)
-    except user_errors() as e:
-        print(f"generate: error: {e}", file=sys.stderr)
-        return 2
+    except flags.command_errors() as err:
+        return flags.report("generate", err)
     print(f"wrote {args.output}: {json.dumps(summary)}")
     return 0
 

@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 
-from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
 
@@ -98,8 +98,8 @@ def write_csv_atomically(path: str, header: list[str], rows: list[dict]) -> None
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax.api import load_config_and_params
     from ankh_jax.inference import decoding
+    from ankh_jax.io.loading import load
 
     if (args.fasta is None) == (args.mutations is None):
         raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
                                                              args.score_column)
         if args.output_column in header:
             raise ValueError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
-    config, params = load_config_and_params(args.model, step=args.step)
+    config, params = load(args.model, step=args.step)
     config = decoding.decoding_config(config, args.dtype)
     params = decoding.prepare_params(config, params)
     from ankh_jax.inference import scoring
@@ -151,13 +151,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from ankh_jax.api import user_errors
+    from ankh_jax import flags
 
     try:
         summary = run(args)
-    except user_errors() as e:
-        print(f"score: error: {e}", file=sys.stderr)
-        return 2
+    except flags.command_errors() as err:
+        return flags.report("score", err)
     print(f"wrote {args.output}: {json.dumps(summary)}")
     return 0
 

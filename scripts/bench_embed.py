@@ -86,10 +86,11 @@ def jax_worker(args, workdir: str) -> dict:
 
     if args.device == "gpu" and not args.tf32:
         jax.config.update("jax_default_matmul_precision", "highest")
+    from ankh_jax.data import batching
     from ankh_jax.inference import embedding as embed
-    from ankh_jax.io import hf
+    from ankh_jax.io import hf_files
 
-    config, params = hf.load_hf_model(workdir + "/model", encoder_only=True)
+    config, params = hf_files.load_hf_model(workdir + "/model", encoder_only=True)
     seqs = load_sequences(args)
     kwargs = {} if args.batch_tokens is None else {"batch_tokens": args.batch_tokens}
     prepared = embed.prepare_params(config, params)
@@ -102,8 +103,8 @@ def jax_worker(args, workdir: str) -> dict:
     out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=sys.stderr.isatty(), **kwargs)
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     save_embeddings(workdir + "/jax.npz", out)
-    plan = embed.plan_batches(lengths, **kwargs)
-    rows = embed.batch_rows(plan)
+    plan = batching.plan_batches(lengths, **kwargs)
+    rows = batching.batch_rows(plan)
     result = {"compile_seconds": compile_seconds, "seconds": seconds, "cpu_seconds": cpu, "compiled_shapes": shapes,
               "padded_tokens": int(sum(rows[w] * w for w, _ in plan)), "device": str(jax.devices()[0]),
               "peak_rss_gib": peak_rss_gib()}
@@ -173,12 +174,12 @@ def build_model(args, workdir: str) -> dict:
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from ankh_jax import export_hf
+    from ankh_jax.io import hf_export
     from ankh_jax.model import EncoderOnly, T5Config
 
     config = T5Config.ankh_base(num_encoder_layers=args.num_layers, num_decoder_layers=1, dropout_rate=0.0)
     params = nn.unbox(EncoderOnly(config).init(jax.random.PRNGKey(args.seed), jnp.ones((1, 8), jnp.int32)))
-    export_hf.export(config, params["params"], workdir + "/model", encoder_only=True, source="random init")
+    hf_export.export(config, params["params"], workdir + "/model", encoder_only=True, source="random init")
     return {"d_model": config.d_model, "num_heads": config.num_heads, "d_ff": config.d_ff,
             "num_layers": config.num_encoder_layers, "encoder_params": config.num_params(encoder_only=True)}
 

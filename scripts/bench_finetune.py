@@ -26,10 +26,10 @@ from ankh_jax.tasks.pfam_family import pfam_family_task
 
 from ankh_jax import flags
 from ankh_jax.downstream import runner
-from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import load_task
 from ankh_jax.finetune import GIN_MODULES
 from ankh_jax.inference.embedding import embed_sequences
+from ankh_jax.testing import random_encoder, write_random_encoder
 
 
 def main(argv=None) -> int:
@@ -43,8 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="bench_finetune.json")
     args = p.parse_args(argv)
 
-    encoder_spec = f"random:{args.preset}:0" + ("" if args.layers is None else f":{args.layers}")
-    enc = load_encoder(encoder_spec)
+    enc = random_encoder(args.preset, 0, args.layers)
     data = load_task(pfam_family_task(max_length=args.max_length))
     sequences = [s for split in data.splits.values() for s in split.sequences]
     residues = sum(len(s) for s in sequences)
@@ -66,9 +65,11 @@ def main(argv=None) -> int:
         rows.append(("embed, one at a time (notebook way)", len(subset), sub_res, alone))
         rows.append(("  -> extrapolated to all proteins", len(sequences), residues, alone * residues / sub_res))
 
-    with tempfile.TemporaryDirectory() as model_dir:
+    with tempfile.TemporaryDirectory() as work:  # the runner reads the same random encoder from a directory
+        model_dir = os.path.join(work, "run")
+        encoder_dir = write_random_encoder(os.path.join(work, "encoder"), args.preset, 0, args.layers)
         flags.parse_gin(["configs/downstream/pfam_family.gin"], [
-            f"MODEL_DIR = '{model_dir}'", f"ENCODER = '{encoder_spec}'", "run.progress = True",
+            f"MODEL_DIR = '{model_dir}'", f"ENCODER = '{encoder_dir}'", "run.progress = True",
             f"pfam_family_task.max_length = {args.max_length}", f"OptimizerConfig.max_epochs = {args.epochs}",
             f"OptimizerConfig.patience = {args.epochs}", f"run.batch_tokens = {args.batch_tokens}"],
             modules=GIN_MODULES)

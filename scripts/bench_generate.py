@@ -88,9 +88,9 @@ def jax_worker(args, workdir: str) -> dict:
         jax.config.update("jax_default_matmul_precision", "highest")
     from ankh_jax.data.tokenizer import AnkhTokenizer
     from ankh_jax.inference import decoding, scoring
-    from ankh_jax.io import hf
+    from ankh_jax.io import hf_files
 
-    config, params = hf.load_hf_model(workdir + "/model")
+    config, params = hf_files.load_hf_model(workdir + "/model")
     config = decoding.decoding_config(config, args.dtype)
     prepared = decoding.prepare_params(config, params)
     inputs, pll_seqs = proteins(args)
@@ -178,13 +178,13 @@ def build_model(args, workdir: str) -> dict:
     import jax.numpy as jnp
     from flax import linen as nn
 
-    from ankh_jax import export_hf
+    from ankh_jax.io import hf_export
     from ankh_jax.model import T5Config, Transformer
 
     config = T5Config.ankh_base(num_encoder_layers=args.num_layers, num_decoder_layers=args.num_layers)
     x = jnp.ones((1, 8), jnp.int32)
     params = nn.unbox(Transformer(config).init(jax.random.PRNGKey(args.seed), x, x)["params"])
-    export_hf.export(config, params, workdir + "/model", source="random init")
+    hf_export.export(config, params, workdir + "/model", source="random init")
     return {"d_model": config.d_model, "num_heads": config.num_heads, "d_ff": config.d_ff,
             "encoder_layers": args.num_layers, "decoder_layers": args.num_layers}
 

@@ -193,8 +193,8 @@ def main(argv=None) -> int:
         device = jax.devices()[0]
     use_cuda = device.platform == "gpu"
     enc_layers, dec_layers = (int(x) for x in args.layers.split(","))
-    config = T5Config(d_model=args.d_model, d_kv=args.d_kv, d_ff=args.d_ff, num_heads=args.heads,
-                      num_encoder_layers=enc_layers, num_decoder_layers=dec_layers)
+    config = T5Config.ankh_base(d_model=args.d_model, d_kv=args.d_kv, d_ff=args.d_ff, num_heads=args.heads,
+                                num_encoder_layers=enc_layers, num_decoder_layers=dec_layers)
     batch = make_batch(args)
     flops = train_step_flops(config, args.batch, args.inputs, args.targets)
     tokens = args.batch * args.targets

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ankh_jax.data.batching import power_of_two_bucket
 from ankh_jax.data.tokenizer import AnkhTokenizer
-from ankh_jax.downstream.batching import bucket_length, contact_labels
+from ankh_jax.downstream.batching import contact_labels
 from ankh_jax.downstream.metrics import contact_precision
 from ankh_jax.downstream.task_spec import TaskSpec
 
@@ -49,7 +50,7 @@ def attention_features(encoder, sequence: str) -> np.ndarray:
     """[L, L, layers * heads]: symmetrised, APC-corrected attention maps of one sequence (``</s>`` dropped)."""
     ids = AnkhTokenizer().encode(sequence, clean=False)
     n = len(sequence)
-    width = bucket_length(len(ids))
+    width = power_of_two_bucket(len(ids))
     tokens = np.zeros((1, width), np.int32)
     tokens[0, :len(ids)] = ids
     _, state = _attention_fn(encoder)(encoder.params, tokens)

@@ -1,18 +1,20 @@
 """Pfam family classification on the shipped real proteins (11 families; the repository's own real-data task).
 
-Files: ``data/pfam_family_{train,valid,test}.csv`` with columns ``id,sequence,label`` (see data/README.md for
-provenance); majority-class baseline ~44% (globins). Metric: accuracy. Gin: ``configs/downstream/pfam_family.gin``.
+Files: ``pfam_family_{train,valid,test}.csv`` of ``ankh_jax.sample_data`` (the checkout's ``data/``) with columns
+``id,sequence,label`` (see data/README.md for provenance); majority-class baseline ~44% (globins). Metric:
+accuracy. Gin: ``configs/downstream/pfam_family.gin``.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 
 import gin
 
 from ankh_jax.downstream.task_spec import TaskSpec
 
-SHIPPED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+SHIPPED_DATA = os.fspath(resources.files("ankh_jax.sample_data"))  # the checkout's data/, installed or not
 
 
 @gin.configurable

@@ -12,15 +12,18 @@ registers the tasks at import time):
 
 1. ``uniref50_data_dir.data_dir = "/path"`` in gin (or ``set_data_dir``): a tfds data dir holding
    ``uniref50/1.0.0`` built by ``scripts/prepare_uniref50.py``. Missing -> an error naming the path and the command.
-2. Otherwise ``$ANKH_JAX_DATA_DIR``, else ``<checkout>/build/tfds``: the dataset built from the shipped
-   ``data/sample_proteins.fasta`` (1,446 real proteins, 8 shards per split, 5% validation), built on first use
-   under a file lock (concurrent processes wait for one build) and reused afterwards.
+2. Otherwise the dataset built from the shipped sample (``ankh_jax.sample_data``: the checkout's
+   ``data/sample_proteins.fasta``, 1,446 real proteins; 8 shards per split, 5% validation), built on first use
+   under a file lock (concurrent processes wait for one build) and reused afterwards, in :func:`default_data_dir`:
+   ``$ANKH_JAX_DATA_DIR``, else ``build/tfds`` of a checkout, else ``$ANKH_JAX_HOME/tfds`` (default
+   ``~/.cache/ankh_jax/tfds``) for an installed ankh_jax, never inside the installed package.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from importlib import resources
 
 import filelock
 import gin
@@ -31,8 +34,8 @@ from ankh_jax.data.tokenizer import seqio_vocabulary
 
 TASK = "uniref50_ankh"
 VALIDATION_TASK = "uniref50_ankh_validation"
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE_FASTA = os.path.join(CHECKOUT, "data", "sample_proteins.fasta")
+SAMPLE_DATA = os.fspath(resources.files("ankh_jax.sample_data"))  # the checkout's data/, installed or not
+SAMPLE_FASTA = os.path.join(SAMPLE_DATA, "sample_proteins.fasta")
 SAMPLE_NUM_SHARDS = 8
 SAMPLE_VALIDATION_FRACTION = 0.05
 
@@ -46,7 +49,16 @@ def set_data_dir(data_dir: str | None) -> None:
 
 
 def default_data_dir() -> str:
-    return os.environ.get("ANKH_JAX_DATA_DIR") or os.path.join(CHECKOUT, "build", "tfds")
+    """Where the sample dataset is built: ``$ANKH_JAX_DATA_DIR``; else ``<checkout>/build/tfds`` when the sample
+    data is a checkout's ``data/`` (next to pyproject.toml: an editable install); else ``$ANKH_JAX_HOME/tfds``
+    (default ``~/.cache/ankh_jax/tfds``), so an installed ankh_jax never writes into site-packages."""
+    if os.environ.get("ANKH_JAX_DATA_DIR"):
+        return os.environ["ANKH_JAX_DATA_DIR"]
+    checkout = os.path.dirname(SAMPLE_DATA)
+    if os.path.isfile(os.path.join(checkout, "pyproject.toml")):
+        return os.path.join(checkout, "build", "tfds")
+    home = os.environ.get("ANKH_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
+    return os.path.join(home, "tfds")
 
 
 def _dataset_dir(data_dir: str) -> str:

@@ -30,3 +30,21 @@ def repo_root() -> pathlib.Path:
 def sample_fasta() -> pathlib.Path:
     """1,446 real Swiss-Prot/Pfam proteins shipped in data/ (see data/README.md)."""
     return DATA / "sample_proteins.fasta"
+
+
+@pytest.fixture(scope="session")
+def random_encoder_dir(tmp_path_factory):
+    """``(seed=0, layers=None) -> path``: a tiny random encoder (``ankh_jax.testing.write_random_encoder``) as a
+    HuggingFace directory, written once per session for each (seed, layers); it goes wherever a model directory
+    does (``--gin.ENCODER=...``, ``--model=...``)."""
+    from ankh_jax import testing
+
+    written: dict[tuple, str] = {}
+
+    def make(seed: int = 0, layers: int | None = None) -> str:
+        if (seed, layers) not in written:
+            directory = tmp_path_factory.mktemp(f"random_tiny_{seed}_{layers}") / "encoder"
+            written[(seed, layers)] = testing.write_random_encoder(directory, "tiny", seed, layers)
+        return written[(seed, layers)]
+
+    return make

@@ -13,7 +13,7 @@ from flax import linen as nn
 import ankh_jax
 from ankh_jax import api, export_hf
 from ankh_jax.inference import embedding
-from ankh_jax.io import hf
+from ankh_jax.io import hf_export, hf_files
 from ankh_jax.model import T5Config, Transformer, params_layout
 
 CFG = T5Config.tiny(d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
@@ -30,7 +30,7 @@ def params():
 @pytest.fixture(scope="module")
 def hf_dir(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_model")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 
@@ -68,7 +68,7 @@ def test_load_model_from_ankh_jax_training_dir(params, tmp_path):
 
     out = tmp_path / "exported"
     assert export_hf.main([f"--model={run_dir}", f"--output={out}"]) == 0
-    config, back = hf.load_hf_model(out)
+    config, back = hf_files.load_hf_model(out)
     assert config.d_model == CFG.d_model
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, back)
 
@@ -98,7 +98,7 @@ def test_unknown_directories_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither an ankh_jax training directory"):
         ankh_jax.load_model(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(hf.CheckpointError, match="model_type 'bert'"):
+    with pytest.raises(hf_files.CheckpointError, match="model_type 'bert'"):
         ankh_jax.load_model(tmp_path)
 
 

@@ -62,9 +62,9 @@ def _layer(module: str) -> int:
     best = None
     for index, layer in enumerate(LAYERS):
         for prefix in layer:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > len(best[1]):
-                    best = (index, prefix)
+            matches = module == prefix or module.startswith(prefix + ".")
+            if matches and (best is None or len(prefix) > len(best[1])):
+                best = (index, prefix)
     assert best is not None, f"{module} is in no layer of tests/test_layout.py"
     return best[0]
 

@@ -357,7 +357,7 @@ def test_finetune_plots_never_raise(tmp_path, capsys):
     assert "test-set plots not drawn: RuntimeError: predict failed" in one_error_line(capsys.readouterr().err)
 
 
-def test_finetune_run_writes_its_plots(tmp_path):
+def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir):
     """Through the runner: a tiny regression task, one epoch; the plots sit beside results.json."""
     import csv
 
@@ -377,7 +377,8 @@ def test_finetune_run_writes_its_plots(tmp_path):
     model_dir = tmp_path / "run"
     try:
         finetune.main(["--gin_file=configs/downstream/fluorescence.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                       f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny:0:1'", "--gin.run.progress=False",
+                       f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir(0, 1)}'",
+                       "--gin.run.progress=False",
                        "--gin.OptimizerConfig.max_epochs=1"])
     finally:
         gin.clear_config()

@@ -127,8 +127,6 @@ class ResumableIterator(Iterator):
         self._epoch, self._position, self._row = int(state["epoch"]), int(state["position"]), int(state["row"])
         self._tf_iter, self._exhausted = None, False
 
-    restore = set_state
-
     @property
     def batch_size(self) -> int:
         return self.config["batch_size"]

@@ -131,9 +131,6 @@ class AnkhTokenizer:
             out.append(ID_TO_TOKEN[i])
         return "".join(out)
 
-    def id_to_token(self, i: int) -> str:
-        return ID_TO_TOKEN[i]
-
 
 def seqio_vocabulary():
     """Ankh's vocabulary as ``seqio.SentencePieceVocabulary`` (imports seqio, hence TensorFlow)."""

@@ -18,7 +18,6 @@ Each split's generator reads the FASTA once, so a build reads it twice (train, v
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -28,17 +27,12 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from ankh_jax.data.fasta import read_fasta
+from ankh_jax.data.splits import is_validation
 
 NAME = "uniref50"
 LENGTH_BIN_EDGES = (1, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 5000, 10000, 40000)
 MAX_EXAMPLES_PER_REASON = 5
 FASTA_NAMES = ("uniref50.fasta.gz", "uniref50.fasta")
-
-
-def is_validation(record_id: str, validation_fraction: float) -> bool:
-    """True when ``record_id`` belongs to the validation split: the first 8 bytes of its SHA-1 as a fraction."""
-    digest = hashlib.sha1(record_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < validation_fraction
 
 
 class SplitStats:

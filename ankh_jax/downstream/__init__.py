@@ -1,7 +1,7 @@
 """Downstream Ankh: ConvBERT task heads (the ``ankh`` package's, in Flax), LoRA, the fine-tuning runner, metrics.
 
 The heads are re-exported here and (lazily) at the top level, so ``ankh_jax.ConvBertForBinaryClassification``
-works as ``ankh.ConvBertForBinaryClassification`` does. The runner is ``python -m ankh_jax.downstream.finetune``.
+works as ``ankh.ConvBertForBinaryClassification`` does. The runner is ``python -m ankh_jax.finetune``.
 """
 
 from ankh_jax.downstream.convbert import ConvBertLayer, ConvBertStack, MixedAttention, params_from_torch

@@ -8,7 +8,9 @@ A batch is a dict of numpy arrays:
   entries -100 (integer labels);
 * ``weights``: float32 [B], 0 for the empty rows that fill the last batch of a bucket.
 
-T is a bucket length (powers of two from ``min_bucket``), so a whole run compiles a handful of shapes.
+T is a bucket length (powers of two from ``min_bucket``), so a whole run compiles a handful of shapes; which
+examples share a batch is ``ankh_jax.data.batching.plan_row_batches``. This module fills the arrays and pads the
+labels.
 """
 
 from __future__ import annotations
@@ -17,16 +19,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ankh_jax.data.batching import plan_row_batches
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.downstream.metrics import IGNORE
 from ankh_jax.downstream.task_spec import Examples
-
-
-def bucket_length(n: int, min_bucket: int = 32) -> int:
-    t = min_bucket
-    while t < n:
-        t *= 2
-    return t
 
 
 def contact_labels(contacts: np.ndarray, valid: np.ndarray, min_separation: int) -> np.ndarray:
@@ -76,21 +72,8 @@ def make_batches(examples: Examples, kind: str, *, batch_size: int, embeddings: 
     shuffled (training); otherwise it is deterministic (evaluation).
     """
     tokenizer = AnkhTokenizer()
-    lengths = np.array([len(s) for s in examples.sequences])
-    buckets: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        buckets.setdefault(bucket_length(int(n), min_bucket), []).append(i)
-    plan = []
-    for t, idx in sorted(buckets.items()):
-        rows = batch_size
-        while max_tokens and rows > 1 and rows * t > max_tokens:
-            rows //= 2
-        idx = list(idx)
-        if shuffle_rng is not None:
-            shuffle_rng.shuffle(idx)
-        plan += [(t, rows, idx[s:s + rows]) for s in range(0, len(idx), rows)]
-    if shuffle_rng is not None:
-        plan = [plan[i] for i in shuffle_rng.permutation(len(plan))]
+    plan = plan_row_batches([len(s) for s in examples.sequences], batch_size=batch_size, max_tokens=max_tokens,
+                            smallest_bucket=min_bucket, shuffle_rng=shuffle_rng)
     for t, rows, idx in plan:
         mask = np.zeros((rows, t), np.int32)
         if embeddings is not None:
@@ -114,14 +97,5 @@ def make_batches(examples: Examples, kind: str, *, batch_size: int, embeddings: 
 
 def count_batches(examples: Examples, *, batch_size: int, min_bucket: int = 32, max_tokens: int | None = None
                   ) -> int:
-    counts: dict[int, int] = {}
-    for s in examples.sequences:
-        t = bucket_length(len(s), min_bucket)
-        counts[t] = counts.get(t, 0) + 1
-    total = 0
-    for t, c in counts.items():
-        rows = batch_size
-        while max_tokens and rows > 1 and rows * t > max_tokens:
-            rows //= 2
-        total += -(-c // rows)
-    return total
+    return len(plan_row_batches([len(s) for s in examples.sequences], batch_size=batch_size, max_tokens=max_tokens,
+                                smallest_bucket=min_bucket))

@@ -13,8 +13,8 @@ Unlike ``ankh`` 1.10, an ``attention_mask`` ([B, L], 1 = residue) is honoured ev
 attention, and padded positions are zeroed before both convolutions (which is exactly the zero padding a sequence
 sees alone), so a sequence alone and inside a padded batch give the same outputs at its positions.
 
-The task heads built on these layers live in :mod:`ankh_jax.downstream.heads`; the PyTorch weight converter in
-:mod:`ankh_jax.downstream.torch_weights`.
+The task heads built on these layers live in :mod:`ankh_jax.downstream.heads`; :func:`params_from_torch` (below)
+converts a PyTorch ``ankh`` head's weights.
 """
 
 from __future__ import annotations

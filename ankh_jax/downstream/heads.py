@@ -73,10 +73,6 @@ class ConvBertForBinaryClassification(nn.Module):
         hidden = _stack(self, embeddings, attention_mask, deterministic)
         return _decode(self, hidden, attention_mask, 1)
 
-    @property
-    def num_outputs(self) -> int:
-        return 1
-
 
 class ConvBertForMultiClassClassification(nn.Module):
     """``num_tokens`` logits per residue (``pooling=None``, as ``ankh``: SSP) or per sequence (``pooling='max'``
@@ -100,10 +96,6 @@ class ConvBertForMultiClassClassification(nn.Module):
         _check_pooling(type(self).__name__, self.pooling, required=False)
         hidden = _stack(self, embeddings, attention_mask, deterministic)
         return _decode(self, hidden, attention_mask, self.num_tokens)
-
-    @property
-    def num_outputs(self) -> int:
-        return self.num_tokens
 
 
 class ConvBertForMultiLabelClassification(ConvBertForMultiClassClassification):
@@ -138,10 +130,6 @@ class ConvBertForRegression(nn.Module):
         mean = None if self.training_labels_mean is None else float(self.training_labels_mean)
         return _decode(self, hidden, attention_mask, 1, bias_value=mean)
 
-    @property
-    def num_outputs(self) -> int:
-        return 1
-
 
 class ConvBertForContactPrediction(nn.Module):
     """ConvBERT layers, then ``ankh``'s pairwise head: Linear([h_i * h_j, h_i - h_j]) -> ``num_tokens`` logits,
@@ -171,16 +159,3 @@ class ConvBertForContactPrediction(nn.Module):
         logits = jnp.einsum("bioc,bjc->bijo", weighted, hidden) + bias
         # The difference half: (W h_i - W h_j + W h_j - W h_i) / 2 = 0 after symmetrising.
         return logits
-
-    @property
-    def num_outputs(self) -> int:
-        return self.num_tokens
-
-
-HEAD_CLASSES = {
-    "binary": ConvBertForBinaryClassification,
-    "multiclass": ConvBertForMultiClassClassification,
-    "multilabel": ConvBertForMultiLabelClassification,
-    "regression": ConvBertForRegression,
-    "contact": ConvBertForContactPrediction,
-}

@@ -9,8 +9,8 @@ naming what differs. A directory with fine-tuning outputs but no ``run.json`` is
 run wrote them.
 
 Every record is written whole or not at all (:func:`write_json_atomically`); ``metrics.jsonl`` is append-only
-while a run trains and :func:`keep_metrics_through` rewrites it (atomically) to the epochs a resumed run keeps,
-dropping a line cut short by a crash.
+while a run trains (``ankh_jax.training.metrics.MetricsWriter``, which on resume rewrites it to the steps of the
+epochs kept, dropping a line cut short by a crash).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import json
 import os
 from typing import Any
 
-from ankh_jax.io.jsonl import read_jsonl
+from ankh_jax.training.metrics import METRICS_FILE
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.gin"
 LABELS_FILE = "labels.json"
 BEST_DIR = "best"
@@ -108,23 +107,3 @@ def state_of(model_dir: str, identity: dict) -> str:
         raise RunMismatchError(f"{model_dir} holds another run ({shown}); refusing to mix two runs in one "
                                "directory: choose another MODEL_DIR")
     return COMPLETE if os.path.exists(os.path.join(model_dir, RESULTS_FILE)) else RESUME
-
-
-def read_metrics(path: str) -> list[dict]:
-    """The complete rows of a ``metrics.jsonl``: those before the first line that does not parse (a last line
-    cut short by a crash is left out)."""
-    if not os.path.exists(path):
-        return []
-    rows, bad = read_jsonl(path)
-    if bad:
-        with open(path, "rb") as f:
-            numbered = [n for n, raw in enumerate(f, 1) if raw.strip()]
-        rows = rows[:numbered.index(bad[0])]  # the rows on the non-blank lines before the first bad one
-    return rows
-
-
-def keep_metrics_through(path: str, epoch: int) -> None:
-    """Rewrites ``metrics.jsonl`` to the rows of epochs <= ``epoch`` (all of them gone when ``epoch`` is 0): a
-    resumed run continues after its last finished epoch and appends from there, so no epoch is logged twice."""
-    rows = [r for r in read_metrics(path) if int(r.get("epoch", 0)) <= epoch]
-    write_atomically(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -80,6 +80,19 @@ def _forward_fns(head, encoder, mode: str, lora_cfg: LoraConfig, residues_only: 
     return forward
 
 
+def _headless_runner(kind: str):
+    """The run of a task that trains no ConvBERT head: the lookup (``run_lookup``) or contacts from attention maps
+    (``run_attention_contacts``). Each lives with its task (``ankh_jax.tasks.lookup`` / ``.contacts``), which the
+    task's gin file imports; ankh_jax never imports the tasks, so it is found by its gin name."""
+    name = "run_lookup" if kind == "lookup" else "run_attention_contacts"
+    try:
+        return gin.get_configurable(name)
+    except ValueError:
+        module = "lookup" if kind == "lookup" else "contacts"
+        raise ValueError(f"{name} is not registered: the {kind} task's gin file must `import "
+                         f"ankh_jax.tasks.{module}`") from None
+
+
 def _print_table(rows: list[tuple[str, dict]], title: str):
     names = sorted({k for _, r in rows for k in r})
     print(f"\n{title}")
@@ -144,9 +157,7 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
         run_records.write_json_atomically(path(run_records.LABELS_FILE),
                                           {"task": task.name, "kind": task.kind, "classes": data.classes})
         if not trains_head:
-            from tasks import contacts, lookup  # the two tasks that train no ConvBERT head
-            runner = lookup.run_lookup if task.kind == "lookup" else contacts.run_attention_contacts
-            results = runner(data, enc, model_dir=model_dir, seed=seed, progress=progress)
+            results = _headless_runner(task.kind)(data, enc, model_dir=model_dir, seed=seed, progress=progress)
         else:
             results = _train_head(data, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
                                   batch_tokens, cache_dtype, embed_dtype, progress, log_every)

@@ -21,11 +21,11 @@ lookup              a CATH code (``1.10.8.10``)                      the string
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 
 import numpy as np
 
+from ankh_jax.data.splits import is_validation
 from ankh_jax.data.tokenizer import InvalidSequenceError, clean_sequence
 from ankh_jax.downstream import datasets
 from ankh_jax.downstream.datasets import DataError
@@ -196,11 +196,6 @@ def _multi_hot(names, classes, hot):
     return hot
 
 
-def _in_valid(seq: str, fraction: float) -> bool:
-    digest = hashlib.sha1(seq.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
 def load_task(spec: TaskSpec) -> TaskData:
     """Reads every split of ``spec``; class vocabularies come from training (or ``spec.classes``).
 
@@ -218,7 +213,7 @@ def load_task(spec: TaskSpec) -> TaskData:
             splits["train"] = train
             splits["valid"] = _read_split(spec, spec.source(spec.valid), classes, False)
         elif spec.valid_fraction > 0:
-            is_valid = [_in_valid(s, spec.valid_fraction) for s in train.sequences]
+            is_valid = [is_validation(s, spec.valid_fraction) for s in train.sequences]
             def pick(flag: bool) -> Examples:
                 return Examples([s for s, v in zip(train.sequences, is_valid) if v == flag],
                                 [y for y, v in zip(train.labels, is_valid) if v == flag])

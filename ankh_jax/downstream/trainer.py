@@ -15,7 +15,6 @@ and :func:`train` continues from there, with the same batches and dropout masks 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -28,10 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from tqdm.auto import tqdm
 
 from ankh_jax.downstream import batching, objectives, run_records
 from ankh_jax.downstream.task_spec import Examples
+from ankh_jax.training import optim
+from ankh_jax.training.metrics import MetricsWriter
+
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 @gin.configurable
@@ -53,52 +55,31 @@ class OptimizerConfig:
     max_tokens: int | None = 8192     # caps batch rows x bucket length for long sequences
     encoder_learning_rate: float | None = None  # full mode: encoder LR (default: learning_rate)
 
+    def learning_rate_schedule(self, total_steps: int, peak: float | None = None) -> optax.Schedule:
+        """Linear warmup from 0 over ``warmup_steps`` (at most a tenth of ``total_steps``) to ``peak`` (default
+        ``learning_rate``), then ``schedule``: ``training.optim.make_schedule`` with every argument given."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}; expected {' | '.join(SCHEDULES)}")
+        return optim.make_schedule(peak_learning_rate=self.learning_rate if peak is None else peak,
+                                   warmup_steps=max(0, min(self.warmup_steps, total_steps // 10)),
+                                   total_steps=total_steps, decay=self.schedule, end_learning_rate=0.0,
+                                   init_learning_rate=0.0)
 
-def make_schedule(cfg: OptimizerConfig, total_steps: int):
-    warmup = max(0, min(cfg.warmup_steps, total_steps // 10))
-    lr = cfg.learning_rate
-    after = max(total_steps - warmup, 1)
-    if cfg.schedule == "constant":
-        rest = optax.constant_schedule(lr)
-    elif cfg.schedule == "linear":
-        rest = optax.linear_schedule(lr, 0.0, after)
-    elif cfg.schedule == "cosine":
-        rest = optax.cosine_decay_schedule(lr, after)
-    else:
-        raise ValueError(f"schedule {cfg.schedule!r}; expected constant | linear | cosine")
-    if warmup == 0:
-        return rest
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), rest], [warmup])
-
-
-def make_optimizer(cfg: OptimizerConfig, total_steps: int, trainable) -> optax.GradientTransformation:
-    def adamw(schedule):
-        return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
-                           optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    schedule = make_schedule(cfg, total_steps)
-    if cfg.encoder_learning_rate is not None and "encoder" in trainable:
-        enc = make_schedule(dataclasses.replace(cfg, learning_rate=cfg.encoder_learning_rate), total_steps)
-        labels = {k: ("encoder" if k == "encoder" else "rest") for k in trainable}
-        tx = optax.multi_transform({"encoder": adamw(enc), "rest": adamw(schedule)}, labels)
-    else:
-        tx = adamw(schedule)
-    if cfg.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps)
-    return tx, schedule
-
-
-class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (flushed per row, so a crash loses nothing)."""
-
-    def __init__(self, path: str):
-        self._f = open(path, "a")  # noqa: SIM115 - kept open for the whole run, closed by close()
-
-    def write(self, row: dict):
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
-
-    def close(self):
-        self._f.close()
+    def build(self, total_steps: int, trainable: dict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+        """``(optimizer, schedule)``: AdamW after global-norm clipping (``training.optim.make_optimizer``), the
+        encoder on its own schedule when ``encoder_learning_rate`` is set, updates every ``grad_accum_steps``
+        batches. ``total_steps`` counts optimizer updates."""
+        schedule = self.learning_rate_schedule(total_steps)
+        schedules, labels = {"rest": schedule}, None
+        if self.encoder_learning_rate is not None and "encoder" in trainable:
+            schedules = {"encoder": self.learning_rate_schedule(total_steps, self.encoder_learning_rate),
+                         "rest": schedule}
+            labels = {k: ("encoder" if k == "encoder" else "rest") for k in trainable}
+        tx = optim.make_grouped_optimizer(
+            schedules, labels, accumulate_steps=self.grad_accum_steps, name="adamw",
+            clip_grad_norm=self.max_grad_norm, weight_decay=self.weight_decay, adam_b1=0.9, adam_b2=0.999,
+            adam_eps=1e-8)
+        return tx, schedule
 
 
 class EpochCheckpoints:
@@ -158,7 +139,11 @@ def recover_checkpoint(path: str) -> None:
 
 
 @dataclasses.dataclass
-class TrainResult:
+class FineTuneResult:
+    """What :func:`train` returns: the best ``trainable`` by validation and how the run went. Not the pretraining
+    loop's ``TrainResult`` (the last step's params and why it stopped): fine-tuning keeps the best epoch, not the
+    last, and stops on patience, so the two results hold different things."""
+
     trainable: dict
     best_metrics: dict
     best_epoch: int
@@ -201,13 +186,13 @@ def evaluate(forward, trainable, frozen, examples, kind, metric, cfg, **kw) -> d
 
 def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, kind: str,
           metric: str, cfg: OptimizerConfig, model_dir: str, embeddings=None, num_classes=None, seed: int = 0,
-          min_separation: int = 6, log_every: int = 20, progress: bool = True, log=print) -> TrainResult:
+          min_separation: int = 6, log_every: int = 20, progress: bool = True, log=print) -> FineTuneResult:
     """Trains ``trainable`` and returns the best one (by validation). Continues after the epoch saved in
     ``MODEL_DIR/last_epoch`` when there is one (the caller checks it belongs to the same run), and keeps the
     rows of ``metrics.jsonl`` up to that epoch only."""
     steps_per_epoch = batching.count_batches(train_set, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
     total_updates = max(1, steps_per_epoch * cfg.max_epochs // cfg.grad_accum_steps)
-    tx, schedule = make_optimizer(cfg, total_updates, trainable)
+    tx, schedule = cfg.build(total_updates, trainable)
     opt_state = tx.init(trainable)
 
     def loss_of(t, f, batch, rng):
@@ -237,12 +222,10 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
         if best_epoch == epoch:  # best/ may not have been replaced yet when the run died
             replace_checkpoint(checkpointer, best_dir, trainable)
         log(f"resuming after epoch {epoch} (step {step}) from {epochs.directory}")
-    metrics_path = os.path.join(model_dir, run_records.METRICS_FILE)
-    run_records.keep_metrics_through(metrics_path, epoch)
-    mlog = MetricsLog(metrics_path)
+    # Rows after the restored step are the epoch that was cut short (and maybe a partial line): dropped.
+    mlog = MetricsWriter(model_dir, total_steps=steps_per_epoch * cfg.max_epochs, start_step=step,
+                         tensorboard=False, progress=progress, progress_desc="train")
     start = time.perf_counter()
-    bar = tqdm(total=steps_per_epoch * cfg.max_epochs, initial=step, disable=not progress, unit="step",
-               dynamic_ncols=True, desc="train")
     epochs_run = epoch
     try:
         for epoch in range(epochs_run + 1, cfg.max_epochs + 1):
@@ -253,23 +236,24 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
                 key, sub = jax.random.split(key)
                 trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, frozen, batch, sub)
                 step += 1
-                bar.update(1)
                 if step % log_every == 0 or step == 1:
                     loss = float(loss)
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"loss is {loss} at step {step} (epoch {epoch})")
                     losses.append(loss)
                     rate = (step - first_step) / (time.perf_counter() - t_epoch)
-                    mlog.write({"step": step, "epoch": epoch, "loss": loss, "grad_norm": float(gnorm),
-                                "learning_rate": float(schedule(step // cfg.grad_accum_steps)),
-                                "steps_per_s": rate})
-                    bar.set_postfix(loss=f"{loss:.4f}")
+                    mlog.write_row({"step": step, "epoch": epoch, "loss": loss, "grad_norm": float(gnorm),
+                                    "learning_rate": float(schedule(step // cfg.grad_accum_steps)),
+                                    "steps_per_s": rate})
+                    mlog.advance(1, loss=f"{loss:.4f}")
+                else:
+                    mlog.advance(1)
             scores = evaluate(forward, trainable, frozen, valid_set, kind, metric, cfg, embeddings=embeddings,
                               num_classes=num_classes, min_separation=min_separation)
             watched = next(iter(scores.values()))
             improved = best is None or watched > next(iter(best.values()))
-            mlog.write({"step": step, "epoch": epoch, "split": "valid", **scores, "best": improved,
-                        "epoch_seconds": time.perf_counter() - t_epoch})
+            mlog.write_row({"step": step, "epoch": epoch, "split": "valid", **scores, "best": improved,
+                            "epoch_seconds": time.perf_counter() - t_epoch})
             log(f"epoch {epoch}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
                 + (" (best)" if improved else ""))
             if improved:
@@ -287,10 +271,9 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
             if done:
                 log(f"early stopping: no better validation {next(iter(scores))} for {bad_epochs} epochs")
     finally:
-        bar.close()
         mlog.close()
         epochs.close()
     restored = checkpointer.restore(best_dir, target=jax.tree_util.tree_map(np.asarray, trainable))
     checkpointer.close()
-    return TrainResult(jax.tree_util.tree_map(jnp.asarray, restored), best, best_epoch, epochs_run, step,
+    return FineTuneResult(jax.tree_util.tree_map(jnp.asarray, restored), best, best_epoch, epochs_run, step,
                        time.perf_counter() - start)

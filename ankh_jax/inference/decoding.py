@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ankh_jax.data.batching import bucket_for, length_buckets
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID
-from ankh_jax.inference.embedding import bucket_for, length_buckets
 from ankh_jax.model.config import T5Config
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -40,13 +40,13 @@ def decoding_config(config: T5Config, dtype: str = "float32") -> T5Config:
 
 
 def prepare_params(config: T5Config, params):
-    """Plain params (either layout) in ``config``'s layout, on the default device. Do this once, reuse it."""
-    from ankh_jax.io.hf import plain_params
+    """Params in ``config``'s layout, on the default device. Do this once, reuse it. Loaded params
+    (``ankh_jax.io.loading.load``) are already plain in that layout; any other form is normalised here."""
     from ankh_jax.model import params_layout
 
     if "decoder" not in params:
         raise ValueError("this model has no decoder (loaded encoder_only?): generation and scoring need one")
-    return jax.device_put(params_layout.to_layout(plain_params(params, config), config))
+    return jax.device_put(params_layout.as_layout(params, config))
 
 
 def _model(config: T5Config):

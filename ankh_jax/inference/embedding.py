@@ -19,61 +19,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
 from ankh_jax.model.config import T5Config
 
 POOLINGS = ("none", "mean")
 DTYPES = ("float32", "bfloat16")
-DEFAULT_BATCH_TOKENS = 8192
-
-
-def length_buckets(longest: int) -> list[int]:
-    """Padded lengths (tokens): 32..96 by 16s-32s, then 1, 1.25, 1.5 x powers of two (padding waste <= 25%)."""
-    buckets = [32, 48, 64, 80, 96]
-    k = 128
-    while buckets[-1] < longest:
-        buckets += [k, k * 5 // 4, k * 3 // 2]
-        k *= 2
-    return buckets
-
-
-def bucket_for(n_tokens: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if b >= n_tokens:
-            return b
-    raise ValueError(f"{n_tokens} tokens exceed the largest bucket {buckets[-1]}")
-
-
-def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 buckets: Sequence[int] | None = None) -> list[tuple[int, list[int]]]:
-    """``[(padded_length, [sequence indices]), ...]``, longest first.
-
-    Inside a bucket the sequences (sorted by length) are split into equal-sized batches of at most
-    ``batch_tokens // padded_length`` rows (at least one), so a bucket has a single batch shape.
-    """
-    lengths = np.asarray(token_lengths)
-    if buckets is None:
-        buckets = length_buckets(int(lengths.max(initial=1)))
-    order = np.argsort(-lengths, kind="stable")
-    by_bucket: dict[int, list[int]] = {}
-    for i in order:
-        by_bucket.setdefault(bucket_for(int(lengths[i]), buckets), []).append(int(i))
-    plan = []
-    for width in sorted(by_bucket, reverse=True):
-        members = by_bucket[width]
-        max_rows = max(1, batch_tokens // width)
-        n_batches = -(-len(members) // max_rows)
-        rows = -(-len(members) // n_batches)
-        plan += [(width, members[j: j + rows]) for j in range(0, len(members), rows)]
-    return plan
-
-
-def batch_rows(plan: list[tuple[int, list[int]]]) -> dict[int, int]:
-    """The fixed number of rows of each bucket's batches (a short last batch is padded with dummy rows)."""
-    rows: dict[int, int] = {}
-    for width, members in plan:
-        rows[width] = max(rows.get(width, 0), len(members))
-    return rows
 
 
 def embedding_config(config: T5Config, dtype: str) -> T5Config:
@@ -84,15 +35,16 @@ def embedding_config(config: T5Config, dtype: str) -> T5Config:
 
 
 def prepare_params(config: T5Config, params):
-    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result)."""
+    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result).
+
+    Params loaded with ``scan_layers=True`` (``ankh_jax.io.loading.load``) are already in that layout and are only
+    cut to the encoder and put on device; any other form (boxed, unrolled, a full model) is normalised here."""
     import jax
 
-    from ankh_jax.io.hf import plain_params
     from ankh_jax.model import params_layout
 
-    params = plain_params(params, config)
-    params = {k: params[k] for k in ("token_embedder", "encoder")}
-    stacked = params_layout.stack_layers(params, config.replace(scan_layers=True))
+    encoder = params_layout.encoder_subtree(params)
+    stacked = params_layout.as_layout(encoder, config.replace(scan_layers=True))
     return PreparedParams(jax.device_put(stacked))
 
 
@@ -228,11 +180,13 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
 # ----------------------------------------------------------------------------------------------------------------
 
 def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None) -> str:
-    """What an output's numbers depend on: the encoder's weights (plain, unrolled), the settings of this run and
-    the config fields that are not visible in the weights' shapes."""
+    """What an output's numbers depend on: the encoder's weights (plain, either layout: hashed unrolled), the
+    settings of this run and the config fields that are not visible in the weights' shapes."""
+    from ankh_jax.model import params_layout
     from ankh_jax.model.fingerprint import weights_fingerprint
 
-    return weights_fingerprint(encoder_params, f"pooling={pooling}", f"dtype={dtype}", f"max_length={max_length}",
+    return weights_fingerprint(params_layout.unrolled_on_host(encoder_params, config), f"pooling={pooling}",
+                               f"dtype={dtype}", f"max_length={max_length}",
                                f"relative_attention_max_distance={config.relative_attention_max_distance}",
                                f"layer_norm_epsilon={config.layer_norm_epsilon}")
 

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import FIRST_RESIDUE_ID, ID_TO_TOKEN, NUM_SENTINELS, RESIDUES, sentinel_id
 from ankh_jax.inference import decoding, scoring
-from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.model.config import T5Config
 
 

@@ -14,7 +14,7 @@ left out, as Ankh's ``compute_pseudo_likelihood`` does.
   distribution at that position).
 
 All (protein, masked positions) requests are batched by the length buckets and token budget of
-``ankh_jax.inference.embedding.plan_batches``, one compiled program per (rows, bucket, masked count).
+``ankh_jax.data.batching.plan_batches``, one compiled program per (rows, bucket, masked count).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import (
     EOS_ID,
     FIRST_RESIDUE_ID,
@@ -34,7 +35,6 @@ from ankh_jax.data.tokenizer import (
     AnkhTokenizer,
     sentinel_id,
 )
-from ankh_jax.inference.embedding import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.model.config import T5Config
 
 RESIDUE_IDS = np.arange(FIRST_RESIDUE_ID, FIRST_RESIDUE_ID + len(RESIDUES))  # the ids whose piece is not <...>

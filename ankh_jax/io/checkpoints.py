@@ -307,11 +307,6 @@ def write_model_config(model_dir: str, config: Any) -> None:
     os.replace(tmp, path)
 
 
-def is_checkpoint_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)) and \
-        os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR))
-
-
 def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -> tuple[Any, dict]:
     """(T5Config, params) from an ankh_jax ``MODEL_DIR``: the latest checkpoint, or ``step``.
 

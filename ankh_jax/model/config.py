@@ -3,34 +3,51 @@
 Gin sees the class as ``T5Config`` (registered with ``gin.external_configurable``, so constructing ``T5Config(...)``
 in Python never picks up gin bindings by accident); model gin files (``configs/models/*.gin``) bind its fields and
 define the macro ``MODEL_CONFIG = @T5Config()``.
+
+Ankh's sizes live in one place, the model gin files: ``models/ankh_base.gin`` binds everything Ankh-wide plus the
+Base sizes, ``models/ankh_large.gin`` and ``models/ankh_tiny.gin`` include it and override only their sizes (t5x's
+``base.gin`` + ``large.gin`` layering). The presets :meth:`T5Config.ankh_base`, :meth:`~T5Config.ankh_large` and
+:meth:`~T5Config.tiny` read those files with gin's own parser (:func:`model_gin_bindings`) rather than repeating
+the numbers. Gin, not a Python table, is the source because the gin files are what a run is made of and what
+users read, copy and override (``--gin.T5Config.d_model=...``); reading them needs no generated files that could
+drift from a table. The dataclass therefore has no defaults for the architecture, only for run-time knobs
+(dropout, dtypes, scan, remat) and the token ids every Ankh shares.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from importlib import resources
 
 import gin
 import jax.numpy as jnp
+from gin import config_parser
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# The presets' gin files, relative to the shipped configs (``ankh_jax.configs``, the checkout's configs/).
+PRESET_GIN_FILES = {"ankh_base": "models/ankh_base.gin", "ankh_large": "models/ankh_large.gin",
+                    "tiny": "models/ankh_tiny.gin"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class T5Config:
     """Ankh's T5: gated-GELU feed-forward, RMSNorm, relative position bias, untied LM head."""
 
-    vocab_size: int = 144
-    d_model: int = 768
-    d_kv: int = 64
-    d_ff: int = 3072
-    num_heads: int = 12
-    num_encoder_layers: int = 48
-    num_decoder_layers: int = 24
-    relative_attention_num_buckets: int = 64
-    relative_attention_max_distance: int = 128
-    dropout_rate: float = 0.0
-    layer_norm_epsilon: float = 1e-6
+    # The architecture: no defaults, Ankh's values live in the model gin files (module docstring; the presets).
+    vocab_size: int
+    d_model: int
+    d_kv: int
+    d_ff: int
+    num_heads: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    relative_attention_num_buckets: int
+    relative_attention_max_distance: int
+    dropout_rate: float = 0.0       # a run-time knob (Ankh pretrains without dropout)
+    layer_norm_epsilon: float
+    # Run-time knobs, and the token ids every Ankh shares.
     dtype: str = "float32"          # activations / matmul inputs; "bfloat16" on TPU
     param_dtype: str = "float32"    # parameters are kept in fp32
     scan_layers: bool = False       # nn.scan over layers: one compiled layer, stacked params
@@ -48,23 +65,27 @@ class T5Config:
             if getattr(self, name) <= 0:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
 
-    # -- presets -------------------------------------------------------------------------------------------
+    # -- presets (read from configs/models/*.gin) --------------------------------------------------------------
+    @classmethod
+    def from_gin_file(cls, name: str, **overrides) -> T5Config:
+        """The config a model gin file shipped with ankh_jax binds (``name`` relative to configs/), plus
+        ``overrides``; the global gin config is neither read nor changed."""
+        return cls(**{**model_gin_bindings(name), **overrides})
+
     @classmethod
     def ankh_base(cls, **overrides) -> T5Config:
-        """ElnaggarLab/ankh-base: 48 encoder / 24 decoder layers, d_model 768, 12 heads x 64."""
-        return cls(**{"d_model": 768, "d_ff": 3072, "num_heads": 12, "d_kv": 64, **overrides})
+        """ElnaggarLab/ankh-base (``models/ankh_base.gin``): 48 encoder / 24 decoder layers, d_model 768."""
+        return cls.from_gin_file(PRESET_GIN_FILES["ankh_base"], **overrides)
 
     @classmethod
     def ankh_large(cls, **overrides) -> T5Config:
-        """ElnaggarLab/ankh-large: 48 / 24 layers, d_model 1536, 16 heads x 64 (attention width 1024)."""
-        return cls(**{"d_model": 1536, "d_ff": 3840, "num_heads": 16, "d_kv": 64, **overrides})
+        """ElnaggarLab/ankh-large (``models/ankh_large.gin``): Base's layers, d_model 1536, 16 heads."""
+        return cls.from_gin_file(PRESET_GIN_FILES["ankh_large"], **overrides)
 
     @classmethod
     def tiny(cls, **overrides) -> T5Config:
-        """A CPU-sized Ankh: same vocabulary and structure, 2 + 2 layers of width 64."""
-        return cls(**{"d_model": 64, "d_ff": 128, "num_heads": 4, "d_kv": 16, "num_encoder_layers": 2,
-                      "num_decoder_layers": 2, "relative_attention_num_buckets": 32,
-                      "relative_attention_max_distance": 64, **overrides})
+        """A CPU-sized Ankh (``models/ankh_tiny.gin``): same vocabulary and structure, 2 + 2 layers of width 64."""
+        return cls.from_gin_file(PRESET_GIN_FILES["tiny"], **overrides)
 
     # -- derived -------------------------------------------------------------------------------------------
     @property
@@ -160,6 +181,45 @@ class T5Config:
             return emb + enc
         dec = self.num_decoder_layers * (2 * attn + mlp + 3 * d) + d + self.relative_attention_num_buckets * self.num_heads
         return emb + enc + dec + self.vocab_size * d
+
+
+def model_gin_bindings(name: str) -> dict:
+    """``{field: value}`` of the ``T5Config.field = value`` lines of a model gin file in ``ankh_jax.configs``,
+    its ``include`` lines followed (later bindings override earlier ones, as in gin)."""
+    return dict(_read_model_gin(name))
+
+
+class _LiteralsOnly(config_parser.ParserDelegate):
+    """Parses gin references and macros to a marker: a preset takes literal values only."""
+
+    def configurable_reference(self, scoped_configurable_name, evaluate):
+        return _Reference(f"@{scoped_configurable_name}{'()' if evaluate else ''}")
+
+    def macro(self, macro_name):
+        return _Reference(f"%{macro_name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reference:
+    text: str
+
+
+@functools.cache
+def _read_model_gin(name: str) -> tuple[tuple[str, object], ...]:
+    configs = resources.files("ankh_jax.configs")
+    source = configs.joinpath(name)
+    if not source.is_file():
+        raise FileNotFoundError(f"model gin file {name!r} not found in {configs}")
+    bindings: dict[str, object] = {}
+    for statement in config_parser.ConfigParser(source.read_text(), _LiteralsOnly()):
+        if isinstance(statement, config_parser.IncludeStatement):
+            bindings.update(_read_model_gin(statement.filename))
+        elif isinstance(statement, config_parser.BindingStatement) and statement.selector == "T5Config":
+            if statement.scope or isinstance(statement.value, _Reference):
+                raise ValueError(f"{name}: {statement.location.line_content.strip()!r}: a preset's gin file binds "
+                                 "unscoped literal T5Config values only")
+            bindings[statement.arg_name] = statement.value
+    return tuple(bindings.items())
 
 
 gin.external_configurable(T5Config, name="T5Config")

@@ -5,9 +5,9 @@ must come from one model. A path says nothing about that: a training directory i
 directory is replaced in place, a symlink names the same model twice. :func:`weights_fingerprint` hashes what the
 computation actually uses, so it is equal exactly when the weights are.
 
-The hash is over the plain, unrolled parameter tree (``layers_{i}``; ``hf.plain_params`` gives it whatever the
-source), so the same weights read from an ankh_jax checkpoint, a scanned one or an HF export hash the same. Pass
-the subtree a computation uses (the encoder for embeddings) to ignore the rest.
+The hash is over the plain, unrolled parameter tree (``layers_{i}``; ``params_layout.unrolled_on_host`` gives it
+from either layout), so the same weights read from an ankh_jax checkpoint, a scanned one or an HF export hash the
+same. Pass the subtree a computation uses (the encoder for embeddings) to ignore the rest.
 """
 
 from __future__ import annotations

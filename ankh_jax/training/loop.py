@@ -310,9 +310,9 @@ class _Loop:
 
 
 def _load_hf_params(path: str, config) -> Any:
-    from ankh_jax.io.hf import load_hf_model
+    from ankh_jax.io.loading import load  # the one load path: verified, normalised once into the run's layout
 
-    hf_config, params = load_hf_model(path, scan_layers=config.scan_layers)
+    hf_config, params = load(path, scan_layers=config.scan_layers)
     diffs = {f: (getattr(hf_config, f), getattr(config, f)) for f in run_dir.ARCH_FIELDS
              if getattr(hf_config, f) != getattr(config, f)}
     if diffs:

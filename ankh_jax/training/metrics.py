@@ -1,7 +1,11 @@
 """Run metrics: ``metrics.jsonl`` (one JSON object per log step), TensorBoard event files, and a progress bar.
 
-Only process 0 writes. Rows are ``{"step": int, "kind": "train" | "eval", ...scalars}``. On resume, rows beyond
-the restored step are dropped first, so the file always describes one consistent run.
+One writer (:class:`MetricsWriter`) for pretraining and fine-tuning. Only process 0 writes. Pretraining's rows are
+``{"step": int, "kind": "train" | "eval", ...scalars}`` (:meth:`MetricsWriter.write`, mirrored to TensorBoard);
+fine-tuning's are ``{"step", "epoch", ...}`` with ``"split": "valid"`` on evaluation rows
+(:meth:`MetricsWriter.write_row`, as given). Each row is appended whole, so a crash leaves at most a partial last
+line. On resume, rows beyond the restored step (and such a partial line) are dropped first, so the file always
+describes one consistent run.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def read_metrics(model_dir: str) -> list[dict]:
 
 class MetricsWriter:
     def __init__(self, model_dir: str, *, total_steps: int, start_step: int = 0, tensorboard: bool = True,
-                 progress: bool = True):
+                 progress: bool = True, progress_desc: str | None = None):
         self.enabled = jax.process_index() == 0
         self.model_dir = model_dir
         self.path = os.path.join(model_dir, METRICS_FILE)
@@ -73,7 +77,7 @@ class MetricsWriter:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             file=sys.stderr, mininterval=1.0, smoothing=0.1)
+                             file=sys.stderr, mininterval=1.0, smoothing=0.1, desc=progress_desc)
 
     def _truncate_after(self, step: int) -> None:
         """Rows beyond the restored step (and a partial last line) are dropped, so the file is one run."""
@@ -96,17 +100,24 @@ class MetricsWriter:
                 self._bar.set_postfix(postfix, refresh=False)
 
     def write(self, step: int, kind: str, scalars: dict[str, float]) -> None:
+        """A ``{"step", "kind", ...scalars}`` row (non-finite floats as strings), also to TensorBoard."""
         if not self.enabled:
             return
         row = {"step": int(step), "kind": kind, **{k: _plain(v) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.write_row(row)
         tb = self._tb.get(kind)
         if tb is not None:
             for k, v in row.items():
                 if k not in ("step", "kind") and isinstance(v, (int, float)) and math.isfinite(v):
                     tb.add_scalar(k, v, step)
             tb.flush()
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Appends ``row`` (plain JSON values, with an int ``"step"``) as one line, whole."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def log_line(self, text: str) -> None:
         if not self.enabled:

@@ -1,11 +1,18 @@
-"""Optimizers and learning-rate schedules (optax), gin-configurable.
+"""Optimizers and learning-rate schedules (optax), gin-configurable: the one factory of pretraining and fine-tuning.
 
 Ankh was pretrained with Adafactor, a linear warm-up of 10k steps then a linear decay, and no weight decay. The
 Adafactor here is optax's (factored second moments, update clipping by block RMS 1.0, decay 0.8, learning rate
 scaled by the parameter RMS as in t5x), preceded by optional global-norm clipping of the raw gradients.
+
+Pretraining binds ``make_schedule.*`` / ``make_optimizer.*`` in gin. Fine-tuning
+(``ankh_jax.downstream.trainer.OptimizerConfig``) calls the same two functions with every argument explicit
+(AdamW, a warm-up capped at a tenth of the run), through :func:`make_grouped_optimizer` for its parameter groups
+(another learning rate for the encoder) and gradient accumulation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import gin
 import jax.numpy as jnp
@@ -71,3 +78,24 @@ def make_optimizer(learning_rate: optax.Schedule, name: str = "adafactor", clip_
     if clip_grad_norm:
         return optax.chain(optax.clip_by_global_norm(clip_grad_norm), core)
     return core
+
+
+def make_grouped_optimizer(schedules: Mapping[str, optax.Schedule], labels: Mapping[str, str] | None = None, *,
+                           accumulate_steps: int = 1, **optimizer_kwargs) -> optax.GradientTransformation:
+    """:func:`make_optimizer` per parameter group, then gradient accumulation.
+
+    ``schedules`` maps a group name to its learning-rate schedule; ``labels`` maps each top-level key of the
+    params to a group (``None`` with a single group: every parameter in it). ``optimizer_kwargs`` go to every
+    group's :func:`make_optimizer`. With ``accumulate_steps`` > 1 the updates are applied every that many calls,
+    from the mean gradient (``optax.MultiSteps``).
+    """
+    if labels is None:
+        if len(schedules) != 1:
+            raise ValueError(f"make_grouped_optimizer: {len(schedules)} groups need labels saying which is which")
+        tx = make_optimizer(next(iter(schedules.values())), **optimizer_kwargs)
+    else:
+        tx = optax.multi_transform({group: make_optimizer(schedule, **optimizer_kwargs)
+                                    for group, schedule in schedules.items()}, dict(labels))
+    if accumulate_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps)
+    return tx

@@ -97,7 +97,7 @@ def test_state_round_trip_continues_identically(sample_tfds_dir, pack):
     assert state["epoch"] == 0 and it.get_state()["epoch"] >= 1  # the continuation crossed an epoch boundary
     assert pack or state["position"] == 48
     # Restoring twice into one iterator is fine; a state of another configuration is refused.
-    resumed.restore(state)
+    resumed.set_state(state)
     assert same(take(resumed, 2), expected[:2])
     other = make(sample_tfds_dir, **{**kw, "seed": 4})
     with pytest.raises(ValueError, match="seed"):

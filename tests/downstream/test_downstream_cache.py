@@ -1,5 +1,6 @@
 """The frozen protocol's HDF5 embedding cache: reused across runs, refused for another encoder, exact values."""
 
+import re
 import shutil
 
 import numpy as np
@@ -8,10 +9,11 @@ import pytest
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.inference.embedding import embed_sequences
+from ankh_jax.testing import random_encoder
 
 
-def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path):
-    enc = load_encoder("random:tiny:0")
+def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path, random_encoder_dir):
+    enc = load_encoder(random_encoder_dir(0))
     seqs = ["MKVLAAGG", "GSHMSLFDFFKNK", "MKVLAAGG"]
     messages = []
     path = str(tmp_path / "embeddings.h5")
@@ -27,18 +29,18 @@ def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path):
     messages.clear()
     build_cache(enc, seqs, path, progress=False, log=messages.append).close()
     assert messages == []                                   # nothing left to embed
-    with pytest.raises(ValueError, match=r"another model .*encoder 'random:tiny:0'.* not of this run's \(encoder "
-                                         "'random:tiny:1'"):
-        build_cache(load_encoder("random:tiny:1"), seqs, path, progress=False)
-    assert load_encoder("random:tiny:0:1").config.num_encoder_layers == 1
-    with pytest.raises(ValueError, match="random:PRESET"):
+    with pytest.raises(ValueError, match=rf"another model .*encoder '{re.escape(random_encoder_dir(0))}'.* not of "
+                                         rf"this run's \(encoder '{re.escape(random_encoder_dir(1))}'"):
+        build_cache(load_encoder(random_encoder_dir(1)), seqs, path, progress=False)
+    assert load_encoder(random_encoder_dir(0, 1)).config.num_encoder_layers == 1
+    with pytest.raises(FileNotFoundError, match="random:tiny:x: no such model directory"):
         load_encoder("random:tiny:x")
 
 
 def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp_path):
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
-    enc = load_encoder("random:tiny:0")
+    enc = random_encoder("tiny", 0)
     export(enc.config, enc.params, str(tmp_path / "hf"), encoder_only=True)
     loaded = load_encoder(str(tmp_path / "hf"))
     assert loaded.source == str(tmp_path / "hf") and loaded.config.d_model == enc.config.d_model
@@ -50,11 +52,11 @@ def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp
 def test_cache_is_keyed_by_weights_and_dtypes_not_by_path(tmp_path):
     """Issue 12 / 11: a cache written in bfloat16, or from a model directory overwritten since, was reused
     silently (it was keyed by the ENCODER string); the same weights under another path are the same model."""
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     seqs = ["MKVLAAGG", "GSHMSLFDFFKNK"]
     model = str(tmp_path / "model")
-    enc0 = load_encoder("random:tiny:0")
+    enc0 = random_encoder("tiny", 0)
     export(enc0.config, enc0.params, model, encoder_only=True)
     path = str(tmp_path / "embeddings.h5")
     build_cache(load_encoder(model), seqs, path, progress=False).close()
@@ -70,15 +72,15 @@ def test_cache_is_keyed_by_weights_and_dtypes_not_by_path(tmp_path):
     assert messages == []
 
     shutil.rmtree(model)                                       # the directory overwritten with other weights
-    enc1 = load_encoder("random:tiny:1")
+    enc1 = random_encoder("tiny", 1)
     export(enc1.config, enc1.params, model, encoder_only=True)
     with pytest.raises(ValueError, match="another model"):
         build_cache(load_encoder(model), seqs, path, progress=False)
 
 
-def test_unreadable_cache_is_moved_aside_and_rebuilt(tmp_path):
+def test_unreadable_cache_is_moved_aside_and_rebuilt(tmp_path, random_encoder_dir):
     """A kill before HDF5's first flush leaves a file h5py cannot open; the rerun must not crash on it."""
-    enc = load_encoder("random:tiny:0")
+    enc = load_encoder(random_encoder_dir(0))
     path = tmp_path / "embeddings.h5"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)         # an HDF5 signature and nothing else
     messages = []

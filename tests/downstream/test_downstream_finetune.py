@@ -1,4 +1,5 @@
-"""The fine-tuning runner end to end on CPU with a random tiny encoder (``ENCODER='random:tiny'``)."""
+"""The fine-tuning runner end to end on CPU with a random tiny encoder (an HF directory written by
+``ankh_jax.testing.write_random_encoder``, the ``random_encoder_dir`` fixture)."""
 
 import csv
 import json
@@ -19,11 +20,12 @@ def clean_gin():
     gin.clear_config()
 
 
-def test_pfam_family_frozen_beats_majority_baseline(tmp_path, capsys):
+def test_pfam_family_frozen_beats_majority_baseline(tmp_path, capsys, random_encoder_dir):
     """Real proteins, 11 Pfam families, the shipped gin file, through the CLI entry point."""
     model_dir = tmp_path / "pfam"
     finetune.main(["--gin_file=configs/downstream/pfam_family.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   "--gin.ENCODER='random:tiny'", "--gin.run.progress=False", "--gin.OptimizerConfig.max_epochs=5",
+                   f"--gin.ENCODER='{random_encoder_dir()}'",
+                   "--gin.run.progress=False", "--gin.OptimizerConfig.max_epochs=5",
                    "--gin.pfam_family_task.max_length=128"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracy = results["tests"]["pfam_family"]["accuracy"]
@@ -46,7 +48,7 @@ def _neighbour_label(seq: str, i: int) -> str:
     return "C"
 
 
-def test_per_residue_function_of_neighbours_is_learned(tmp_path):
+def test_per_residue_function_of_neighbours_is_learned(tmp_path, random_encoder_dir):
     """Labels depend on the residues before and after (frozen random tiny encoder, two ConvBERT layers).
 
     One layer sits near 89% for ~10 epochs (the next-residue rule needs a sharp softmax over the convolution
@@ -70,7 +72,8 @@ def test_per_residue_function_of_neighbours_is_learned(tmp_path):
         write(f"{name}.csv", 10)
     model_dir = tmp_path / "ssp"
     finetune.main(["--gin_file=configs/downstream/ssp3.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.progress=False",
+                   f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
+                   "--gin.run.progress=False",
                    "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.OptimizerConfig.max_epochs=8",
                    "--gin.OptimizerConfig.patience=8", "--gin.HeadConfig.dropout=0.0",
                    "--gin.HeadConfig.num_layers=2"])

@@ -11,7 +11,7 @@ import pytest
 
 from ankh_jax import finetune
 from ankh_jax.downstream import lora
-from ankh_jax.downstream.encoder_source import random_encoder
+from ankh_jax.testing import random_encoder
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
 
@@ -51,7 +51,7 @@ def test_lora_starts_as_the_unchanged_encoder():
 
 
 @pytest.mark.parametrize("rank", [4, 0])
-def test_full_mode_trains_lora_and_head_only_or_everything(tmp_path, rank):
+def test_full_mode_trains_lora_and_head_only_or_everything(tmp_path, rank, random_encoder_dir):
     rng = np.random.default_rng(0)
     seqs = _random_seqs(rng, 56, 15, 30)  # one length bucket: one compiled shape; 16 test proteins
     rows = [[s, int("W" in s)] for s in seqs]
@@ -59,7 +59,7 @@ def test_full_mode_trains_lora_and_head_only_or_everything(tmp_path, rank):
         _write(tmp_path / f"{name}.csv", ["sequences", "labels"], part)
     model_dir = tmp_path / "run"
     finetune.main(["--gin_file=configs/downstream/solubility.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.mode='full'",
+                   f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'", "--gin.run.mode='full'",
                    f"--gin.LoraConfig.rank={rank}", "--gin.OptimizerConfig.max_epochs=1",
                    "--gin.OptimizerConfig.grad_accum_steps=2",
                    "--gin.OptimizerConfig.batch_size=8", "--gin.run.progress=False"])
@@ -112,7 +112,7 @@ def _accuracy_of(enc, encoder_params, head_params, rows) -> float:
     return float(np.mean(predicted == np.array([bool(label) for _, label in rows])))
 
 
-def test_lookup_scores_each_cath_level_of_the_nearest_protein(tmp_path):
+def test_lookup_scores_each_cath_level_of_the_nearest_protein(tmp_path, random_encoder_dir):
     """Queries are point mutants of lookup proteins (not copies), labelled to agree with their parent down to a
     chosen CATH level: the known answer is C 5/6, A 4/6, T 3/6, H 2/6. The parent is checked to be the nearest
     protein by a float64 numpy cosine search of its own; a search that returned the query itself, the wrong
@@ -142,7 +142,8 @@ def test_lookup_scores_each_cath_level_of_the_nearest_protein(tmp_path):
 
     model_dir = tmp_path / "run"
     finetune.main(["--gin_file=configs/downstream/lookup.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.progress=False"])
+                   f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
+                   "--gin.run.progress=False"])
     results = json.loads((model_dir / "results.json").read_text())
     assert results["tests"]["cath"] == {"C": 5 / 6, "A": 4 / 6, "T": 3 / 6, "H": 2 / 6}
 
@@ -164,11 +165,12 @@ def _write_contact_splits(tmp_path, rng, counts=(("train", 6), ("valid", 2), ("t
     return proteins
 
 
-def test_contact_protocol_from_embeddings_runs_and_scores(tmp_path):
+def test_contact_protocol_from_embeddings_runs_and_scores(tmp_path, random_encoder_dir):
     _write_contact_splits(tmp_path, np.random.default_rng(2))
     model_dir = tmp_path / "frozen"
     finetune.main(["--gin_file=configs/downstream/contacts.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.progress=False",
+                   f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
+                   "--gin.run.progress=False",
                    "--gin.OptimizerConfig.max_epochs=2"])
     results = json.loads((model_dir / "results.json").read_text())
     assert set(results["tests"]["proteinnet"]) == {"precision_L/5", "precision_L/1"}
@@ -183,7 +185,7 @@ def test_attention_features_are_the_symmetrised_apc_maps_of_transformers(tmp_pat
     from ankh_jax.tasks.contacts import attention_features
 
     from ankh_jax.data.tokenizer import AnkhTokenizer
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     enc = random_encoder("tiny")
     export(enc.config, enc.params, str(tmp_path), encoder_only=True)
@@ -209,7 +211,7 @@ def _perfect_precision(contacts: np.ndarray, fraction: int) -> float:
     return min(true, top) / top
 
 
-def test_attention_protocol_ranks_oracle_features_perfectly(tmp_path, monkeypatch):
+def test_attention_protocol_ranks_oracle_features_perfectly(tmp_path, monkeypatch, random_encoder_dir):
     """With attention features replaced by the true contact map (plus a noise channel), the logistic regression
     must rank every long-range contact first: the run reports exactly the perfect ranking's P@L and P@L/5 on the
     whole test proteins. Misaligned pair labels, a transposed map or cropped test proteins would not."""
@@ -234,7 +236,8 @@ def test_attention_protocol_ranks_oracle_features_perfectly(tmp_path, monkeypatc
     monkeypatch.setattr(contacts_task, "attention_features", oracle)
     model_dir = tmp_path / "attention"
     finetune.main(["--gin_file=configs/downstream/contacts_attention.gin", f"--gin.MODEL_DIR='{model_dir}'",
-                   f"--gin.DATA_DIR='{tmp_path}'", "--gin.ENCODER='random:tiny'", "--gin.run.progress=False",
+                   f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
+                   "--gin.run.progress=False",
                    "--gin.contact_task.max_length=30"])
     scores = json.loads((model_dir / "results.json").read_text())["tests"]["proteinnet"]
     tests = [truth[seq] for seq, _ in proteins["test"]]

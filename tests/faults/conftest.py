@@ -3,7 +3,7 @@
 import pytest
 from fault_models import CFG, random_params
 
-from ankh_jax import export_hf
+from ankh_jax.io import hf_export
 
 
 @pytest.fixture(scope="session")
@@ -19,5 +19,5 @@ def params_b():
 @pytest.fixture(scope="session")
 def hf_dir_a(params_a, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf_a")
-    export_hf.export(CFG, params_a, str(out))
+    hf_export.export(CFG, params_a, str(out))
     return out

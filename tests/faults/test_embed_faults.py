@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from fault_models import CFG, save_training_run
 
-from ankh_jax import embed, export_hf
+from ankh_jax import embed
 from ankh_jax.data.fasta import load_fasta, write_fasta
 from ankh_jax.inference import embedding
-from ankh_jax.io import embeddings_h5
+from ankh_jax.io import embeddings_h5, hf_export
 from ankh_jax.io.dir_lock import DirectoryLock
 
 # Padding and batch composition change float32 rounding only: a resumed run batches differently.
@@ -64,7 +64,7 @@ def test_resume_only_with_the_same_model(tmp_path, records, expected, hf_dir_a, 
     assert run_embed(model, fasta[0], out) == 0
     first = out.read_bytes()
 
-    export_hf.export(CFG, params_b, str(model))  # the directory replaced in place by another model
+    hf_export.export(CFG, params_b, str(model))  # the directory replaced in place by another model
     assert run_embed(model, fasta[2], out) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(out) in err and "different model" in err, err
@@ -160,7 +160,7 @@ def test_a_killed_run_is_not_resumed_with_another_model(tmp_path, records, hf_di
     parts = {p: (partial / p).read_bytes() for p in os.listdir(partial) if p.startswith("part-")}
     assert parts and not out.exists()
     model_b = tmp_path / "model_b"
-    export_hf.export(CFG, params_b, str(model_b))
+    hf_export.export(CFG, params_b, str(model_b))
     assert run_embed(model_b, fasta, out) == 2
     err = capsys.readouterr().err
     assert str(partial) in err and "different model" in err, err

@@ -10,7 +10,7 @@ from fault_models import CFG, save_training_run
 
 import ankh_jax
 from ankh_jax import export_hf
-from ankh_jax.io import hf
+from ankh_jax.io import hf_export, hf_files
 
 
 def _files(d):
@@ -20,15 +20,15 @@ def _files(d):
 def test_sharded_export_over_a_single_file_export_leaves_only_the_new_files(tmp_path, params_a, params_b):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "exported"
-    export_hf.export(CFG, params_a, str(out))
-    assert (out / hf.SAFETENSORS_FILE).exists()
-    written = export_hf.export(CFG, params_b, str(out), max_shard_bytes=20_000)
+    hf_export.export(CFG, params_a, str(out))
+    assert (out / hf_files.SAFETENSORS_FILE).exists()
+    written = hf_export.export(CFG, params_b, str(out), max_shard_bytes=20_000)
     assert _files(out) == sorted(os.path.basename(p) for p in written)  # exactly its own files
-    assert not (out / hf.SAFETENSORS_FILE).exists() and (out / hf.SAFETENSORS_INDEX).exists()
+    assert not (out / hf_files.SAFETENSORS_FILE).exists() and (out / hf_files.SAFETENSORS_INDEX).exists()
     assert len([f for f in _files(out) if f.endswith(".safetensors")]) > 1
     assert [f for f in _files(tmp_path) if f != "exported"] == []  # no staging directory left behind
 
-    _, loaded = hf.load_hf_model(str(out))
+    _, loaded = hf_files.load_hf_model(str(out))
     jax.tree_util.tree_map(np.testing.assert_array_equal, params_b, loaded)  # the NEW weights
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(out))
     np.testing.assert_array_equal(model.shared.weight.detach().numpy(), params_b["token_embedder"]["embedding"])
@@ -55,18 +55,18 @@ def test_export_refuses_what_is_not_an_earlier_export_and_leaves_it_untouched(tm
 
 def test_a_failure_mid_export_keeps_the_earlier_export(tmp_path, params_a, params_b, monkeypatch):
     out = tmp_path / "exported"
-    export_hf.export(CFG, params_a, str(out))
+    hf_export.export(CFG, params_a, str(out))
     before = {f: (out / f).read_bytes() for f in _files(out)}
 
-    save_weights = hf.save_hf_weights
+    save_weights = hf_files.save_hf_weights
 
     def fail_after_weights(*args, **kwargs):
         save_weights(*args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_hf.hf, "save_hf_weights", fail_after_weights)
+    monkeypatch.setattr(hf_export.hf_files, "save_hf_weights", fail_after_weights)
     with pytest.raises(OSError, match="disk full"):
-        export_hf.export(CFG, params_b, str(out), max_shard_bytes=20_000)
+        hf_export.export(CFG, params_b, str(out), max_shard_bytes=20_000)
     monkeypatch.undo()
     assert {f: (out / f).read_bytes() for f in _files(out)} == before
     assert _files(tmp_path) == ["exported"]

@@ -21,9 +21,16 @@ import pytest
 from ankh_jax import finetune
 from ankh_jax.downstream import run_records, trainer
 from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.training.metrics import read_metrics
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
-ENCODER = "random:tiny:0:1"
+ENCODER = ""  # a tiny random one-layer encoder directory, set for the module by use_tiny_encoder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def use_tiny_encoder(random_encoder_dir):
+    global ENCODER
+    ENCODER = random_encoder_dir(0, 1)
 
 
 @pytest.fixture(autouse=True)
@@ -142,12 +149,13 @@ def finished_run(tmp_path_factory, data_dir):
     return model_dir
 
 
-def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_dir, finished_run, capsys):
+def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_dir, finished_run, capsys,
+                                                               random_encoder_dir):
     """A re-run retrained over results.json and best/ and appended a second run to metrics.jsonl; another
     ENCODER was refused only after config.gin had been rewritten. The identity is the weights, not the ENCODER
     string: an HF export of the same random encoder is the same run."""
     from ankh_jax.downstream.encoder_source import load_encoder
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
 
     model_dir = finished_run
     done = _snapshot(model_dir)
@@ -161,7 +169,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
         assert "already holds the results of this run" in capsys.readouterr().out
         assert _snapshot(model_dir) == done
 
-    for extra, named in ((["--gin.ENCODER='random:tiny:1:1'"], "encoder_fingerprint"),
+    for extra, named in (([f"--gin.ENCODER='{random_encoder_dir(1, 1)}'"], "encoder_fingerprint"),
                          (["--gin.run.mode='full'"], "mode: 'frozen' in run.json, 'full' now"),
                          (["--gin.OptimizerConfig.max_epochs=4"], "optimizer.max_epochs: 3 in run.json, 4 now")):
         assert finetune.main(_flags(model_dir, data_dir, *extra)) == 2
@@ -171,7 +179,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
 
 def _rows_without_timings(path):
     timing = {"steps_per_s", "epoch_seconds"}
-    return [{k: v for k, v in r.items() if k not in timing} for r in run_records.read_metrics(str(path))]
+    return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(str(path))]
 
 
 def test_sigkilled_process_resumes_to_the_uninterrupted_result(tmp_path, data_dir, finished_run, repo_root):
@@ -198,8 +206,8 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_result(tmp_path, data_di
     b = json.loads((killed / "results.json").read_text())
     assert b["tests"] == a["tests"] and b["valid_best"] == a["valid_best"]
     assert (b["best_epoch"], b["epochs_run"], b["steps"]) == (a["best_epoch"], a["epochs_run"], a["steps"])
-    assert _rows_without_timings(killed / "metrics.jsonl") == _rows_without_timings(finished_run / "metrics.jsonl")
-    assert [r["epoch"] for r in run_records.read_metrics(str(killed / "metrics.jsonl")) if "split" in r] == [1, 2, 3]
+    assert _rows_without_timings(killed) == _rows_without_timings(finished_run)
+    assert [r["epoch"] for r in read_metrics(str(killed)) if "split" in r] == [1, 2, 3]
 
 
 def test_second_run_on_a_model_dir_in_use_refuses_naming_the_first(tmp_path, data_dir, capsys):

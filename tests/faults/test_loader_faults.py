@@ -13,7 +13,7 @@ from fault_models import CFG, save_training_run
 
 import ankh_jax
 from ankh_jax import export_hf
-from ankh_jax.io import checkpoints, hf
+from ankh_jax.io import checkpoints, hf_export, hf_files
 
 
 def test_loader_refuses_params_that_do_not_match_their_fingerprint(tmp_path, params_a, params_b):
@@ -88,14 +88,14 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, params_a, ca
         save_training_run(model, {1: poisoned})
         tensor = "encoder/layers_1/mlp/wo/kernel"
     else:
-        export_hf.export(CFG, poisoned, str(model))
+        hf_export.export(CFG, poisoned, str(model))
         tensor = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
         if fmt == "torch_bin":
             torch = pytest.importorskip("torch")
-            st = hf.SafetensorsFile(str(model / hf.SAFETENSORS_FILE))
-            torch.save({k: torch.from_numpy(np.array(st.get(k))) for k in st.header}, model / hf.TORCH_FILE)
-            os.remove(model / hf.SAFETENSORS_FILE)
-    with pytest.raises((hf.CheckpointError, checkpoints.CheckpointError), match=rf"{tensor} holds 2 non-finite"):
+            st = hf_files.SafetensorsFile(str(model / hf_files.SAFETENSORS_FILE))
+            torch.save({k: torch.from_numpy(np.array(st.get(k))) for k in st.header}, model / hf_files.TORCH_FILE)
+            os.remove(model / hf_files.SAFETENSORS_FILE)
+    with pytest.raises((hf_files.CheckpointError, checkpoints.CheckpointError), match=rf"{tensor} holds 2 non-finite"):
         ankh_jax.load_model(model)
     out = tmp_path / "out"
     _one_line_error(capsys, export_hf.main([f"--model={model}", f"--output={out}"]), tensor, "non-finite")
@@ -120,8 +120,8 @@ def test_safetensors_offsets_that_do_not_fit_the_shape_name_the_tensor(tmp_path,
         start, _ = header[name]["data_offsets"]
         header[name]["data_offsets"] = [start, start + 4]  # one float for a [32] vector
 
-    _rewrite_safetensors_header(model / hf.SAFETENSORS_FILE, shrink)
-    with pytest.raises(hf.CheckpointError, match=rf"tensor {name}: data_offsets .* hold 4 bytes.*\[32\].*128"):
+    _rewrite_safetensors_header(model / hf_files.SAFETENSORS_FILE, shrink)
+    with pytest.raises(hf_files.CheckpointError, match=rf"tensor {name}: data_offsets .* hold 4 bytes.*\[32\].*128"):
         ankh_jax.load_model(model)
     out = tmp_path / "out"
     _one_line_error(capsys, export_hf.main([f"--model={model}", f"--output={out}"]), name, str(model))
@@ -137,11 +137,11 @@ def test_malicious_pickle_is_refused_in_one_line(tmp_path, hf_dir_a, capsys, mon
     torch = pytest.importorskip("torch")
     model = tmp_path / "model"
     model.mkdir()
-    shutil.copy(hf_dir_a / hf.CONFIG_FILE, model / hf.CONFIG_FILE)
-    torch.save({"shared.weight": _Payload()}, model / hf.TORCH_FILE)
+    shutil.copy(hf_dir_a / hf_files.CONFIG_FILE, model / hf_files.CONFIG_FILE)
+    torch.save({"shared.weight": _Payload()}, model / hf_files.TORCH_FILE)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    _one_line_error(capsys, export_hf.main([f"--model={model}", f"--output={out}"]), str(model / hf.TORCH_FILE),
+    _one_line_error(capsys, export_hf.main([f"--model={model}", f"--output={out}"]), str(model / hf_files.TORCH_FILE),
                     "weights-only")
     assert not (tmp_path / "pwned").exists() and not out.exists()
 
@@ -152,6 +152,7 @@ def test_a_model_path_that_is_a_file_or_a_garbled_header_is_a_clear_error(tmp_pa
         ankh_jax.load_model(tmp_path / "model.txt")
     model = _copy_dir(hf_dir_a, tmp_path / "model")
     raw = json.dumps(["not", "a", "table"]).encode()
-    (model / hf.SAFETENSORS_FILE).write_bytes(struct.pack("<Q", len(raw)) + raw)
-    with pytest.raises(hf.CheckpointError, match=rf"{model / hf.SAFETENSORS_FILE}: the safetensors header is not"):
+    (model / hf_files.SAFETENSORS_FILE).write_bytes(struct.pack("<Q", len(raw)) + raw)
+    header = model / hf_files.SAFETENSORS_FILE
+    with pytest.raises(hf_files.CheckpointError, match=rf"{header}: the safetensors header is not"):
         ankh_jax.load_model(model)

@@ -5,12 +5,13 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import CFG, SEQS
 
 import ankh_jax
 from ankh_jax import generate, score
 from ankh_jax.data.tokenizer import EOS_ID, RESIDUE_TO_ID, sentinel_id
 from ankh_jax.inference import decoding, infilling, scoring
+from ankh_jax.testing import DECODING_CFG as CFG
+from ankh_jax.testing import DECODING_SEQS as SEQS
 
 
 @pytest.fixture(scope="module")

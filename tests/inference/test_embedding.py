@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ankh_jax import embed, export_hf
+from ankh_jax import embed
 from ankh_jax.data.fasta import load_fasta, write_fasta
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.inference import embedding
-from ankh_jax.io import embeddings_h5
+from ankh_jax.io import embeddings_h5, hf_export
 from ankh_jax.model import EncoderOnly, T5Config, Transformer
 
 CFG = T5Config.tiny(d_model=32, d_ff=64, num_heads=4, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
@@ -53,7 +53,7 @@ def records(sample_fasta):
 @pytest.fixture(scope="module")
 def model_dir(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 
@@ -105,21 +105,6 @@ def test_max_length_truncates_to_a_prefix(params):
     seq = "MKALCLLLLPVLGLLVSSKTLCSMEEAINERIQEVAGS"
     cut = embedding.embed_sequences(CFG, params, [seq], max_length=11)[0]
     assert_agree(cut, reference(params, seq[:10]))
-
-
-def test_batch_plan_has_few_shapes_and_respects_the_budget(sample_fasta):
-    lengths = [len(r.sequence) + 1 for r in load_fasta(sample_fasta)]
-    plan = embedding.plan_batches(lengths, batch_tokens=4096)
-    seen = sorted(i for _, members in plan for i in members)
-    assert seen == list(range(len(lengths)))  # every sequence exactly once
-    rows = embedding.batch_rows(plan)
-    assert len(rows) <= 16  # one batch shape per bucket: a handful of compiles for 1,446 proteins
-    for width, members in plan:
-        assert all(lengths[i] <= width for i in members)
-        assert rows[width] * width <= 4096 or rows[width] == 1
-    padded = sum(rows[w] * w for w, _ in plan)
-    assert padded < 1.35 * sum(lengths)  # bucket rounding and short last batches waste little
-    assert [w for w, _ in plan] == sorted((w for w, _ in plan), reverse=True)  # longest first
 
 
 def test_input_errors_are_reported_before_any_compute(tmp_path, model_dir, capsys):

@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import CFG, SEQS
 
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.inference import decoding
 from ankh_jax.model import Transformer
+from ankh_jax.testing import DECODING_CFG as CFG
+from ankh_jax.testing import DECODING_SEQS as SEQS
 
 torch = pytest.importorskip("torch")
 

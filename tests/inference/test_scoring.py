@@ -3,11 +3,12 @@ definitions on the exported weights, within 1e-5 relative; mutation strings chec
 
 import numpy as np
 import pytest
-from conftest import CFG, SEQS
 
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.inference import decoding, scoring
 from ankh_jax.model.network import shift_right
+from ankh_jax.testing import DECODING_CFG as CFG
+from ankh_jax.testing import DECODING_SEQS as SEQS
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

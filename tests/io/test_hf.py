@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ankh_jax import export_hf
 from ankh_jax.data.tokenizer import AnkhTokenizer
-from ankh_jax.io import hf
+from ankh_jax.io import hf_export, hf_files, hf_mapping
 from ankh_jax.model import EncoderOnly, T5Config, Transformer, params_layout
 
 torch = pytest.importorskip("torch")
@@ -100,7 +99,7 @@ def params():
 @pytest.fixture(scope="module")
 def exported(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("export_full")
-    export_hf.export(CFG, params, str(out))
+    hf_export.export(CFG, params, str(out))
     return out
 
 
@@ -118,24 +117,24 @@ def test_exported_model_loads_in_transformers_with_same_logits(params, exported)
 
 
 def test_exported_encoder_only_loads_as_t5_encoder_model(params, tmp_path):
-    export_hf.export(CFG, params, str(tmp_path), encoder_only=True)
+    hf_export.export(CFG, params, str(tmp_path), encoder_only=True)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["T5EncoderModel"]
     model = transformers.T5EncoderModel.from_pretrained(str(tmp_path)).eval()
     assert_close(ours_hidden(CFG, params), torch_hidden(model), valid=batch()[1] > 0)
 
 
 def test_round_trip_is_exact_and_scanned_params_export_the_same(params, exported, tmp_path):
-    config, back = hf.load_hf_model(str(exported))
+    config, back = hf_files.load_hf_model(str(exported))
     assert config.replace(dropout_rate=CFG.dropout_rate) == CFG
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, back)
     stacked = params_layout.stack_layers(params, CFG.replace(scan_layers=True))
-    again = hf.params_to_hf(stacked, CFG.replace(scan_layers=True))
-    first = hf.params_to_hf(params, CFG)
+    again = hf_mapping.params_to_hf(stacked, CFG.replace(scan_layers=True))
+    first = hf_mapping.params_to_hf(params, CFG)
     assert set(again) == set(first)
     for k in first:
         np.testing.assert_array_equal(again[k], first[k])
     # Loading with scan_layers gives the stacked layout directly.
-    _, scanned = hf.load_hf_model(str(exported), scan_layers=True)
+    _, scanned = hf_files.load_hf_model(str(exported), scan_layers=True)
     jax.tree_util.tree_map(np.testing.assert_array_equal, stacked, scanned)
 
 
@@ -155,29 +154,29 @@ def hf_saved(tmp_path_factory):
 
 def test_transformers_saved_model_imports_with_same_logits(hf_saved):
     model, path = hf_saved
-    config, params = hf.load_hf_model(str(path))
+    config, params = hf_files.load_hf_model(str(path))
     assert "decoder" in params
     assert_close(ours_logits(config, params), torch_logits(model))
 
 
 def test_sharded_bf16_and_torch_bin_checkpoints_import(hf_saved, tmp_path):
     model, path = hf_saved
-    _, reference = hf.load_hf_model(str(path))
+    _, reference = hf_files.load_hf_model(str(path))
     model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="100KB")
-    assert (tmp_path / "sharded" / hf.SAFETENSORS_INDEX).exists()
-    _, sharded = hf.load_hf_model(str(tmp_path / "sharded"))
+    assert (tmp_path / "sharded" / hf_files.SAFETENSORS_INDEX).exists()
+    _, sharded = hf_files.load_hf_model(str(tmp_path / "sharded"))
     jax.tree_util.tree_map(np.testing.assert_array_equal, reference, sharded)
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "config.json").write_text((path / "config.json").read_text())
-    torch.save(model.state_dict(), bin_dir / hf.TORCH_FILE)  # includes the tied embed_tokens copies
-    _, from_bin = hf.load_hf_model(str(bin_dir))
+    torch.save(model.state_dict(), bin_dir / hf_files.TORCH_FILE)  # includes the tied embed_tokens copies
+    _, from_bin = hf_files.load_hf_model(str(bin_dir))
     jax.tree_util.tree_map(np.testing.assert_array_equal, reference, from_bin)
 
     bf16 = transformers.T5ForConditionalGeneration.from_pretrained(str(path), dtype=torch.bfloat16)
     bf16.save_pretrained(str(tmp_path / "bf16"))
-    _, from_bf16 = hf.load_hf_model(str(tmp_path / "bf16"))
+    _, from_bf16 = hf_files.load_hf_model(str(tmp_path / "bf16"))
     expected = bf16.encoder.block[1].layer[1].DenseReluDense.wo.weight.detach().float().numpy().T
     np.testing.assert_array_equal(from_bf16["encoder"]["layers_1"]["mlp"]["wo"]["kernel"], expected)
 
@@ -187,8 +186,8 @@ def test_tied_heads_import_with_transformers_semantics(tmp_path):
     torch.manual_seed(1)
     model = transformers.T5ForConditionalGeneration(hf_model_config(tie_word_embeddings=False)).eval()
     model.save_pretrained(str(tmp_path))
-    assert not any("lm_head" in k for k in hf.SafetensorsFile(str(tmp_path / hf.SAFETENSORS_FILE)).header)
-    config, params = hf.load_hf_model(str(tmp_path))
+    assert not any("lm_head" in k for k in hf_files.SafetensorsFile(str(tmp_path / hf_files.SAFETENSORS_FILE)).header)
+    config, params = hf_files.load_hf_model(str(tmp_path))
     assert_close(ours_logits(config, params), torch_logits(model))
 
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -197,7 +196,7 @@ def test_tied_heads_import_with_transformers_semantics(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     scaled = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
     assert scaled.config.scale_decoder_outputs
-    config, params = hf.load_hf_model(str(tmp_path))
+    config, params = hf_files.load_hf_model(str(tmp_path))
     assert_close(ours_logits(config, params), torch_logits(scaled))
 
 
@@ -205,7 +204,7 @@ def test_t5_encoder_model_checkpoint_imports(tmp_path):
     torch.manual_seed(2)
     model = transformers.T5EncoderModel(hf_model_config()).eval()
     model.save_pretrained(str(tmp_path))
-    config, params = hf.load_hf_model(str(tmp_path))
+    config, params = hf_files.load_hf_model(str(tmp_path))
     assert set(params) == {"token_embedder", "encoder"}
     assert_close(ours_hidden(config, params), torch_hidden(model), valid=batch()[1] > 0)
 
@@ -217,19 +216,19 @@ def test_wrong_shapes_and_missing_tensors_name_the_tensor(exported, tmp_path):
         (bad / name).write_bytes((exported / name).read_bytes())
     cfg = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "d_ff": cfg["d_ff"] + 1}))
-    with pytest.raises(hf.CheckpointError, match=r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight"):
-        hf.load_hf_model(str(bad))
+    with pytest.raises(hf_files.CheckpointError, match=r"encoder\.block\.0\.layer\.1\.DenseReluDense\.wi_0\.weight"):
+        hf_files.load_hf_model(str(bad))
     (bad / "config.json").write_text(json.dumps({**cfg, "num_layers": cfg["num_layers"] + 1}))
-    with pytest.raises(hf.CheckpointError, match=r"missing tensors.*encoder\.block\.3\."):
-        hf.load_hf_model(str(bad))
+    with pytest.raises(hf_files.CheckpointError, match=r"missing tensors.*encoder\.block\.3\."):
+        hf_files.load_hf_model(str(bad))
     (bad / "config.json").write_text(json.dumps({**cfg, "feed_forward_proj": "relu"}))
-    with pytest.raises(hf.CheckpointError, match="gated-gelu"):
-        hf.load_hf_model(str(bad))
+    with pytest.raises(hf_files.CheckpointError, match="gated-gelu"):
+        hf_files.load_hf_model(str(bad))
     (bad / "config.json").write_text(json.dumps(cfg))
-    st = bad / hf.SAFETENSORS_FILE
+    st = bad / hf_files.SAFETENSORS_FILE
     st.write_bytes(st.read_bytes()[:-100])
-    with pytest.raises(hf.CheckpointError, match="truncated"):
-        hf.load_hf_model(str(bad))
+    with pytest.raises(hf_files.CheckpointError, match="truncated"):
+        hf_files.load_hf_model(str(bad))
 
 
 def test_export_cli_never_imports_tensorflow(hf_saved, tmp_path):
@@ -240,5 +239,5 @@ def test_export_cli_never_imports_tensorflow(hf_saved, tmp_path):
             "assert rc == 0 and not bad, (rc, bad)")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     model = transformers.T5EncoderModel.from_pretrained(str(out)).eval()
-    config, params = hf.load_hf_model(str(out))
+    config, params = hf_files.load_hf_model(str(out))
     assert_close(ours_hidden(config, params), torch_hidden(model), valid=batch()[1] > 0)

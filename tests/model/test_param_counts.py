@@ -49,10 +49,34 @@ def test_transformers_counts_the_same(preset, total):
     """transformers' T5 built on the meta device (no memory), its head untied as in the released Ankh."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from ankh_jax.io.hf import config_to_hf
+    from ankh_jax.io.hf_mapping import config_to_hf
 
     cfg = transformers.T5Config(**{k: v for k, v in config_to_hf(preset()).items() if k != "architectures"})
     with torch.device("meta"):
         model = transformers.T5ForConditionalGeneration(cfg)
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
     assert sum(p.numel() for p in model.parameters()) == total
+
+
+@pytest.mark.parametrize("preset, gin_file", [(T5Config.ankh_base, "models/ankh_base.gin"),
+                                              (T5Config.ankh_large, "models/ankh_large.gin"),
+                                              (T5Config.tiny, "models/ankh_tiny.gin")])
+def test_presets_are_the_model_gin_files(preset, gin_file):
+    """The Python presets and a gin run read the same numbers: the model gin files (found as a run finds them)."""
+    import gin
+
+    from ankh_jax import flags
+
+    try:
+        flags.parse_gin([gin_file], [])
+        assert gin.query_parameter("%MODEL_CONFIG").scoped_selector == "T5Config"
+        assert T5Config(**gin.get_bindings("T5Config")) == preset()
+    finally:
+        gin.clear_config()
+
+
+def test_large_and_tiny_override_only_their_sizes():
+    """Ankh Large is Ankh Base with wider layers; both share vocabulary, depth and relative-position buckets."""
+    base, large = T5Config.ankh_base().to_dict(), T5Config.ankh_large().to_dict()
+    assert {k for k in base if base[k] != large[k]} == {"d_model", "d_ff", "num_heads"}
+    assert T5Config.tiny().vocab_size == T5Config.ankh_base().vocab_size == 144

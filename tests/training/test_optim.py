@@ -98,3 +98,36 @@ def test_cross_entropy_matches_float64_reference(smoothing, z):
     assert float(sums["loss"]) == pytest.approx(ref_loss, rel=1e-5)
     assert float(sums["correct"]) == ref_correct
     assert float(sums["weight"]) == weights.sum()
+
+
+def test_fine_tuning_schedule_and_optimizer_come_from_the_same_factory():
+    """OptimizerConfig (fine-tuning's gin face): warmup capped at a tenth of the run, then constant / linear /
+    cosine to 0; AdamW after clipping; the encoder on its own learning rate; updates every grad_accum_steps."""
+    from ankh_jax.downstream.trainer import OptimizerConfig
+
+    def at(cfg, steps):
+        s = cfg.learning_rate_schedule(100)
+        return [float(s(t)) for t in steps]
+
+    base = OptimizerConfig(learning_rate=1e-3, warmup_steps=1000)         # warmup capped to 100 // 10 = 10
+    assert at(base, [0, 5, 10, 60, 100]) == pytest.approx([0.0, 5e-4, 1e-3, 1e-3, 1e-3], rel=1e-6, abs=1e-9)
+    linear = OptimizerConfig(learning_rate=1e-3, warmup_steps=10, schedule="linear")
+    assert at(linear, [5, 10, 55, 100]) == pytest.approx([5e-4, 1e-3, 5e-4, 0.0], rel=1e-6, abs=1e-9)
+    cosine = OptimizerConfig(learning_rate=1e-3, warmup_steps=0, schedule="cosine")
+    assert at(cosine, [0, 50, 100]) == pytest.approx([1e-3, 5e-4, 0.0], abs=1e-9)
+    with pytest.raises(ValueError, match="OptimizerConfig.schedule"):
+        OptimizerConfig(schedule="exp").learning_rate_schedule(100)
+
+    params = {"encoder": jnp.ones(3), "head": jnp.ones(2)}
+    grads = {"encoder": jnp.array([3.0, 4.0, 0.0]), "head": jnp.array([0.0, 0.0])}
+    cfg = OptimizerConfig(learning_rate=0.1, encoder_learning_rate=0.01, warmup_steps=0, max_grad_norm=1.0,
+                          grad_accum_steps=2)
+    tx, schedule = cfg.build(10, params)
+    assert float(schedule(3)) == pytest.approx(0.1)
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)                       # first of two: accumulated only
+    assert float(optax.global_norm(updates)) == 0.0
+    updates, state = tx.update(grads, state, params)
+    # AdamW's first update is lr * sign(g) (weight decay 0); the encoder moves by its own learning rate.
+    np.testing.assert_allclose(np.asarray(updates["encoder"]), [-0.01, -0.01, 0.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(updates["head"]), [0.0, 0.0], atol=1e-9)

@@ -206,7 +206,7 @@ def test_metrics_rows_are_json_with_finite_numbers(uninterrupted):
 
 def test_continued_pretraining_from_a_huggingface_directory(uninterrupted, tmp_path, capsys):
     """init_from_hf: the exported model of (a) is the starting point (its first loss is (a)'s trained level)."""
-    from ankh_jax.export_hf import export
+    from ankh_jax.io.hf_export import export
     from ankh_jax.training.loop import _load_hf_params
 
     config, params = load_params(str(uninterrupted))
