@@ -1,7 +1,7 @@
 """``python -m ankh_jax.embed``: a FASTA file -> per-residue or pooled embeddings in HDF5.
 
     python -m ankh_jax.embed --model=PATH --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
-        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N]
+        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N] [--attention_chunk_size=N]
 
 The output has one dataset per id (``/`` in an id is stored as ``%2F``; the exact id is the dataset's ``id``
 attribute). Re-running resumes an existing output (or a killed run) made by the same model and settings, skipping
@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     p.add_argument("--max_length", type=int, default=None,
                    help="truncate sequences to this many tokens (</s> included); default: no truncation")
+    p.add_argument("--attention_chunk_size", type=int, default=None,
+                   help="attention in chunks of N tokens (O(L) memory) for batches wider than N; 0: never; "
+                        "default: automatic (chunks of 1024 above 2048 tokens)")
     p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
     p.add_argument("--flush_seconds", type=float, default=5.0,
                    help="how often finished embeddings are saved so that a killed run keeps them (0: every batch)")
@@ -67,6 +70,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
     if args.max_length is not None and args.max_length < 2:
         raise ValueError(f"--max_length={args.max_length}: it counts </s>, so at least 2")
+    if args.attention_chunk_size is not None and args.attention_chunk_size < 0:
+        raise ValueError(f"--attention_chunk_size={args.attention_chunk_size}: 0 (never chunk) or a positive size")
     if os.path.isdir(metrics_path(args)):
         raise ValueError(f"{metrics_path(args)}: is a directory; --metrics_file must be a file path")
     run_attrs = {"model": os.path.abspath(args.model), "pooling": args.pooling, "dtype": args.dtype,
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> dict:
             for idx, emb in iter_embeddings(config, params, [r.sequence for r in todo], pooling=args.pooling,
                                             dtype=args.dtype, batch_tokens=args.batch_tokens,
                                             max_length=args.max_length, progress=not args.no_progress,
-                                            progress_desc=os.path.basename(args.fasta)):
+                                            progress_desc=os.path.basename(args.fasta),
+                                            attention_chunk_size=args.attention_chunk_size):
                 rec = todo[idx]
                 writer.add(rec.id, emb, {
                     "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,

@@ -7,24 +7,22 @@
 Each length runs in a fresh subprocess (so its peak RSS is its own, read with ``os.wait4``): one random protein
 of L residues (L - 1 random amino acids plus ``</s>``, batch 1) through an encoder of Ankh Base width (d_model
 768, 12 heads x 64, d_ff 3072, --num_layers layers, random weights, layers scanned) built from
-``ankh_jax.model.EncoderOnly`` with ``attention_chunk_size=--chunk_size`` (``model/attention.py``: keys and
-queries in chunks, online softmax, O(L) memory) or, with ``--attention=plain``, the materialised
-``heads x L x L`` path. The program is compiled first (timed apart), then run --repeats times (the best time is
-reported). A child that dies (out of memory) or passes --timeout_s is a row saying so, not a crash of the script.
+``ankh_jax.inference.embedding.embed_sequences`` (mean pooling), the library under ``python -m ankh_jax.embed``,
+with its automatic attention choice (``--attention=auto``: chunks of 1024 above 2048 tokens; ``model/attention.py``:
+keys and queries in chunks, online softmax, O(L) memory), chunks of ``--chunk_size`` at every length
+(``chunked``), or the materialised ``heads x L x L`` path (``plain``). The program is compiled first
+(``embedding.precompile``, timed apart), then run --repeats times (the best time is reported). A child that dies (out of memory) or passes --timeout_s is a row saying so, not a crash of the script.
 
 Prints a table (seconds, residues/s, peak RSS, and the exponent k of time ~ L^k and memory ~ L^k between
-consecutive lengths) and writes it with the command, the commit, versions, the CPU/GPU model and the core count to
-benchmarks/results/bench_long_proteins-<device>-<date>.json.
+consecutive lengths) and writes it through ``bench_common`` to benchmarks/results/bench_long_proteins-<device>-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_common  # the scripts folder, on the path above
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -40,17 +41,23 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="1000,2000,5000,10000,35000", help="comma list of residues per protein")
     p.add_argument("--num_layers", type=int, default=48, help="encoder depth (Ankh Base: 48)")
-    p.add_argument("--attention", choices=("chunked", "plain"), default="chunked")
+    p.add_argument("--attention", choices=("auto", "chunked", "plain"), default="auto",
+                   help="auto: what python -m ankh_jax.embed picks per length; chunked: --chunk_size always; "
+                        "plain: the heads x L x L path")
     p.add_argument("--chunk_size", type=int, default=1024, help="keys (and queries) per attention chunk")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per length (the best is reported)")
     p.add_argument("--timeout_s", type=float, default=3600.0, help="per length; a slower child is stopped")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out_dir", default=os.path.join(REPO, "benchmarks", "results"))
+    bench_common.add_common_args(p, quick_help="lengths 300,600 through 2 layers, chunks of 128")
     p.add_argument("--_worker", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--_result", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.lengths, args.num_layers, args.chunk_size = "300,600", 2, 128
+        args.attention = "chunked" if args.attention == "auto" else args.attention
+    return args
 
 
 def model_config(args):
@@ -60,40 +67,44 @@ def model_config(args):
                               dtype=args.dtype)
 
 
+def chunk_setting(args) -> int | None:
+    """``attention_chunk_size`` for ``embed_sequences``: None (automatic, what ``embed`` does), N, or 0 (plain)."""
+    return {"auto": None, "chunked": args.chunk_size, "plain": 0}[args.attention]
+
+
 def worker(args, length: int) -> dict:
-    """One protein of ``length`` residues (``length + 1`` tokens with ``</s>``) through the encoder."""
+    """One protein of ``length`` residues (``length + 1`` tokens with ``</s>``) through ``embed_sequences``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import linen as nn
 
-    from ankh_jax.data.tokenizer import AnkhTokenizer
+    from ankh_jax.inference import embedding
     from ankh_jax.model.network import EncoderOnly
 
     cfg = model_config(args)
-    chunk = args.chunk_size if args.attention == "chunked" else 0
-    model = EncoderOnly(cfg, attention_chunk_size=chunk)
     start = time.perf_counter()
-    params = jax.jit(lambda key: nn.unbox(model.init(key, jnp.ones((1, 8), jnp.int32))["params"]))(
+    params = jax.jit(lambda key: nn.unbox(EncoderOnly(cfg).init(key, jnp.ones((1, 8), jnp.int32))["params"]))(
         jax.random.PRNGKey(args.seed))
-    jax.block_until_ready(params)
+    prepared = embedding.prepare_params(cfg, jax.block_until_ready(params))
     init_s = time.perf_counter() - start
     rng = np.random.default_rng(args.seed)
     protein = "".join(rng.choice(list(AMINO_ACIDS), size=length))
-    ids = np.asarray(AnkhTokenizer().encode(protein), np.int32)[None]
-    fn = jax.jit(lambda p, x: model.apply({"params": p}, x).mean(axis=1))  # mean pooling: [1, d_model] back
+    settings = {"pooling": "mean", "dtype": args.dtype, "batch_tokens": length + 1,
+                "attention_chunk_size": chunk_setting(args)}
     start = time.perf_counter()
-    compiled = fn.lower(params, ids).compile()
+    embedding.precompile(cfg, prepared, [length + 1], **settings)
     compile_s = time.perf_counter() - start
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        out = jax.block_until_ready(compiled(params, ids))
+        out = embedding.embed_sequences(cfg, prepared, [protein], **settings)[0]
         times.append(time.perf_counter() - start)
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
-    return {"tokens": int(ids.shape[1]), "init_s": init_s, "compile_s": compile_s, "run_s": min(times),
-            "finite": bool(np.isfinite(np.asarray(out)).all()), "device": f"{device.platform}:{device.id}",
+    return {"tokens": length + 1, "init_s": init_s, "compile_s": compile_s, "run_s": min(times),
+            "chunk_size": embedding.chunk_size_for_width(length + 1, chunk_setting(args)),
+            "finite": bool(np.isfinite(out).all()), "device": f"{device.platform}:{device.id}",
             "device_kind": device.device_kind, "device_peak_bytes": stats.get("peak_bytes_in_use")}
 
 
@@ -155,17 +166,6 @@ def format_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     return head, table
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     args = parse_args()
     if args._worker is not None:
@@ -180,30 +180,13 @@ def main() -> None:
             rows.append(spawn(args, length, workdir))
             print(json.dumps(rows[-1]), flush=True)
     head, table = format_table(rows)
-    widths = [max(len(str(r[i])) for r in table + [head]) for i in range(len(head))]
-    print("\n".join(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head] + table))
-    import jax
-
+    print(bench_common.format_table(head, table))
     cfg = model_config(args)
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                            check=False).stdout.strip()
     kinds = sorted({r["device_kind"] for r in rows if r.get("device_kind")})
-    doc = {"command": " ".join(["python", "scripts/bench_long_proteins.py"] + sys.argv[1:]), "commit": commit,
-           "date": today, "versions": {"jax": jax.__version__}, "cpu_model": cpu_model(),
-           "cpu_count": os.cpu_count(), "device_kind": kinds, "dtype": args.dtype, "attention": args.attention,
-           "model": {"d_model": cfg.d_model, "num_heads": cfg.num_heads, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
-                     "encoder_layers": cfg.num_encoder_layers},
-           "settings": vars(args) | {"_worker": None, "_result": None,
-                                     "out_dir": os.path.relpath(args.out_dir, REPO)},
-           "table": [dict(zip(head, r)) for r in table], "raw": rows}
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"bench_long_proteins-{args.device}-{today}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
-
+    bench_common.write_result("bench_long_proteins", args.device, head=head, rows=table, settings=vars(args), quick=args.quick,
+                 out_dir=args.out_dir, device_kind=kinds, dtype=args.dtype, attention=args.attention,
+                 model={"d_model": cfg.d_model, "num_heads": cfg.num_heads, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
+                        "encoder_layers": cfg.num_encoder_layers}, raw=rows)
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,8 @@ is the command over this library).
 
 Sequences are sorted by length and padded to a few length buckets, and each bucket is cut into batches of about
 ``batch_tokens`` tokens, so a large FASTA compiles the encoder once per bucket rather than once per batch; the
-encoder runs with its layers under ``nn.scan``, so each compile is cheap whatever the depth. Padding never
+encoder runs with its layers under ``nn.scan``, so each compile is cheap whatever the depth; buckets of long
+proteins run attention in O(L) memory (:func:`chunk_size_for_width`), so no length needs truncating. Padding never
 changes a result (pad keys are masked). Per-residue output drops the ``</s>`` position; ``mean`` pooling averages
 residues only. The CLI writes one HDF5 dataset per id (``/`` in an id is stored as ``%2F``, the exact id is the
 dataset's ``id`` attribute), resumes an existing output (or a killed run) made by the same model and settings,
@@ -25,6 +26,23 @@ from ankh_jax.model.config import T5Config
 
 POOLINGS = ("none", "mean")
 DTYPES = ("float32", "bfloat16")
+# Automatic attention chunking: buckets wider than this many tokens run O(L)-memory attention in chunks of
+# AUTO_CHUNK_SIZE (model/attention.py); narrower ones the plain path, which is faster where its heads x L x L
+# scores fit (Ankh Base at 2048 tokens: 200 MB per layer in float32).
+AUTO_CHUNK_ABOVE = 2048
+AUTO_CHUNK_SIZE = 1024
+
+
+def chunk_size_for_width(width: int, attention_chunk_size: int | None = None) -> int:
+    """The attention chunk size for a bucket of padded ``width`` tokens: ``attention_chunk_size`` None is
+    automatic (``AUTO_CHUNK_SIZE`` above ``AUTO_CHUNK_ABOVE`` tokens, else 0), 0 never chunks, N > 0 chunks by N
+    every bucket wider than N."""
+    if attention_chunk_size is None:
+        return AUTO_CHUNK_SIZE if width > AUTO_CHUNK_ABOVE else 0
+    if attention_chunk_size < 0:
+        raise ValueError(f"attention_chunk_size={attention_chunk_size}: 0 (never chunk), a positive chunk size, "
+                         "or None (automatic)")
+    return attention_chunk_size if width > attention_chunk_size else 0
 
 
 def embedding_config(config: T5Config, dtype: str) -> T5Config:
@@ -76,15 +94,18 @@ def encoder_fn(config: T5Config, pooling: str):
 
 
 def precompile(config: T5Config, params, token_lengths: Sequence[int], *, pooling: str = "none",
-               dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS) -> int:
+               dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS,
+               attention_chunk_size: int | None = None) -> int:
     """Compiles the encoder for every batch shape that sequences of these lengths (tokens) will use, ahead of
     time, so timing the embedding afterwards measures running only. ``params`` from :func:`prepare_params`.
     Returns the number of shapes compiled."""
     import jax
 
-    fn = encoder_fn(embedding_config(config, dtype), pooling)
+    run_config = embedding_config(config, dtype)
     rows = batch_rows(plan_batches(token_lengths, batch_tokens=batch_tokens))
     for width, n in rows.items():
+        fn = encoder_fn(run_config.replace(attention_chunk_size=chunk_size_for_width(width, attention_chunk_size)),
+                        pooling)
         fn.lower(params.tree, jax.ShapeDtypeStruct((n, width), np.int32)).compile()
     return len(rows)
 
@@ -104,24 +125,25 @@ def _encode_all(sequences: Sequence[str], max_length: int | None) -> list[np.nda
 
 def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
                     dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
-                    buckets: Sequence[int] | None = None, progress: bool = False, progress_desc: str = "embed"
-                    ) -> Iterator[tuple[int, np.ndarray]]:
+                    buckets: Sequence[int] | None = None, progress: bool = False, progress_desc: str = "embed",
+                    attention_chunk_size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yields ``(index into sequences, embedding)`` batch by batch, longest sequences first.
 
     Every sequence is validated and tokenized before the first batch runs. The next batch is dispatched before
-    the previous one is copied back, so host work overlaps the encoder.
+    the previous one is copied back, so host work overlaps the encoder. ``attention_chunk_size`` picks the
+    attention per bucket (:func:`chunk_size_for_width`; default automatic: long buckets in O(L) memory).
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens={batch_tokens} must be positive")
     run_config = embedding_config(config, dtype)
+    chunk_size_for_width(0, attention_chunk_size)  # a bad value fails before any work
     encoded = _encode_all(sequences, max_length)
     if not encoded:
         return
     if not isinstance(params, PreparedParams):
         params = prepare_params(config, params)
-    fn = encoder_fn(run_config, pooling)
     plan = plan_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets)
     rows = batch_rows(plan)
     bar = None
@@ -147,6 +169,8 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
             ids[:, 0] = EOS_ID  # dummy rows hold a lone </s>, so no row is all padding
             for r, idx in enumerate(members):
                 ids[r, : len(encoded[idx])] = encoded[idx]
+            fn = encoder_fn(run_config.replace(attention_chunk_size=chunk_size_for_width(width, attention_chunk_size)),
+                            pooling)
             current = (fn(params.tree, ids), members)
             if pending is not None:
                 yield from finish(pending)
@@ -160,17 +184,19 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
 
 def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
                     dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
-                    progress: bool = False) -> list[np.ndarray]:
+                    progress: bool = False, attention_chunk_size: int | None = None) -> list[np.ndarray]:
     """Embeddings of ``sequences`` in input order: ``[L, d_model]`` per residue (``</s>`` dropped), or
     ``[d_model]`` with ``pooling='mean'`` (mean over residues, not padding); float32 numpy.
 
     ``params``: an ankh_jax model's params (full model or encoder only, boxed or plain, scanned or unrolled), or
     the result of :func:`prepare_params` to skip re-stacking on repeated calls. ``dtype`` is the compute dtype.
-    ``max_length`` (tokens, ``</s>`` included) truncates longer sequences; without it nothing is truncated.
+    ``max_length`` (tokens, ``</s>`` included) truncates longer sequences; without it nothing is truncated, and
+    long proteins run in O(L) attention memory (``attention_chunk_size``: see :func:`chunk_size_for_width`).
     """
     out: list[np.ndarray | None] = [None] * len(sequences)
     for idx, emb in iter_embeddings(config, params, sequences, pooling=pooling, dtype=dtype,
-                                    batch_tokens=batch_tokens, max_length=max_length, progress=progress):
+                                    batch_tokens=batch_tokens, max_length=max_length, progress=progress,
+                                    attention_chunk_size=attention_chunk_size):
         out[idx] = emb
     return out  # type: ignore[return-value]
 

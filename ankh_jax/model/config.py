@@ -52,6 +52,9 @@ class T5Config:
     param_dtype: str = "float32"    # parameters are kept in fp32
     scan_layers: bool = False       # nn.scan over layers: one compiled layer, stacked params
     remat_policy: str = "none"      # none | full | dots | dots_no_batch
+    # > 0: attention over keys and queries in chunks of this many (model/attention.py: O(L) memory, equal to the
+    # plain path within float32 round-off); 0: the plain heads x L x L path. Not an HF config.json field.
+    attention_chunk_size: int = 0
     decoder_start_token_id: int = 0
     pad_token_id: int = 0
     eos_token_id: int = 1
@@ -59,6 +62,9 @@ class T5Config:
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        if self.attention_chunk_size < 0:
+            raise ValueError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
+                             f"{self.attention_chunk_size}")
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises on a bad name
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "relative_attention_num_buckets"):

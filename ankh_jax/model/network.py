@@ -66,29 +66,39 @@ def cross_mask(decoder_tokens, encoder_tokens, decoder_segment_ids=None, encoder
 
 
 class Encoder(nn.Module):
-    """``attention_chunk_size`` > 0: self-attention in chunks of that many keys and queries (``attention.py``,
-    O(L) memory, equal to the plain path within float32 round-off); 0: the plain ``L x L`` path."""
+    """``config.attention_chunk_size`` > 0: self-attention in chunks of that many keys and queries
+    (``attention.py``, O(L) memory, equal to the plain path within float32 round-off); 0: the plain ``L x L``
+    path. A call that collects ``intermediates`` (the attention weights) takes the plain path: chunked attention
+    never materialises them."""
 
     config: T5Config
-    attention_chunk_size: int = 0
 
     @nn.compact
     def __call__(self, embedded, tokens, segment_ids=None, positions=None, enable_dropout=False):
         cfg = self.config
         length = tokens.shape[1]
         relpos = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")
-        if self.attention_chunk_size > 0:
+        chunk = chunk_size_for(self, cfg)
+        if chunk > 0:
             bias = ChunkedBias(
                 bias_table=relpos(length, length, as_table=True), key_mask=tokens != 0, q_positions=positions,
                 k_positions=positions, q_segment_ids=segment_ids, k_segment_ids=segment_ids, bidirectional=True,
                 num_buckets=cfg.relative_attention_num_buckets, max_distance=cfg.relative_attention_max_distance,
-                chunk_size=self.attention_chunk_size)
+                chunk_size=chunk)
         else:
             bias = relpos(length, length, positions, positions) + attention_bias(encoder_mask(tokens, segment_ids))
         x = dropout(cfg, enable_dropout, embedded)
         x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, enable_dropout, x, bias)
         x = RMSNorm(cfg, name="encoder_norm")(x)
         return dropout(cfg, enable_dropout, x)
+
+
+def chunk_size_for(module: nn.Module, config: T5Config) -> int:
+    """The attention chunk size a stack uses: ``config.attention_chunk_size``, or 0 (the plain path) when the
+    call collects ``intermediates`` (attention weights exist only on the plain path)."""
+    if config.attention_chunk_size > 0 and not module.is_mutable_collection("intermediates"):
+        return config.attention_chunk_size
+    return 0
 
 
 class Decoder(nn.Module):
@@ -101,8 +111,8 @@ class Decoder(nn.Module):
         cfg = self.config
         length = tokens.shape[1]
         relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
-        cross_bias = attention_bias(cross_mask(tokens, encoder_tokens, segment_ids, encoder_segment_ids))
         stack_args = ()
+        cross_bias = None
         if decode and self.has_variable("cache", "index"):
             index = self.variable("cache", "index", None)
             max_length = self.variable("cache", "key_positions", None).value.shape[0]
@@ -111,6 +121,9 @@ class Decoder(nn.Module):
             self_bias = pos_bias + attention_bias(visible[None])
             stack_args = (index.value,)
             index.value = index.value + length
+        elif not decode and chunk_size_for(self, cfg) > 0:  # whole sequences in O(L) memory (attention.py)
+            self_bias, cross_bias = self._chunked_biases(relpos, tokens, encoder_tokens, segment_ids, positions,
+                                                         encoder_segment_ids)
         else:
             if decode:  # the first call creates the cache, sized by this call's decoder length
                 self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
@@ -118,6 +131,8 @@ class Decoder(nn.Module):
                 stack_args = (jnp.zeros((), jnp.int32),)
             pos_bias = relpos(length, length, positions, positions)
             self_bias = pos_bias + attention_bias(decoder_causal_mask(tokens, segment_ids))
+        if cross_bias is None:
+            cross_bias = attention_bias(cross_mask(tokens, encoder_tokens, segment_ids, encoder_segment_ids))
         x = dropout(cfg, enable_dropout, embedded)
         x = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, enable_dropout, x, self_bias, encoded, cross_bias,
                        *stack_args, decode=decode)
@@ -129,6 +144,22 @@ class Decoder(nn.Module):
                                                                    ("embed", "vocab")),
                           name="logits_dense")(x)
         return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def _chunked_biases(self, relpos, tokens, encoder_tokens, segment_ids, positions, encoder_segment_ids):
+        """Causal self-attention and cross-attention as :class:`ChunkedBias` es, masked as the plain path masks:
+        causality (and segments) in self-attention, encoder padding (and segments, when both sides have them)
+        in cross-attention."""
+        cfg = self.config
+        length = tokens.shape[1]
+        common = {"num_buckets": cfg.relative_attention_num_buckets, "max_distance": cfg.relative_attention_max_distance,
+                  "chunk_size": cfg.attention_chunk_size}
+        self_bias = ChunkedBias(bias_table=relpos(length, length, as_table=True), q_positions=positions,
+                                k_positions=positions, q_segment_ids=segment_ids, k_segment_ids=segment_ids,
+                                bidirectional=False, causal=True, **common)
+        both = segment_ids is not None and encoder_segment_ids is not None
+        cross_bias = ChunkedBias(key_mask=encoder_tokens != 0, q_segment_ids=segment_ids if both else None,
+                                 k_segment_ids=encoder_segment_ids if both else None, **common)
+        return self_bias, cross_bias
 
 
 def _run_stack(parent: nn.Module, layer_cls, num_layers: int, enable_dropout: bool, x, *args, **layer_fields):
@@ -168,15 +199,14 @@ class TokenEmbedder(nn.Module):
 
 class EncoderOnly(nn.Module):
     """The encoder alone (embeddings, downstream heads): ``[b, l] -> [b, l, d_model]`` float32;
-    ``attention_chunk_size`` as in :class:`Encoder`."""
+    ``config.attention_chunk_size`` as in :class:`Encoder`."""
 
     config: T5Config
-    attention_chunk_size: int = 0
 
     @nn.compact
     def __call__(self, input_tokens, segment_ids=None, positions=None, enable_dropout=False):
         embedded = TokenEmbedder(self.config, name="token_embedder")(input_tokens)
-        out = Encoder(self.config, self.attention_chunk_size, name="encoder")(
+        out = Encoder(self.config, name="encoder")(
             embedded, input_tokens, segment_ids, positions, enable_dropout)
         return out.astype(jnp.float32)
 

@@ -107,6 +107,30 @@ def test_max_length_truncates_to_a_prefix(params):
     assert_agree(cut, reference(params, seq[:10]))
 
 
+def test_chunked_attention_is_picked_per_bucket_and_equals_plain(params, records, monkeypatch):
+    assert embedding.chunk_size_for_width(2048) == 0 and embedding.chunk_size_for_width(2049) == 1024
+    assert embedding.chunk_size_for_width(4096, 0) == 0 and embedding.chunk_size_for_width(100, 64) == 64
+    assert embedding.chunk_size_for_width(64, 64) == 0
+    with pytest.raises(ValueError, match="attention_chunk_size"):
+        embedding.embed_sequences(CFG, params, ["MKV"], attention_chunk_size=-1)
+    seqs = [r.sequence for r in records]
+    plain = embedding.embed_sequences(CFG, params, seqs, batch_tokens=1024, attention_chunk_size=0)
+    chunked = embedding.embed_sequences(CFG, params, seqs, batch_tokens=1024, attention_chunk_size=16)
+    for a, b in zip(chunked, plain, strict=True):
+        assert_agree(a, b)
+    # Automatic: only buckets wider than AUTO_CHUNK_ABOVE are chunked (shrunk here so the sample proteins cross it).
+    used = []
+    original = embedding.encoder_fn
+    monkeypatch.setattr(embedding, "encoder_fn", lambda cfg, pooling: used.append(cfg.attention_chunk_size)
+                        or original(cfg, pooling))
+    monkeypatch.setattr(embedding, "AUTO_CHUNK_ABOVE", 128)
+    monkeypatch.setattr(embedding, "AUTO_CHUNK_SIZE", 64)
+    auto = embedding.embed_sequences(CFG, params, seqs, batch_tokens=1024)
+    assert 0 in used and 64 in used
+    for a, b in zip(auto, plain, strict=True):
+        assert_agree(a, b)
+
+
 def test_input_errors_are_reported_before_any_compute(tmp_path, model_dir, capsys):
     cases = {
         "dup.fasta": ">a\nMKV\n>b\nGS\n>a\nWW\n",

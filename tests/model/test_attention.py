@@ -15,7 +15,7 @@ from flax import linen as nn
 from ankh_jax.model import EncoderOnly, T5Config
 from ankh_jax.model.attention import ChunkedBias, chunked_attention, dropout_keep, full_bias_bytes
 from ankh_jax.model.layers import RelativePositionBias
-from ankh_jax.model.network import attention_bias
+from ankh_jax.model.network import Transformer, attention_bias
 from ankh_jax.model.params_layout import stack_layers
 
 TOL = 1e-5
@@ -206,7 +206,7 @@ def test_encoder_with_chunked_attention_equals_plain(encoder_params, chunk, scan
     params = stack_layers(encoder_params, cfg) if scan else encoder_params
     x = _tokens(10, 2, 37)
     ref = EncoderOnly(T5Config.tiny()).apply({"params": encoder_params}, x)
-    out = jax.jit(lambda p, x: EncoderOnly(cfg, attention_chunk_size=chunk).apply({"params": p}, x))(params, x)
+    out = jax.jit(lambda p, x: EncoderOnly(cfg.replace(attention_chunk_size=chunk)).apply({"params": p}, x))(params, x)
     _close(out, ref)
 
 
@@ -216,14 +216,14 @@ def test_packed_encoder_with_chunked_attention_equals_plain(encoder_params):
     seg = jnp.asarray([[1] * 11 + [2] * 13])
     pos = jnp.asarray([list(range(11)) + list(range(13))])
     run = jax.jit(lambda m: m.apply({"params": encoder_params}, x, seg, pos), static_argnums=0)
-    _close(run(EncoderOnly(T5Config.tiny(), attention_chunk_size=8)), run(EncoderOnly(T5Config.tiny())))
+    _close(run(EncoderOnly(T5Config.tiny(attention_chunk_size=8))), run(EncoderOnly(T5Config.tiny())))
 
 
 def test_encoder_gradient_and_remat_with_chunked_attention(encoder_params):
     x = _tokens(12, 2, 30)
 
     def loss(p, cfg, chunk):
-        return EncoderOnly(cfg, attention_chunk_size=chunk).apply({"params": p}, x).sum()
+        return EncoderOnly(cfg.replace(attention_chunk_size=chunk)).apply({"params": p}, x).sum()
 
     grad = jax.jit(jax.grad(loss), static_argnums=(1, 2))
     ref = grad(encoder_params, T5Config.tiny(), 0)
@@ -235,7 +235,7 @@ def test_encoder_gradient_and_remat_with_chunked_attention(encoder_params):
 
 def test_encoder_dropout_with_chunked_attention(encoder_params):
     cfg, x = T5Config.tiny(dropout_rate=0.3), _tokens(13, 2, 30)
-    model = EncoderOnly(cfg, attention_chunk_size=8)
+    model = EncoderOnly(cfg.replace(attention_chunk_size=8))
 
     @jax.jit
     def run(seed):
@@ -253,3 +253,41 @@ def test_chunked_bias_is_a_pytree_with_static_settings():
     leaves, treedef = jax.tree_util.tree_flatten(bias)
     assert len(leaves) == 2
     assert jax.tree_util.tree_unflatten(treedef, leaves).chunk_size == 2
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    x = jnp.ones((1, 8), jnp.int32)
+    return nn.unbox(Transformer(T5Config.tiny()).init(jax.random.PRNGKey(1), x, x)["params"])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_transformer_with_chunked_attention_equals_plain(model_params, packed):
+    """Encoder, causal decoder self-attention and cross-attention (encoder padding masked) all chunked."""
+    enc, dec = _tokens(14, 2, 37), _tokens(15, 2, 21)
+    dec[:, 0] = 0  # the decoder start id is the pad id: causality, not the id, masks it
+    extra = {}
+    if packed:
+        enc, dec = enc[:1], dec[:1]
+        extra = {"encoder_segment_ids": jnp.asarray([[1] * 20 + [2] * 17]),
+                 "decoder_segment_ids": jnp.asarray([[1] * 9 + [2] * 12]),
+                 "encoder_positions": jnp.asarray([list(range(20)) + list(range(17))]),
+                 "decoder_positions": jnp.asarray([list(range(9)) + list(range(12))])}
+    run = jax.jit(lambda cfg: Transformer(cfg).apply({"params": model_params}, enc, dec, **extra), static_argnums=0)
+    _close(run(T5Config.tiny(attention_chunk_size=8)), run(T5Config.tiny()), 1e-4)
+
+
+def test_collecting_attention_weights_takes_the_plain_path(encoder_params):
+    x = _tokens(16, 1, 20)
+    _, state = EncoderOnly(T5Config.tiny(attention_chunk_size=8)).apply(
+        {"params": encoder_params}, x, mutable=["intermediates"])
+    weights = jax.tree_util.tree_leaves(state["intermediates"])
+    assert len(weights) == T5Config.tiny().num_encoder_layers and weights[0].shape[-2:] == (20, 20)
+
+
+def test_attention_chunk_size_is_a_config_field_not_an_hf_one():
+    with pytest.raises(ValueError, match="attention_chunk_size"):
+        T5Config.tiny(attention_chunk_size=-1)
+    cfg = T5Config.tiny(attention_chunk_size=512)
+    assert T5Config.from_json(cfg.to_json()) == cfg
+    assert "attention_chunk_size" not in cfg.to_hf_dict()
