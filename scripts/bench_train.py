@@ -1,7 +1,8 @@
 """Train-step throughput: ankh_jax vs HF transformers' PyTorch T5ForConditionalGeneration, same shapes, one run.
 
     python scripts/bench_train.py [--device=auto|cpu|gpu] [--steps=10] [--batch=8] [--inputs=256] [--targets=104]
-        [--d_model=384] [--layers=6,3] [--heads=6] [--d_ff=1536] [--skip_torch] [--skip_data]
+        [--d_model=384] [--layers=6,3] [--heads=6] [--d_ff=1536] [--skip_torch] [--skip_data] [--skip_breakdown]
+        [--quick]
 
 Both sides train the same Ankh-shaped model (gated-GELU T5, untied head, relative attention 64/128, vocab 144)
 on the same fixed batch of synthetic span-corruption-shaped tokens (no padding), with Adafactor: ankh_jax's real
@@ -19,7 +20,10 @@ is, per token, 2 x (matmul parameters touched) plus attention scores and mixing,
 peak is a float32 2048x2048 matmul measured in this run, in jax and in torch on the same device (on a GPU
 both use TF32 tensor cores for float32 matmuls: XLA's default, and torch's allow_tf32 set here).
 
-Also (unless --skip_data) the input pipeline's examples/s with TensorFlow limited to one thread.
+Also the ankh_jax step by part (``bench_train_parts.py``: attention, feed-forward, loss and optimizer each jitted
+alone at the bench shapes, the rest by difference) and (unless --skip_data) the input pipeline's examples/s with
+TensorFlow limited to one thread. The table, breakdown and settings go to
+benchmarks/results/bench_train-<device>-<date>.json (``bench_common``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_common  # the scripts folder, on the path above
 
 
 def parse_args(argv):
@@ -48,7 +55,14 @@ def parse_args(argv):
     p.add_argument("--d_ff", type=int, default=1536)
     p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--skip_data", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--skip_breakdown", action="store_true", help="no per-part timing (attention, MLP, ...)")
+    bench_common.add_common_args(p, quick_help="a 64-wide 2+1-layer model, batch 2 x 64/32, 2 steps, no data")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.batch, args.inputs, args.targets = 2, 1, 2, 64, 32
+        args.d_model, args.layers, args.heads, args.d_kv, args.d_ff = 64, "2,1", 2, 32, 128
+        args.skip_data = True
+    return args
 
 
 def make_batch(args, seed=0):
@@ -98,7 +112,12 @@ def bench_jax(args, config, batch, device):
         loss = float(m["loss_sum"]) / float(m["weight_sum"])
         times.append(time.perf_counter() - t)
     peak = measure_matmul_peak(2048, repeats=10, device=device)
-    return {"step_s": _median(times), "peak": peak, "warmup_s": compile_s, "loss": loss}
+    out = {"step_s": _median(times), "peak": peak, "warmup_s": compile_s, "loss": loss}
+    if not args.skip_breakdown:
+        from bench_train_parts import time_parts
+
+        out["parts_s"] = time_parts(args, config, tx, state.params, state.opt_state, device)
+    return out
 
 
 def bench_torch(args, batch, use_cuda):
@@ -205,20 +224,38 @@ def main(argv=None) -> int:
     results = {"ankh_jax (jax/flax)": bench_jax(args, config, batch, device)}
     if not args.skip_torch:
         results["HF transformers (PyTorch)"] = bench_torch(args, batch, use_cuda)
-    header = (f"{'framework':<28}{'step ms':>9}{'tgt tok/s':>11}{'model GFLOP/s':>15}{'f32 peak GFLOP/s':>18}"
-              f"{'MFU':>7}{'loss':>8}")
-    print("\n" + header + "\n" + "-" * len(header))
+    head = ["framework", "step ms", "target tokens/s", "model GFLOP/s", "f32 matmul peak GFLOP/s (same run)",
+            "MFU vs that peak", "loss"]
+    rows = []
     for name, r in results.items():
         achieved = flops / r["step_s"]
-        print(f"{name:<28}{1e3 * r['step_s']:>9.1f}{tokens / r['step_s']:>11.0f}{achieved / 1e9:>15.1f}"
-              f"{r['peak'] / 1e9:>18.1f}{100 * achieved / r['peak']:>6.1f}%{r['loss']:>8.3f}")
+        rows.append([name, round(1e3 * r["step_s"], 1), round(tokens / r["step_s"]), round(achieved / 1e9, 1),
+                     round(r["peak"] / 1e9, 1), f"{100 * achieved / r['peak']:.1f}%", round(r["loss"], 3)])
+    print("\n" + bench_common.format_table(head, rows))
+    extra = {"model": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads, "d_kv": args.d_kv,
+                       "d_ff": args.d_ff, "params": config.num_params()},
+             "train_step_gflop": flops / 1e9, "device_kind": device.device_kind, "raw": results}
     if len(results) == 2:
         (_, a), (_, b) = results.items()
+        extra["speedup_vs_pytorch"] = round(b["step_s"] / a["step_s"], 3)
         print(f"\nankh_jax / PyTorch target tokens/s: {b['step_s'] / a['step_s']:.2f}x "
-              f"(torch threads: {b['threads']}; warm-up incl. compile: jax {a['warmup_s']:.1f} s, "
-              f"torch {b['warmup_s']:.1f} s)")
+              f"(measured back to back in this run; torch threads: {b['threads']}; warm-up incl. compile: "
+              f"jax {a['warmup_s']:.1f} s, torch {b['warmup_s']:.1f} s)")
+    parts = results["ankh_jax (jax/flax)"].get("parts_s")
+    if parts:
+        step_s = results["ankh_jax (jax/flax)"]["step_s"]
+        part_rows = [[k, round(1e3 * v, 1), f"{100 * v / step_s:.0f}%"] for k, v in parts.items()]
+        part_rows.append(["rest (embeddings, norms, residuals, glue)", round(1e3 * (step_s - sum(parts.values())), 1),
+                          f"{100 * (step_s - sum(parts.values())) / step_s:.0f}%"])
+        print("\nankh_jax train step by part (each part jitted alone at the bench shapes, forward + backward):\n"
+              + bench_common.format_table(["part", "ms", "of step"], part_rows))
+        extra["breakdown"] = [dict(zip(["part", "ms", "of step"], r)) for r in part_rows]
     if not args.skip_data:
-        print(f"input pipeline (uniref50_ankh, 512 inputs, TensorFlow on 1 thread): {bench_data():.0f} examples/s")
+        extra["input_pipeline_examples_per_s"] = round(bench_data())
+        print(f"input pipeline (uniref50_ankh, 512 inputs, TensorFlow on 1 thread): "
+              f"{extra['input_pipeline_examples_per_s']} examples/s")
+    bench_common.write_result("bench_train", "gpu" if use_cuda else "cpu", head=head, rows=rows,
+                              settings=vars(args), out_dir=args.out_dir, quick=args.quick, **extra)
     return 0
 
 
