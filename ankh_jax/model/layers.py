@@ -157,16 +157,28 @@ class MultiHeadAttention(nn.Module):
         (no ``attention_weights`` are sown then: they are never materialised)."""
         cfg = self.config
         d, h, dk = cfg.d_model, cfg.num_heads, cfg.d_kv
+        stds = {"query": (d * dk) ** -0.5, "key": d ** -0.5, "value": d ** -0.5}
 
-        def proj(name, std, x):  # [b, l, d] -> [b, h, l, dk]; heads before length for the batched matmuls
-            kernel = Kernel(cfg, (d, h, dk), ("embed", "heads", "kv"), std, name=name)()
-            y = jnp.swapaxes(flat_matmul(x.astype(cfg.compute_dtype), kernel, 1), 1, 2)
-            return constrain(y, ("batch", "heads", "length", "kv"))
+        def project(names, x):  # [b, l, d] -> one [b, h, l, dk] per name, from one matmul over the joined kernels
+            kernels = [Kernel(cfg, (d, h, dk), ("embed", "heads", "kv"), stds[n], name=n)() for n in names]
+            joined = constrain(jnp.stack(kernels, axis=1), ("embed", None, "heads", "kv"))   # [d, n, h, dk]
+            y = flat_matmul(x.astype(cfg.compute_dtype), joined, 1)                        # [b, l, n, h, dk]
+            return [constrain(jnp.swapaxes(y[:, :, i], 1, 2), ("batch", "heads", "length", "kv"))
+                    for i in range(len(names))]
 
-        q = proj("query", (d * dk) ** -0.5, x_q)
-        if x_kv is not None:
-            k = proj("key", d ** -0.5, x_kv)
-            v = proj("value", d ** -0.5, x_kv)
+        # Full sequences: query, key and value of self-attention (key and value of cross-attention) as one
+        # matmul (fewer, larger matmuls; the parameters stay three kernels, so checkpoints, HF mapping, LoRA and
+        # the optimizer's per-parameter statistics are those of separate projections). Incremental decoding
+        # projects one position at a time, where joining the kernels would only copy them.
+        if x_kv is None:
+            (q,) = project(["query"], x_q)
+        elif x_kv is x_q and self.cache is None:
+            q, k, v = project(["query", "key", "value"], x_q)
+        elif self.cache is None:
+            (q,) = project(["query"], x_q)
+            k, v = project(["key", "value"], x_kv)
+        else:
+            (q,), (k,), (v,) = project(["query"], x_q), project(["key"], x_kv), project(["value"], x_kv)
         if self.cache is not None:
             k, v = self._cached_keys_values(k if x_kv is not None else None, v if x_kv is not None else None,
                                             cache_index)
@@ -223,9 +235,12 @@ class GatedGeluMlp(nn.Module):
             return nn.Dense(features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                             kernel_init=nn.with_logical_partitioning(normal_init(std), axes), name=name)
 
-        flat = x.reshape(-1, x.shape[-1])  # 2-D matmuls: see Kernel
-        gate = dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(flat)
-        lin = dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(flat)
+        flat = x.reshape(-1, x.shape[-1]).astype(cfg.compute_dtype)  # 2-D matmuls: see Kernel
+        # wi_0 and wi_1 as one [d_model, 2, d_ff] matmul; the parameters stay two kernels (see MultiHeadAttention).
+        wi = [Kernel(cfg, (cfg.d_model, cfg.d_ff), ("embed", "mlp"), cfg.d_model ** -0.5, name=n)()
+              for n in ("wi_0", "wi_1")]
+        joined = flat_matmul(flat, constrain(jnp.stack(wi, axis=1), ("embed", None, "mlp")), 1)  # [n, 2, d_ff]
+        gate, lin = joined[:, 0], joined[:, 1]
         hidden = (jax.nn.gelu(gate, approximate=True) * lin).reshape(*x.shape[:-1], cfg.d_ff)
         hidden = constrain(hidden, ("batch", "length", "mlp"))
         if self.enable_dropout and cfg.dropout_rate > 0:

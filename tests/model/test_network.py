@@ -175,3 +175,16 @@ def test_config_round_trips_and_validates():
         T5Config.tiny(remat_policy="sometimes")
     with pytest.raises(ValueError, match="tie_word_embeddings"):
         T5Config.from_hf_dict({**cfg.to_hf_dict(), "tie_word_embeddings": True})
+
+
+def test_projections_run_as_joined_matmuls_over_separate_kernels():
+    """Self-attention's query/key/value, cross-attention's key/value and the MLP's wi_0/wi_1 are one matmul
+    each, while the parameters stay the separate kernels HF, LoRA and the optimizer see."""
+    x = jnp.ones((2, 8), jnp.int32)
+    model = Transformer(CFG)
+    variables = model.init(jax.random.PRNGKey(0), x, x)
+    layer = variables["params"]["encoder"]["layers_0"]
+    assert set(layer["attention"]) == {"query", "key", "value", "out"} and set(layer["mlp"]) == {"wi_0", "wi_1", "wo"}
+    dots = str(jax.make_jaxpr(lambda v: model.apply(v, x, x))(variables)).count("dot_general")
+    # encoder layer: qkv, scores, mix, out, wi, wo; decoder layer: those plus cross q, kv, scores, mix, out; head
+    assert dots == 6 * CFG.num_encoder_layers + 11 * CFG.num_decoder_layers + 1
