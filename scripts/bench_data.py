@@ -1,19 +1,19 @@
 """Throughput of the pretraining input pipeline on ONE CPU core (target: >= 2000 examples/s).
 
-    python scripts/bench_data.py [--copies=20] [--seconds=15] [--batch_size=32] [--inputs_length=512] [--json=OUT]
+    python scripts/bench_data.py [--copies=20] [--seconds=15] [--batch_size=32] [--inputs_length=512] [--quick]
 
 Builds a UniRef50-format TFDS dataset from the shipped real proteins (``--copies`` renamed copies of the 1,446
 sequences, so an epoch is long enough that per-epoch set-up does not count), pins the process to one core
 (``sched_setaffinity``, like ``taskset -c 0``, before TensorFlow starts its thread pools), and times the full path
 the trainer uses: ``make_input`` (TFDS read, shuffle, tokenise, random crop, 1-gram span corruption, EOS,
 ``EncDecFeatureConverter``, batching, the resumable iterator's numpy hand-off). Also times a restore from
-``get_state()`` deep into an epoch against producing the same examples. Prints a table; ``--json`` writes it.
+``get_state()`` deep into an epoch against producing the same examples. Prints a table and writes it through
+``bench_common`` to benchmarks/results/bench_data-cpu<cores>-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -23,6 +23,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_common  # the scripts folder, on the path above
 
 
 def parse_args(argv=None):
@@ -33,8 +36,12 @@ def parse_args(argv=None):
     p.add_argument("--inputs_length", type=int, default=512)
     p.add_argument("--cores", type=int, default=1, help="CPU cores to pin to")
     p.add_argument("--data_dir", default=None, help="where to build the bench dataset (default: a temp dir)")
-    p.add_argument("--json", default=None, help="write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--restore_batches", type=int, default=200, help="batches skipped before the restore timing")
+    bench_common.add_common_args(p, quick_help="1 copy of the proteins, 2 s per configuration, restore at 20 batches")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.copies, args.seconds, args.restore_batches = 1, 2.0, 20
+    return args
 
 
 def build_dataset(data_dir: str, copies: int) -> None:
@@ -91,7 +98,7 @@ def main(argv=None) -> int:
     rows.append(("packed", *packed))
 
     # Restore deep into the epoch: replays only reading + shuffle buffer for the skipped examples.
-    skip_batches = 200
+    skip_batches = args.restore_batches
     it = make(False)
     t0 = time.perf_counter()
     for _ in range(skip_batches):
@@ -119,9 +126,10 @@ def main(argv=None) -> int:
                "pipelines": {name: {"examples_per_s": eps, "batches_per_s": bps, "examples": n}
                              for name, eps, bps, n in rows},
                "restore": {"examples_skipped": n_skip, "restore_s": restore_s, "produce_s": produce_s}}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    head = ["pipeline", "examples/s", "batches/s", "examples timed", "target >= 2000/s"]
+    table = [[name, round(eps), round(bps, 1), n, "met" if eps >= 2000 else "missed"] for name, eps, bps, n in rows]
+    bench_common.write_result("bench_data", f"cpu{len(cores)}", head=head, rows=table, settings=vars(args),
+                              out_dir=args.out_dir, quick=args.quick, **results)
     if args.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0

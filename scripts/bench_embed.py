@@ -16,7 +16,8 @@ shipped proteins (data/sample_proteins.fasta, a seeded random subset unless --nu
   * torch "sorted": the same, batches sorted by length (to separate framework speed from batching).
 
 Prints residues/s (real residues, </s> and padding not counted), the ratios, peak memory and the largest
-difference between the per-residue embeddings of the two frameworks; writes everything to --json_out.
+difference between the per-residue embeddings of the two frameworks; writes the table and the raw numbers through
+``bench_common`` to benchmarks/results/bench_embed-<device>-<date>.json.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_common  # the scripts folder, on the path above
 
 
 def parse_args(argv=None):
@@ -48,10 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--torch_modes", default="readme,sorted", help="comma list of readme, sorted (or empty)")
     p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both (default: full fp32)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json_out", default=os.path.join(REPO, "runs", "bench", "bench_embed.json"))
+    bench_common.add_common_args(p, quick_help="2 layers, 12 proteins")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.num_layers, args.num_sequences = 2, 12
+    return args
 
 
 def load_sequences(args) -> list[str]:
@@ -270,10 +277,13 @@ def main(argv=None) -> int:
     print_table(meta, results, diff)
     for res in results.values():
         res["residues_per_second"] = meta["residues"] / res["seconds"]
-    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-    with open(args.json_out, "w") as f:
-        json.dump({"meta": meta, "results": results, "difference": diff}, f, indent=1)
-    print(f"results written to {args.json_out}")
+    head = ["run", "residues/s", "seconds", "padded/real tokens", "peak memory GiB"]
+    mem_key = "peak_device_gib" if args.device == "gpu" else "peak_rss_gib"
+    rows = [[name, round(res["residues_per_second"], 1), round(res["seconds"], 2),
+             round(res["padded_tokens"] / meta["residues"], 2), round(res.get(mem_key, 0), 2)]
+            for name, res in results.items()]
+    bench_common.write_result("bench_embed", args.device, head=head, rows=rows, settings=vars(args),
+                              out_dir=args.out_dir, quick=args.quick, model=meta, raw=results, difference=diff)
     return 0
 
 

@@ -1,27 +1,28 @@
 """Benchmark of the frozen protocol on this machine: embed the shipped proteins, then train a ConvBERT head.
 
-    .venv/bin/python scripts/bench_finetune.py [--preset tiny|base] [--layers N] [--epochs 5] [--one_by_one 64]
-        [--output bench_finetune.json]
+    .venv/bin/python scripts/bench_finetune.py [--preset tiny|base] [--layers N] [--epochs 5] [--one_by_one 64] [--quick]
 
 Steps, each timed:
 1. embed all 1,446 shipped proteins (data/pfam_family_*.csv) with token-budget batching (``ankh_jax.inference.embedding``);
 2. embed the first ``--one_by_one`` of them one sequence at a time, as the Ankh notebooks do, and extrapolate;
 3. train the Pfam-family head for ``--epochs`` epochs on the cached embeddings through the runner.
 The encoder has random weights (Ankh shapes; ``--preset base --layers 4`` = Ankh Base width at reduced depth): the
-timings, not the accuracy, are the point. Prints a table and writes the numbers as JSON.
+timings, not the accuracy, are the point. Prints a table and writes it through ``bench_common`` to
+benchmarks/results/bench_finetune-<device>-<date>.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import bench_common
 from ankh_jax.tasks.pfam_family import pfam_family_task
 
 from ankh_jax import flags
@@ -40,8 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--max_length", type=int, default=512, help="residues kept per protein")
     p.add_argument("--one_by_one", type=int, default=64, help="proteins embedded one at a time (0: skip)")
     p.add_argument("--batch_tokens", type=int, default=16384)
-    p.add_argument("--output", default="bench_finetune.json")
+    bench_common.add_common_args(p, quick_help="tiny encoder, 1 epoch, 4 proteins one by one, 128 residues")
     args = p.parse_args(argv)
+    if args.quick:
+        args.preset, args.layers, args.epochs, args.one_by_one, args.max_length = "tiny", None, 1, 4, 128
 
     enc = random_encoder(args.preset, 0, args.layers)
     data = load_task(pfam_family_task(max_length=args.max_length))
@@ -86,11 +89,14 @@ def main(argv=None) -> int:
     print(f"|{'-' * 42}|---------:|---------:|--------:|-----------:|")
     for name, n, res, sec in rows:
         print(f"| {name:40s} | {n:8d} | {res:8d} | {sec:7.1f} | {res / max(sec, 1e-9):10.0f} |")
-    with open(args.output, "w") as f:
-        json.dump({"preset": args.preset, "layers": enc.config.num_encoder_layers, "epochs": args.epochs,
-                   "rows": [{"step": a, "proteins": b, "residues": c, "seconds": d} for a, b, c, d in rows],
-                   "test_accuracy": results["tests"]["pfam_family"]["accuracy"]}, f, indent=1)
-    print(f"wrote {args.output}")
+    head = ["step", "proteins", "residues", "seconds", "residues/s"]
+    table = [[a, b, c, round(d, 2), round(c / max(d, 1e-9))] for a, b, c, d in rows]
+    import jax
+
+    bench_common.write_result("bench_finetune", jax.devices()[0].platform, head=head, rows=table, settings=vars(args),
+                              out_dir=args.out_dir, quick=args.quick, preset=args.preset,
+                              layers=enc.config.num_encoder_layers,
+                              test_accuracy=results["tests"]["pfam_family"]["accuracy"])
     return 0
 
 

@@ -23,10 +23,8 @@ versions and the CPU, to benchmarks/results/bench_generate-<device>-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_common  # the scripts folder, on the path above
 
 
 def parse_args(argv=None):
@@ -51,10 +52,14 @@ def parse_args(argv=None):
     p.add_argument("--torch_pll_batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is reported)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out_dir", default=os.path.join(REPO, "benchmarks", "results"))
+    bench_common.add_common_args(p, quick_help="1 layer, batch 2, 8 new tokens, 2 proteins of <= 32 for PLL")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.num_layers, args.batch_size, args.input_length, args.max_new_tokens = 1, 2, 16, 8
+        args.pll_proteins, args.pll_max_length, args.repeats = 2, 32, 1
+    return args
 
 
 def proteins(args):
@@ -203,27 +208,6 @@ def spawn(args, workdir: str, worker: str) -> dict:
         return json.load(f)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict:
-    out = {}
-    for name in ("jax", "flax", "torch", "transformers"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
-    return out
-
-
 def main() -> None:
     args = parse_args()
     if args._worker:
@@ -246,26 +230,13 @@ def main() -> None:
                  round(a, 3), round(b, 3), round(a / b, 2)])
     pll_rel = float(np.max(np.abs(np.array(ours["pll"]) - ref["pll"]) / np.abs(ref["pll"])))
     head = ["benchmark", "unit", "ankh_jax", "torch", "speed-up"]
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    table = [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head] + rows]
-    print("\n".join(table))
+    print(bench_common.format_table(head, rows))
     print(f"pseudo-likelihood max relative difference ankh_jax vs torch: {pll_rel:.2e}")
-    device = "cpu" if args.device == "cpu" else "gpu"
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-    doc = {"command": " ".join(["python", "scripts/bench_generate.py"] + sys.argv[1:]), "commit": commit,
-           "date": today, "versions": versions(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-           "jax_device": ours["device"], "torch_device": ref["device"], "torch_threads": ref.get("threads"),
-           "dtype": args.dtype, "model": model, "settings": vars(args) | {"_worker": None, "_workdir": None, "out_dir": os.path.relpath(args.out_dir, REPO)},
-           "table": [dict(zip(head, r)) for r in rows], "pll_max_relative_difference": pll_rel,
-           "raw": {"ankh_jax": ours, "torch": ref}}
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"bench_generate-{device}-{today}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
-
+    bench_common.write_result("bench_generate", "cpu" if args.device == "cpu" else "gpu", head=head, rows=rows,
+                              settings=vars(args), out_dir=args.out_dir, quick=args.quick,
+                              jax_device=ours["device"], torch_device=ref["device"],
+                              torch_threads=ref.get("threads"), dtype=args.dtype, model=model,
+                              pll_max_relative_difference=pll_rel, raw={"ankh_jax": ours, "torch": ref})
 
 if __name__ == "__main__":
     main()
