@@ -52,12 +52,12 @@ def parse_args(argv=None):
     p.add_argument("--torch_modes", default="readme,sorted", help="comma list of readme, sorted (or empty)")
     p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both (default: full fp32)")
     p.add_argument("--seed", type=int, default=0)
-    bench_common.add_common_args(p, quick_help="2 layers, 12 proteins")
+    bench_common.add_common_args(p, quick_help="2 layers, 8 proteins, torch README mode only")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.num_layers, args.num_sequences = 2, 12
+        args.num_layers, args.num_sequences, args.torch_modes = 2, 8, "readme"
     return args
 
 

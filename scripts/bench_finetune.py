@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:  # the runner reads the same random encoder from a directory
         model_dir = os.path.join(work, "run")
         encoder_dir = write_random_encoder(os.path.join(work, "encoder"), args.preset, 0, args.layers)
-        flags.parse_gin(["configs/downstream/pfam_family.gin"], [
+        flags.parse_gin(["downstream/pfam_family.gin"], [
             f"MODEL_DIR = '{model_dir}'", f"ENCODER = '{encoder_dir}'", "run.progress = True",
             f"pfam_family_task.max_length = {args.max_length}", f"OptimizerConfig.max_epochs = {args.epochs}",
             f"OptimizerConfig.patience = {args.epochs}", f"run.batch_tokens = {args.batch_tokens}"],

@@ -52,13 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--torch_pll_batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is reported)")
     p.add_argument("--seed", type=int, default=0)
-    bench_common.add_common_args(p, quick_help="1 layer, batch 2, 8 new tokens, 2 proteins of <= 32 for PLL")
+    bench_common.add_common_args(p, quick_help="1 layer, batch 2, 8 new tokens, 2 proteins of <= 80 for PLL")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.num_layers, args.batch_size, args.input_length, args.max_new_tokens = 1, 2, 16, 8
-        args.pll_proteins, args.pll_max_length, args.repeats = 2, 32, 1
+        args.pll_proteins, args.pll_max_length, args.repeats = 2, 80, 1
     return args
 
 

@@ -147,6 +147,11 @@ def test_input_errors_are_reported_before_any_compute(tmp_path, model_dir, capsy
         assert rc == 2 and name in err
         assert re.search(expected[name], err), err
         assert not out.exists()
+    (tmp_path / "ok.fasta").write_text(">a\nMKV\n")
+    rc = embed.main([f"--model={model_dir}", f"--fasta={tmp_path / 'ok.fasta'}", f"--output={tmp_path / 'ok.h5'}",
+                     "--attention_chunk_size=-1", "--no_progress", "--compilation_cache_dir="])
+    assert rc == 2 and "--attention_chunk_size=-1" in capsys.readouterr().err
+    assert not (tmp_path / "ok.h5").exists()
 
 
 def test_cli_writes_hdf5_and_resumes(tmp_path, model_dir, records, params):
