@@ -1,7 +1,7 @@
 """``python -m ankh_jax.embed``: a FASTA file -> per-residue or pooled embeddings in HDF5.
 
     python -m ankh_jax.embed --model=PATH --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
-        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N]
+        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N] [--prefix=[NLU]]
 
 The output has one dataset per id (``/`` in an id is stored as ``%2F``; the exact id is the dataset's ``id``
 attribute). Re-running resumes an existing output (or a killed run) made by the same model and settings, skipping
@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per batch")
     p.add_argument("--max_length", type=int, default=None,
                    help="truncate sequences to this many tokens (</s> included); default: no truncation")
+    p.add_argument("--prefix", default=None,
+                   help="the task prefix token before each sequence, required when the model's tokenizer defines "
+                        "prefixes (Ankh3: [NLU] for embeddings); dropped from the output like </s>")
     p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
     p.add_argument("--flush_seconds", type=float, default=5.0,
                    help="how often finished embeddings are saved so that a killed run keeps them (0: every batch)")
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     leaves no file behind and an existing output untouched.
     """
     from ankh_jax.data.fasta import load_fasta
+    from ankh_jax.data.tokenizer import read_model_tokens
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
     from ankh_jax.io.loading import load
 
@@ -79,8 +83,9 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     config, params = load(args.model, encoder_only=True, scan_layers=True)  # the embedding encoder's layout
+    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
     run_attrs.update(d_model=config.d_model, fingerprint=output_fingerprint(
-        config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length))
+        config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length, prefix_id=prefix_id))
     check_compatible(args.output, run_attrs)  # the same model, or refused before anything is written
     metrics = {"load_seconds": round(time.perf_counter() - t0, 3), "fingerprint": run_attrs["fingerprint"]}
 
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
             for idx, emb in iter_embeddings(config, params, [r.sequence for r in todo], pooling=args.pooling,
                                             dtype=args.dtype, batch_tokens=args.batch_tokens,
                                             max_length=args.max_length, progress=not args.no_progress,
-                                            progress_desc=os.path.basename(args.fasta)):
+                                            progress_desc=os.path.basename(args.fasta), prefix_id=prefix_id):
                 rec = todo[idx]
                 writer.add(rec.id, emb, {
                     "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,

@@ -19,8 +19,10 @@ Three views of the same vocabulary live here, all checked against each other by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -216,3 +218,94 @@ def write_hf_tokenizer(output_dir: str, model_max_length: int = 100_000) -> list
             json.dump(doc, f, indent=1)
         paths.append(path)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A model directory's own tokenizer files: task prefixes (Ankh3's [NLU] / [S2S])
+# ----------------------------------------------------------------------------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_PREFIX = re.compile(r"\[[A-Z0-9_]+\]")  # Ankh3's task tokens: [NLU], [S2S]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTokens:
+    """What a model directory's tokenizer files add to Ankh's ids: its task prefix tokens (``{token: id}``;
+    empty for Ankh, Ankh2 and ankh_jax's own models). A prefix is one token before the residues; outputs drop it
+    like ``</s>``."""
+
+    prefixes: dict
+    source: str = "the model"
+
+    def prefix_id(self, prefix: str | None) -> int | None:
+        """The id of ``--prefix``: required exactly when the tokenizer defines prefixes (ValueError otherwise)."""
+        names = ", ".join(self.prefixes)
+        if prefix is None:
+            if self.prefixes:
+                raise ValueError(f"{self.source} defines task prefixes {names}: give --prefix ([NLU] for embeddings "
+                                 "and likelihoods, [S2S] for generation)")
+            return None
+        if not self.prefixes:
+            raise ValueError(f"--prefix={prefix}: {self.source} defines no task prefix tokens")
+        if prefix not in self.prefixes:
+            raise ValueError(f"--prefix={prefix}: not a task prefix of {self.source} (it defines {names})")
+        return self.prefixes[prefix]
+
+
+def _token_ids(model_dir: str) -> tuple[dict[str, int], set[str]]:
+    """``{token: id}`` and the special tokens named by the tokenizer files present in ``model_dir``."""
+    docs = {}
+    for name in TOKENIZER_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    docs[name] = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path}: unreadable tokenizer file ({e})") from None
+    ids: dict[str, int] = {}
+    special: set[str] = set()
+    doc = docs.get("tokenizer.json") or {}
+    vocab = (doc.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):  # WordLevel / BPE / WordPiece
+        ids.update({str(k): int(v) for k, v in vocab.items()})
+    elif isinstance(vocab, list):  # Unigram (SentencePiece): [piece, score] in id order
+        ids.update({str(entry[0]): i for i, entry in enumerate(vocab)})
+    for added in doc.get("added_tokens") or []:
+        ids[str(added["content"])] = int(added["id"])
+        if added.get("special"):
+            special.add(str(added["content"]))
+    for token_id, added in ((docs.get("tokenizer_config.json") or {}).get("added_tokens_decoder") or {}).items():
+        ids[str(added["content"])] = int(token_id)
+        if added.get("special"):
+            special.add(str(added["content"]))
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        for token in (docs.get(name) or {}).get("additional_special_tokens") or []:
+            special.add(str(token["content"] if isinstance(token, dict) else token))
+    return ids, special
+
+
+def read_model_tokens(model_dir: str, vocab_size: int) -> ModelTokens:
+    """The task prefixes a model directory's tokenizer files define (``tokenizer.json``, ``tokenizer_config.json``,
+    ``special_tokens_map.json``; none present: no prefixes). Every id ankh_jax fixes (``<pad>``, ``</s>``,
+    ``<unk>``, residues, sentinels) must be Ankh's, and every prefix must have an id below ``vocab_size`` (the
+    model's ``config.json``): anything else is a ValueError saying which token."""
+    model_dir = os.fspath(model_dir)
+    ids, special = _token_ids(model_dir) if os.path.isdir(model_dir) else ({}, set())
+    where = f"{model_dir}: tokenizer"
+    for expected, token in enumerate(ID_TO_TOKEN):
+        if token in ids and ids[token] != expected:
+            raise ValueError(f"{where} maps {token!r} to id {ids[token]}; ankh_jax runs Ankh's ids ({token!r} = "
+                             f"{expected})")
+    prefixes = {}
+    for token in sorted(t for t in special | set(ids) if _PREFIX.fullmatch(t)):
+        if token not in ids:
+            raise ValueError(f"{where} names the special token {token!r} but gives it no id")
+        first_free = FIRST_RESIDUE_ID + len(RESIDUES)
+        if not first_free <= ids[token] < vocab_size:
+            raise ValueError(f"{where} gives {token!r} id {ids[token]}, outside {first_free}..{vocab_size - 1} (above "
+                             f"the residues, below config.json's vocab_size {vocab_size})")
+        shared = sorted(t for t, i in ids.items() if i == ids[token] and t != token)
+        if shared:
+            raise ValueError(f"{where} gives {token!r} id {ids[token]}, which is also {shared[0]!r}")
+        prefixes[token] = ids[token]
+    return ModelTokens(prefixes, source=model_dir)
