@@ -113,7 +113,31 @@ def test_exported_model_loads_in_transformers_with_same_logits(params, exported)
     assert_close(ours_hidden(CFG, params), torch_hidden(model.encoder), valid=batch()[1] > 0)
     tok = transformers.AutoTokenizer.from_pretrained(str(exported))
     assert tok(SEQS[0])["input_ids"] == AnkhTokenizer().encode(SEQS[0]).tolist()
+    with torch.no_grad():  # the tokenizer's output is exactly what the model takes (no token_type_ids)
+        hidden = model.encoder(**tok([s.lower() for s in SEQS], padding=True, return_tensors="pt"))
+    assert_close(ours_hidden(CFG, params), hidden.last_hidden_state.numpy(), valid=batch()[1] > 0)
     assert (exported / "README.md").read_text().startswith("---")
+
+
+def test_export_hf_repairs_a_transformers5_resave(params, exported, tmp_path):
+    """transformers 5's save_pretrained writes tie_word_embeddings: true beside the untied head; transformers 4
+    then ties the head to the embeddings (logits off by ~5). export_hf on that directory, in place, writes
+    tie_word_embeddings: false again with the same weights."""
+    from ankh_jax import export_hf
+
+    resaved = tmp_path / "resaved"
+    transformers.T5ForConditionalGeneration.from_pretrained(str(exported)).save_pretrained(str(resaved))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert json.loads((resaved / "config.json").read_text())["tie_word_embeddings"] is True  # the hazard
+    assert export_hf.main([f"--model={resaved}", f"--output={resaved}"]) == 0
+    cfg = json.loads((resaved / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and "scale_decoder_outputs" not in cfg
+    assert hf_mapping.lm_head_scale_of(cfg) == 1.0  # transformers 4's reading: untied, not rescaled
+    _, repaired = hf_files.load_hf_model(str(resaved))
+    np.testing.assert_array_equal(repaired["decoder"]["logits_dense"]["kernel"],
+                                  params["decoder"]["logits_dense"]["kernel"])
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(resaved)).eval()
+    assert_close(ours_logits(CFG, params), torch_logits(model))
 
 
 def test_exported_encoder_only_loads_as_t5_encoder_model(params, tmp_path):
