@@ -205,12 +205,29 @@ def test_sharded_bf16_and_torch_bin_checkpoints_import(hf_saved, tmp_path):
     np.testing.assert_array_equal(from_bf16["encoder"]["layers_1"]["mlp"]["wo"]["kernel"], expected)
 
 
+def test_safetensors_are_read_by_the_library_every_dtype(tmp_path):
+    """safetensors.safe_open reads what the format holds (bfloat16, unsigned ints, ...), not a hand-kept subset."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    state = {"bf16": rng.normal(size=(3, 4)).astype(ml_dtypes.bfloat16), "u16": np.arange(6, dtype=np.uint16),
+             "u32": np.arange(4, dtype=np.uint32).reshape(2, 2), "f16": rng.normal(size=5).astype(np.float16)}
+    save_file(state, str(tmp_path / hf_files.SAFETENSORS_FILE))
+    loaders, files = hf_files.open_weights(str(tmp_path))
+    assert files == hf_files.SAFETENSORS_FILE and set(loaders) == set(state)
+    for name, value in state.items():
+        got = loaders[name]()
+        assert got.dtype == value.dtype
+        np.testing.assert_array_equal(got, value)
+
+
 def test_tied_heads_import_with_transformers_semantics(tmp_path):
     """transformers 5's default (tied, unscaled) and 4's original T5 (tied, scaled by d_model**-0.5)."""
     torch.manual_seed(1)
     model = transformers.T5ForConditionalGeneration(hf_model_config(tie_word_embeddings=False)).eval()
     model.save_pretrained(str(tmp_path))
-    assert not any("lm_head" in k for k in hf_files.SafetensorsFile(str(tmp_path / hf_files.SAFETENSORS_FILE)).header)
+    assert not any("lm_head" in k for k in hf_files.open_weights(str(tmp_path))[0])
     config, params = hf_files.load_hf_model(str(tmp_path))
     assert_close(ours_logits(config, params), torch_logits(model))
 
