@@ -1,10 +1,10 @@
 """``python -m ankh_jax.embed``: a FASTA file -> per-residue or pooled embeddings in HDF5.
 
-    python -m ankh_jax.embed --model=PATH --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
+    python -m ankh_jax.embed --model=PATH [--step=N] --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
         [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N] [--prefix=[NLU]]
 
-The output has one dataset per id (``/`` in an id is stored as ``%2F``; the exact id is the dataset's ``id``
-attribute). Re-running resumes an existing output (or a killed run) made by the same model and settings, skipping
+The output has one dataset per id, the header's first word (``/`` in an id is stored as ``%2F``; the exact id is
+the dataset's ``id`` attribute, the whole header its ``original_id`` attribute, as bio_embeddings stores it). Re-running resumes an existing output (or a killed run) made by the same model and settings, skipping
 the ids already there; ``ankh_jax.io.embeddings_h5`` says how the output survives a kill and never mixes two
 models. A metrics JSON goes next to the output. TensorFlow is never imported.
 """
@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ankh_jax.embed",
                                 description="Embed a FASTA file with an Ankh encoder into HDF5.")
     p.add_argument("--model", required=True, help="an ankh_jax training directory or a HuggingFace model directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory (default latest)")
     p.add_argument("--fasta", required=True, help="input FASTA, plain or gzip")
     p.add_argument("--output", required=True, help="output HDF5; re-running appends, skipping ids already there")
     p.add_argument("--pooling", choices=POOLINGS, default="none", help="none: [L, d] per residue; mean: [d]")
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.fasta}: no sequences")
 
     t0 = time.perf_counter()
-    config, params = load(args.model, encoder_only=True, scan_layers=True)  # the embedding encoder's layout
+    config, params = load(args.model, encoder_only=True, step=args.step, scan_layers=True)  # the embedding layout
     prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
     run_attrs.update(d_model=config.d_model, fingerprint=output_fingerprint(
         config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length, prefix_id=prefix_id))
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
                                             progress_desc=os.path.basename(args.fasta), prefix_id=prefix_id):
                 rec = todo[idx]
                 writer.add(rec.id, emb, {
-                    "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,
+                    "original_id": rec.description, "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,
                     "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length})
                 if time.perf_counter() - last_flush >= args.flush_seconds:  # a killed run keeps what it wrote
                     writer.flush()

@@ -39,11 +39,13 @@ ankh_jax (JAX/Flax) from `{source}`.
 ```python
 from transformers import AutoTokenizer, {cls}
 tokenizer = AutoTokenizer.from_pretrained("{name}")
-model = {cls}.from_pretrained("{name}").eval()
-ids = tokenizer(["MKALCLLLLPVLGLLVSS"], return_tensors="{tensors}")  # plain strings, one token per residue + </s>
+model = {cls}.from_pretrained("{name}"){evaluation}
+batch = tokenizer(["MKALCLLLLPVLGLLVSS"], padding=True, return_tensors="{tensors}")  # one token per residue + </s>
+hidden = model{encoder}(**batch).last_hidden_state
 ```
-Per-residue embeddings: drop the final `</s>` position. Do not pass `is_split_into_words=True` with
-transformers 5 (it inserts `<unk>` tokens); plain strings tokenize correctly.
+Per-residue embeddings: drop the final `</s>` position. Calling the tokenizer works on transformers 4 and 5
+(`batch_encode_plus` is gone in 5); lowercase input is upper-cased. Re-saving this directory with transformers 5
+writes `tie_word_embeddings: true`, which transformers 4 reads as a tied head: re-export it with ankh_jax.
 """
 
 
@@ -133,7 +135,8 @@ def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, e
             name=name, source=source,
             kind="encoder only" if encoder_only else "encoder-decoder",
             cls=("FlaxT5" if flax else "T5") + ("EncoderModel" if encoder_only else "ForConditionalGeneration"),
-            tensors="np" if flax else "pt",
+            tensors="np" if flax else "pt", evaluation="" if flax else ".eval()",
+            encoder="" if encoder_only else (".encode" if flax else ".encoder"),
             enc=config.num_encoder_layers, dec=0 if encoder_only else config.num_decoder_layers,
             d_model=config.d_model, d_ff=config.d_ff, heads=config.num_heads, d_kv=config.d_kv,
             params=int(sum(v.size for v in state.values()))))
