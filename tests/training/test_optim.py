@@ -6,8 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from ankh_jax.downstream.trainer import OptimizerConfig  # registers gin configurables at collection, before any
-from ankh_jax.training.losses import cross_entropy_sums      # test of this worker finalises (locks) gin
+# Imported at collection: importing it inside a test registered gin configurables after an earlier test in the
+# same worker had finalised (locked) gin.
+from ankh_jax.downstream.trainer import OptimizerConfig
+from ankh_jax.training.losses import cross_entropy_sums
 from ankh_jax.training.optim import make_optimizer, make_schedule
 
 
