@@ -25,8 +25,12 @@ def write_prefix_tokenizer(directory, prefixes=PREFIXES) -> None:
     """Ankh's tokenizer files plus task prefix tokens (added special tokens, additional_special_tokens)."""
     tk.write_hf_tokenizer(str(directory))
     doc = json.loads((directory / "tokenizer.json").read_text())
+    vocab = doc["model"]["vocab"]
     for token, token_id in prefixes.items():
-        doc["model"]["vocab"][token] = token_id
+        if isinstance(vocab, dict):   # a WordLevel model: {token: id}
+            vocab[token] = token_id
+        elif token_id == len(vocab):  # a Unigram model: [token, score] in id order (other ids: added tokens only)
+            vocab.append([token, 0.0])
         doc["added_tokens"].append({"id": token_id, "content": token, "single_word": False, "lstrip": False,
                                     "rstrip": False, "normalized": False, "special": True})
     (directory / "tokenizer.json").write_text(json.dumps(doc))
