@@ -7,7 +7,7 @@ DEMO   ?= demo_out
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install test test-all demo lint bench clean
+.PHONY: install test demo lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ install: $(PY)
 	$(PY) -c "import jax, flax, seqio, transformers; print('ankh_jax installed: jax', jax.__version__, 'flax', flax.__version__, 'transformers', transformers.__version__)"
 
 test:
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
-
-test-all:
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo:

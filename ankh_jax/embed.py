@@ -1,10 +1,11 @@
 """``python -m ankh_jax.embed``: a FASTA file -> per-residue or pooled embeddings in HDF5.
 
-    python -m ankh_jax.embed --model=PATH --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
-        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N] [--attention_chunk_size=N]
+    python -m ankh_jax.embed --model=PATH [--step=N] --fasta=IN.fasta[.gz] --output=OUT.h5 [--pooling=none|mean]
+        [--dtype=float32|bfloat16] [--batch_tokens=N] [--max_length=N] [--prefix=[NLU]]
+        [--attention_chunk_size=N]
 
-The output has one dataset per id (``/`` in an id is stored as ``%2F``; the exact id is the dataset's ``id``
-attribute). Re-running resumes an existing output (or a killed run) made by the same model and settings, skipping
+The output has one dataset per id, the header's first word (``/`` in an id is stored as ``%2F``; the exact id is
+the dataset's ``id`` attribute, the whole header its ``original_id`` attribute, as bio_embeddings stores it). Re-running resumes an existing output (or a killed run) made by the same model and settings, skipping
 the ids already there; ``ankh_jax.io.embeddings_h5`` says how the output survives a kill and never mixes two
 models. A metrics JSON goes next to the output. TensorFlow is never imported.
 """
@@ -32,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ankh_jax.embed",
                                 description="Embed a FASTA file with an Ankh encoder into HDF5.")
     p.add_argument("--model", required=True, help="an ankh_jax training directory or a HuggingFace model directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory (default latest)")
     p.add_argument("--fasta", required=True, help="input FASTA, plain or gzip")
     p.add_argument("--output", required=True, help="output HDF5; re-running appends, skipping ids already there")
     p.add_argument("--pooling", choices=POOLINGS, default="none", help="none: [L, d] per residue; mean: [d]")
@@ -42,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention_chunk_size", type=int, default=None,
                    help="attention in chunks of N tokens (O(L) memory) for batches wider than N; 0: never; "
                         "default: automatic (chunks of 1024 above 2048 tokens)")
+    p.add_argument("--prefix", default=None,
+                   help="the task prefix token before each sequence, required when the model's tokenizer defines "
+                        "prefixes (Ankh3: [NLU] for embeddings); dropped from the output like </s>")
     p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
     p.add_argument("--flush_seconds", type=float, default=5.0,
                    help="how often finished embeddings are saved so that a killed run keeps them (0: every batch)")
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     leaves no file behind and an existing output untouched.
     """
     from ankh_jax.data.fasta import load_fasta
+    from ankh_jax.data.tokenizer import read_model_tokens
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
     from ankh_jax.io.loading import load
 
@@ -83,9 +89,10 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.fasta}: no sequences")
 
     t0 = time.perf_counter()
-    config, params = load(args.model, encoder_only=True, scan_layers=True)  # the embedding encoder's layout
+    config, params = load(args.model, encoder_only=True, step=args.step, scan_layers=True)  # the embedding layout
+    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
     run_attrs.update(d_model=config.d_model, fingerprint=output_fingerprint(
-        config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length))
+        config, params, pooling=args.pooling, dtype=args.dtype, max_length=args.max_length, prefix_id=prefix_id))
     check_compatible(args.output, run_attrs)  # the same model, or refused before anything is written
     metrics = {"load_seconds": round(time.perf_counter() - t0, 3), "fingerprint": run_attrs["fingerprint"]}
 
@@ -101,11 +108,11 @@ def run(args: argparse.Namespace) -> dict:
             for idx, emb in iter_embeddings(config, params, [r.sequence for r in todo], pooling=args.pooling,
                                             dtype=args.dtype, batch_tokens=args.batch_tokens,
                                             max_length=args.max_length, progress=not args.no_progress,
-                                            progress_desc=os.path.basename(args.fasta),
+                                            progress_desc=os.path.basename(args.fasta), prefix_id=prefix_id,
                                             attention_chunk_size=args.attention_chunk_size):
                 rec = todo[idx]
                 writer.add(rec.id, emb, {
-                    "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,
+                    "original_id": rec.description, "length": len(rec.sequence), "pooling": args.pooling, "dtype": args.dtype,
                     "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length})
                 if time.perf_counter() - last_flush >= args.flush_seconds:  # a killed run keeps what it wrote
                     writer.flush()

@@ -1,10 +1,12 @@
-"""``python -m ankh_jax.export_hf --model=PATH --output=DIR [--encoder_only]``: an ankh_jax model as a HF T5.
+"""``python -m ankh_jax.export_hf --model=PATH --output=DIR [--encoder_only] [--flax]``: an ankh_jax model as a HF T5.
 
 Writes ``config.json`` (``tie_word_embeddings: false``, so transformers 4 and 5 neither tie nor rescale the head),
 ``model.safetensors`` (PyTorch layout, float32; sharded above ``--max_shard_size_gb``), ``generation_config.json``,
 the tokenizer files (``tokenizer.json`` & co., read by ``transformers.AutoTokenizer``) and a short model card.
 The result loads with ``T5ForConditionalGeneration.from_pretrained(DIR)`` (or ``T5EncoderModel`` with
-``--encoder_only``). Never imports TensorFlow or transformers.
+``--encoder_only``). With ``--flax`` the weights are ``flax_model.msgpack`` instead, the parameter tree transformers
+4.x's ``FlaxT5ForConditionalGeneration`` / ``FlaxT5EncoderModel`` load (``ankh_jax.io.flax_msgpack``). Never
+imports TensorFlow or transformers.
 
 An export replaces an earlier export whole or not at all; anything in DIR that is not an HF export is refused
 untouched (:mod:`ankh_jax.io.hf_export`).
@@ -28,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory (default latest)")
     p.add_argument("--max_shard_size_gb", type=float, default=None,
                    help="split model.safetensors into shards of at most this size (default: one file)")
+    p.add_argument("--flax", action="store_true",
+                   help="write flax_model.msgpack (transformers 4.x's Flax T5 classes) instead of model.safetensors")
     return p.parse_args(argv)
 
 
@@ -42,7 +46,7 @@ def main(argv=None) -> int:
         config, params = load(args.model, encoder_only=args.encoder_only, step=args.step)  # plain, unrolled
         max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,
-                         max_shard_bytes=max_bytes)
+                         max_shard_bytes=max_bytes, flax=args.flax)
     except flags.command_errors() as err:
         return flags.report("export_hf", err)
     print(f"wrote {len(written)} files to {args.output}:")

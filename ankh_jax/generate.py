@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_records", type=int, default=None, help="use only the first N records (default all)")
     p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--prefix", default=None,
+                   help="the task prefix token before each sequence, required when the model's tokenizer defines "
+                        "prefixes (Ankh3: [S2S] for generation); dropped from the output like </s>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
     return p.parse_args(argv)
 
@@ -105,11 +108,15 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"{args.fasta}: no records")
     masks = plan_masks(args, records)
     config, params = load(args.model, step=args.step)
+    from ankh_jax.data.tokenizer import read_model_tokens
+
+    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
     config = decoding.decoding_config(config, args.dtype)
     params = decoding.prepare_params(config, params)
     samples = infilling.infill(config, params, [r.sequence for r in records], masks, strategy=args.strategy,
                                num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, batch_tokens=args.batch_tokens, progress=True)
+                               top_p=args.top_p, seed=args.seed, batch_tokens=args.batch_tokens, progress=True,
+                               prefix_id=prefix_id)
     csv_path = args.log_likelihoods or os.path.splitext(args.output)[0] + ".csv"
 
     def write_fasta(f):

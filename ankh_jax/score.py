@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_records", type=int, default=None, help="use only the first N records (default all)")
     p.add_argument("--batch_tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--prefix", default=None,
+                   help="the task prefix token before each sequence, required when the model's tokenizer defines "
+                        "prefixes (Ankh3: [NLU] for likelihoods); dropped from the output like </s>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
     return p.parse_args(argv)
 
@@ -124,19 +127,22 @@ def run(args: argparse.Namespace) -> dict:
         if args.output_column in header:
             raise ValueError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
     config, params = load(args.model, step=args.step)
+    from ankh_jax.data.tokenizer import read_model_tokens
+
+    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
     config = decoding.decoding_config(config, args.dtype)
     params = decoding.prepare_params(config, params)
     from ankh_jax.inference import scoring
 
     if args.fasta is not None:
         pll = scoring.pseudo_likelihood(config, params, [r.sequence for r in records],
-                                        batch_tokens=args.batch_tokens, progress=True)
+                                        batch_tokens=args.batch_tokens, progress=True, prefix_id=prefix_id)
         out_rows = [{"id": r.id, "length": len(r.sequence), "pseudo_likelihood": f"{v:.8g}"}
                     for r, v in zip(records, pll)]
         write_csv_atomically(args.output, ["id", "length", "pseudo_likelihood"], out_rows)
         return {"proteins": len(records), "mean_pseudo_likelihood": float(pll.mean())}
     scores = scoring.score_mutations(config, params, wildtype, mutants, batch_tokens=args.batch_tokens,
-                                     progress=True)
+                                     progress=True, prefix_id=prefix_id)
     for row, value in zip(rows, scores):
         row[args.output_column] = f"{value:.8g}"
     write_csv_atomically(args.output, header + [args.output_column], rows)

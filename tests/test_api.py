@@ -13,7 +13,7 @@ from flax import linen as nn
 import ankh_jax
 from ankh_jax import api, export_hf
 from ankh_jax.inference import embedding
-from ankh_jax.io import hf_export, hf_files
+from ankh_jax.io import checkpoints, hf_export, hf_files
 from ankh_jax.model import T5Config, Transformer, params_layout
 
 CFG = T5Config.tiny(d_model=32, d_ff=48, num_heads=2, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
@@ -51,7 +51,6 @@ def test_load_model_from_hf_dir_and_embed(hf_dir, params):
 
 def test_load_model_from_ankh_jax_training_dir(params, tmp_path):
     """A scanned training run's checkpoint loads unrolled, embeds, and exports to HF bit-exactly."""
-    checkpoints = pytest.importorskip("ankh_jax.io.checkpoints")
     train_cfg = CFG.replace(scan_layers=True, dtype="bfloat16")
     stacked = params_layout.stack_layers(params, train_cfg)
     run_dir = tmp_path / "run"

@@ -1,5 +1,8 @@
 """Streaming FASTA reading (plain or gzip) with Ankh's cleaning rules.
 
+A record's id is the first whitespace-delimited word of its header and its description the whole header, as in
+Biopython (``record.id``, ``record.description``) and the tools keyed by it (bio_embeddings).
+
 Memory is constant in the file size: records are yielded one at a time, so the same reader serves a 50-sequence
 test file and the ~45M-sequence UniRef50 dump. Every error names the file, the record and the position.
 """
@@ -23,8 +26,8 @@ class FastaFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class FastaRecord:
-    id: str           # the first word of the header
-    description: str  # the rest of the header line
+    id: str           # the first whitespace-delimited word of the header (Biopython's record.id)
+    description: str  # the whole header line after '>' (Biopython's record.description)
     sequence: str     # cleaned: upper case, no whitespace, no trailing '*'
     line: int         # 1-based line number of the header, for error messages
 
@@ -99,10 +102,10 @@ def read_fasta(path: str | os.PathLike, *, clean: bool = True, skip_invalid: boo
     """
     path = os.fspath(path)
     for header, chunks, header_line in _raw_records(path):
-        rid, _, desc = header.partition(" ")
-        rid = rid.strip()
-        if not rid:
+        words = header.split(maxsplit=1)  # any whitespace (spaces, tabs) ends the id, as in Biopython
+        if not words:
             raise FastaFormatError(f"{path}: line {header_line}: header without an id")
+        rid = words[0]
         raw = "".join(chunks)
         if clean:
             try:
@@ -115,11 +118,12 @@ def read_fasta(path: str | os.PathLike, *, clean: bool = True, skip_invalid: boo
                 continue
         else:
             seq = raw
-        yield FastaRecord(rid, desc.strip(), seq, header_line)
+        yield FastaRecord(rid, header, seq, header_line)
 
 
 def load_fasta(path: str | os.PathLike, *, unique_ids: bool = True) -> list[FastaRecord]:
-    """All records of a file, validated up front (a duplicate id is an error naming both lines)."""
+    """All records of a file, validated up front (a duplicate id, the header's first word, is an error naming
+    both lines: ``>P1 a`` and ``>P1 b`` collide)."""
     records = list(read_fasta(path))
     if unique_ids:
         seen: dict[str, int] = {}

@@ -19,8 +19,12 @@ Three views of the same vocabulary live here, all checked against each other by 
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import functools
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -167,26 +171,90 @@ def build_sentencepiece_model() -> bytes:
     return m.SerializeToString(deterministic=True)
 
 
+def _cleaning_rules_tsv() -> str:
+    """SentencePiece normalization rules (hex code points, tab, replacement) for the per-character part of
+    :func:`clean_sequence`: lowercase letters upper-cased, whitespace removed."""
+    rules = [f"{ord(c):X}\t{ord(c.upper()):X}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    rules += [f"{ord(c):X}\t" for c in " \t\n\r\v\f"]
+    return "\n".join(rules) + "\n"
+
+
+@functools.lru_cache(maxsize=1)
+def cleaning_charsmap() -> bytes:
+    """The per-character cleaning as a compiled SentencePiece ``precompiled_charsmap``.
+
+    The one form that every T5 tokenizer honours: SentencePiece (``spiece.model``), ``tokenizers``' ``Precompiled``
+    normalizer and transformers 5's ``T5Tokenizer`` (which rebuilds its backend from ``tokenizer.json`` but keeps
+    a precompiled charsmap). Compiled by SentencePiece's own rule compiler (a throwaway one-line training run).
+    """
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = os.path.join(tmp, "rules.tsv")
+        with open(rules, "w") as f:
+            f.write(_cleaning_rules_tsv())
+        out = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter([RESIDUES] * 4), model_writer=out, model_type="char",
+                                       vocab_size=len(RESIDUES) + 3, normalization_rule_tsv=rules,
+                                       add_dummy_prefix=False, remove_extra_whitespaces=False,
+                                       hard_vocab_limit=False, minloglevel=2)
+    proto = pb.ModelProto()
+    proto.ParseFromString(out.getvalue())
+    return proto.normalizer_spec.precompiled_charsmap
+
+
+def hf_sentencepiece_model() -> bytes:
+    """``spiece.model`` of an HF export: :func:`build_sentencepiece_model` with the cleaning charsmap as its
+    normalizer, so transformers 4's SentencePiece ``T5Tokenizer`` upper-cases and drops whitespace too."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(build_sentencepiece_model())
+    proto.normalizer_spec.name = "ankh_cleaning"
+    proto.normalizer_spec.precompiled_charsmap = cleaning_charsmap()
+    return proto.SerializeToString(deterministic=True)
+
+
+def hf_normalizer() -> dict:
+    """:func:`clean_sequence` as a ``tokenizers`` normalizer: upper-cased and whitespace removed (the charsmap),
+    then one trailing ``*`` dropped. Invalid characters are not errors here: they become ``<unk>``."""
+    return {"type": "Sequence", "normalizers": [
+        {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(cleaning_charsmap()).decode("ascii")},
+        {"type": "Replace", "pattern": {"Regex": r"\*\z"}, "content": ""},
+    ]}
+
+
 def hf_tokenizer_json() -> dict:
-    """A ``tokenizers`` JSON document for Ankh: residues as single-character words, ``</s>`` appended."""
-    vocab = {tok: i for i, tok in enumerate(ID_TO_TOKEN)}
+    """A ``tokenizers`` JSON document for Ankh: one token per residue, ``</s>`` appended.
+
+    Every token is an added token (the residues normalized, so cleaning applies before they are matched, the
+    specials and sentinels verbatim), so the text is split into residues before any pre-tokenizer runs: that keeps
+    the ids right in transformers 5's ``T5Tokenizer``, which replaces the pre-tokenizer with a Metaspace one. The
+    model is a Unigram over the 144 tokens (what ``T5Tokenizer`` expects), reached only by ``<unk>`` characters.
+    """
     added = [
         {"id": i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
-        for i, tok in enumerate(ID_TO_TOKEN) if i < FIRST_RESIDUE_ID or i >= FIRST_RESIDUE_ID + len(RESIDUES)
+         "normalized": FIRST_RESIDUE_ID <= i < FIRST_RESIDUE_ID + len(RESIDUES),
+         "special": not FIRST_RESIDUE_ID <= i < FIRST_RESIDUE_ID + len(RESIDUES)}
+        for i, tok in enumerate(ID_TO_TOKEN)
     ]
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": added,
-        "normalizer": None,
-        # Each character is its own word: "MKV" -> ["M", "K", "V"]; whitespace is dropped.
+        "normalizer": hf_normalizer(),
+        # What is left after the added tokens (characters outside the vocabulary): one <unk> per character.
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "WhitespaceSplit"},
             {"type": "Split", "pattern": {"String": ""}, "behavior": "Isolated", "invert": False},
         ]},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+        "model": {"type": "Unigram", "unk_id": UNK_ID, "vocab": [[tok, 0.0] for tok in ID_TO_TOKEN],
+                  "byte_fallback": False},
         "post_processor": {
             "type": "TemplateProcessing",
             "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
@@ -194,18 +262,26 @@ def hf_tokenizer_json() -> dict:
                      {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
             "special_tokens": {"</s>": {"id": "</s>", "ids": [EOS_ID], "tokens": ["</s>"]}},
         },
-        "decoder": None,
+        "decoder": {"type": "Fuse"},
     }
 
 
 def write_hf_tokenizer(output_dir: str, model_max_length: int = 100_000) -> list[str]:
-    """Writes ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
+    """Writes ``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and ``spiece.model``.
+
+    The directory loads with ``AutoTokenizer``, ``T5TokenizerFast`` and (transformers 4) the SentencePiece
+    ``T5Tokenizer``, all to the same ids: ``extra_ids`` equals the 116 sentinels listed as additional special tokens (T5's rule puts ``<extra_id_k>`` at
+    ``len(spiece.model) - 1 + 116 - k`` = 143 - k, Ankh's). The tokenizer returns only the inputs a T5 model
+    takes (``input_ids``, ``attention_mask``; no ``token_type_ids``), so ``model(**tokenizer(...))`` works. Each
+    cleans sequences as :func:`clean_sequence` does (lowercase input gives the same ids); only ``AutoTokenizer``
+    (``tokenizer_class`` ``PreTrainedTokenizerFast``: ``tokenizer.json`` as written) also drops a trailing ``*``.
+    """
     os.makedirs(output_dir, exist_ok=True)
-    extra = [t for t in ID_TO_TOKEN if t.startswith("<extra_id_")]
-    extra.sort(key=lambda t: int(t[len("<extra_id_"):-1]))
+    extra = [f"<extra_id_{k}>" for k in range(NUM_SENTINELS)]
     special = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                "additional_special_tokens": extra}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "extra_ids": NUM_SENTINELS, "legacy": True,
+              "model_input_names": ["input_ids", "attention_mask"], "model_max_length": model_max_length,
               "padding_side": "right", "clean_up_tokenization_spaces": False, **special}
     files = {"tokenizer.json": hf_tokenizer_json(), "tokenizer_config.json": config,
              "special_tokens_map.json": special}
@@ -215,4 +291,99 @@ def write_hf_tokenizer(output_dir: str, model_max_length: int = 100_000) -> list
         with open(path, "w") as f:
             json.dump(doc, f, indent=1)
         paths.append(path)
+    spiece = os.path.join(output_dir, "spiece.model")
+    with open(spiece, "wb") as f:
+        f.write(hf_sentencepiece_model())
+    paths.append(spiece)
     return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A model directory's own tokenizer files: task prefixes (Ankh3's [NLU] / [S2S])
+# ----------------------------------------------------------------------------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_PREFIX = re.compile(r"\[[A-Z0-9_]+\]")  # Ankh3's task tokens: [NLU], [S2S]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTokens:
+    """What a model directory's tokenizer files add to Ankh's ids: its task prefix tokens (``{token: id}``;
+    empty for Ankh, Ankh2 and ankh_jax's own models). A prefix is one token before the residues; outputs drop it
+    like ``</s>``."""
+
+    prefixes: dict
+    source: str = "the model"
+
+    def prefix_id(self, prefix: str | None) -> int | None:
+        """The id of ``--prefix``: required exactly when the tokenizer defines prefixes (ValueError otherwise)."""
+        names = ", ".join(self.prefixes)
+        if prefix is None:
+            if self.prefixes:
+                raise ValueError(f"{self.source} defines task prefixes {names}: give --prefix ([NLU] for embeddings "
+                                 "and likelihoods, [S2S] for generation)")
+            return None
+        if not self.prefixes:
+            raise ValueError(f"--prefix={prefix}: {self.source} defines no task prefix tokens")
+        if prefix not in self.prefixes:
+            raise ValueError(f"--prefix={prefix}: not a task prefix of {self.source} (it defines {names})")
+        return self.prefixes[prefix]
+
+
+def _token_ids(model_dir: str) -> tuple[dict[str, int], set[str]]:
+    """``{token: id}`` and the special tokens named by the tokenizer files present in ``model_dir``."""
+    docs = {}
+    for name in TOKENIZER_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    docs[name] = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path}: unreadable tokenizer file ({e})") from None
+    ids: dict[str, int] = {}
+    special: set[str] = set()
+    doc = docs.get("tokenizer.json") or {}
+    vocab = (doc.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):  # WordLevel / BPE / WordPiece
+        ids.update({str(k): int(v) for k, v in vocab.items()})
+    elif isinstance(vocab, list):  # Unigram (SentencePiece): [piece, score] in id order
+        ids.update({str(entry[0]): i for i, entry in enumerate(vocab)})
+    for added in doc.get("added_tokens") or []:
+        ids[str(added["content"])] = int(added["id"])
+        if added.get("special"):
+            special.add(str(added["content"]))
+    for token_id, added in ((docs.get("tokenizer_config.json") or {}).get("added_tokens_decoder") or {}).items():
+        ids[str(added["content"])] = int(token_id)
+        if added.get("special"):
+            special.add(str(added["content"]))
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        for token in (docs.get(name) or {}).get("additional_special_tokens") or []:
+            special.add(str(token["content"] if isinstance(token, dict) else token))
+    return ids, special
+
+
+def read_model_tokens(model_dir: str, vocab_size: int) -> ModelTokens:
+    """The task prefixes a model directory's tokenizer files define (``tokenizer.json``, ``tokenizer_config.json``,
+    ``special_tokens_map.json``; none present: no prefixes). Every id ankh_jax fixes (``<pad>``, ``</s>``,
+    ``<unk>``, residues, sentinels) must be Ankh's, and every prefix must have an id below ``vocab_size`` (the
+    model's ``config.json``): anything else is a ValueError saying which token."""
+    model_dir = os.fspath(model_dir)
+    ids, special = _token_ids(model_dir) if os.path.isdir(model_dir) else ({}, set())
+    where = f"{model_dir}: tokenizer"
+    for expected, token in enumerate(ID_TO_TOKEN):
+        if token in ids and ids[token] != expected:
+            raise ValueError(f"{where} maps {token!r} to id {ids[token]}; ankh_jax runs Ankh's ids ({token!r} = "
+                             f"{expected})")
+    prefixes = {}
+    for token in sorted(t for t in special | set(ids) if _PREFIX.fullmatch(t)):
+        if token not in ids:
+            raise ValueError(f"{where} names the special token {token!r} but gives it no id")
+        first_free = FIRST_RESIDUE_ID + len(RESIDUES)
+        if not first_free <= ids[token] < vocab_size:
+            raise ValueError(f"{where} gives {token!r} id {ids[token]}, outside {first_free}..{vocab_size - 1} (above "
+                             f"the residues, below config.json's vocab_size {vocab_size})")
+        shared = sorted(t for t, i in ids.items() if i == ids[token] and t != token)
+        if shared:
+            raise ValueError(f"{where} gives {token!r} id {ids[token]}, which is also {shared[0]!r}")
+        prefixes[token] = ids[token]
+    return ModelTokens(prefixes, source=model_dir)

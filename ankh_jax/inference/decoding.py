@@ -241,13 +241,13 @@ def check_settings(*, strategy: str, max_new_tokens: int, min_new_tokens: int = 
         raise ValueError(f"top_p={top_p}; must be in (0, 1]")
 
 
-def pad_to_bucket(input_ids) -> np.ndarray:
+def pad_to_bucket(input_ids, vocab_size: int = 144) -> np.ndarray:
     """``[b, l]`` ids right-padded with 0 to the embedding length bucket of ``l`` (at least the longest row)."""
     ids = np.asarray(input_ids, dtype=np.int32)
     if ids.ndim != 2 or ids.shape[0] == 0:
         raise ValueError(f"input_ids must be [batch, length] with batch >= 1, got shape {ids.shape}")
-    if ids.min(initial=0) < 0 or ids.max(initial=0) >= 144:
-        raise ValueError("input_ids hold ids outside 0..143")
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= vocab_size:
+        raise ValueError(f"input_ids hold ids outside 0..{vocab_size - 1}")
     used = int((ids != PAD_ID).sum(axis=1).max()) if ids.size else 0
     if used == 0:
         raise ValueError("every row of input_ids is padding")
@@ -263,7 +263,7 @@ def generate(config: T5Config, params, input_ids, *, max_new_tokens: int = 20, s
     or the result of :func:`prepare_params` with ``prepared=True``."""
     check_settings(strategy=strategy, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                    num_beams=num_beams, temperature=temperature, top_k=top_k, top_p=top_p)
-    ids = pad_to_bucket(input_ids)
+    ids = pad_to_bucket(input_ids, config.vocab_size)
     config = decoding_config(config, config.dtype)
     if not prepared:
         params = prepare_params(config, params)

@@ -74,8 +74,9 @@ class PreparedParams:
 
 
 @functools.lru_cache(maxsize=16)
-def encoder_fn(config: T5Config, pooling: str):
-    """The jitted encoder for one config and pooling (jit then caches one executable per batch shape)."""
+def encoder_fn(config: T5Config, pooling: str, skip_first: bool = False):
+    """The jitted encoder for one config and pooling (jit then caches one executable per batch shape);
+    ``skip_first``: the first position is a task prefix, left out of the mean like ``</s>``."""
     import jax
     import jax.numpy as jnp
 
@@ -87,7 +88,10 @@ def encoder_fn(config: T5Config, pooling: str):
         hidden = model.apply({"params": params}, ids)
         if pooling == "none":
             return hidden
-        residues = ((ids != PAD_ID) & (ids != EOS_ID)).astype(jnp.float32)[..., None]
+        residues = (ids != PAD_ID) & (ids != EOS_ID)
+        if skip_first:
+            residues = residues.at[:, 0].set(False)
+        residues = residues.astype(jnp.float32)[..., None]
         return (hidden * residues).sum(axis=1) / jnp.maximum(residues.sum(axis=1), 1.0)
 
     return jax.jit(run)
@@ -110,7 +114,8 @@ def precompile(config: T5Config, params, token_lengths: Sequence[int], *, poolin
     return len(rows)
 
 
-def _encode_all(sequences: Sequence[str], max_length: int | None) -> list[np.ndarray]:
+def _encode_all(sequences: Sequence[str], max_length: int | None, prefix_id: int | None = None
+                ) -> list[np.ndarray]:
     tok = AnkhTokenizer()
     if max_length is not None and max_length < 2:
         raise ValueError(f"max_length={max_length}: it counts </s>, so at least 2")
@@ -119,6 +124,8 @@ def _encode_all(sequences: Sequence[str], max_length: int | None) -> list[np.nda
         ids = tok.encode(clean_sequence(seq, record=f"#{i}"), clean=False)
         if max_length is not None and len(ids) > max_length:
             ids = np.append(ids[: max_length - 1], EOS_ID).astype(np.int32)
+        if prefix_id is not None:  # a task prefix token before the residues (Ankh3's [NLU])
+            ids = np.concatenate([np.array([prefix_id], np.int32), ids])
         out.append(ids)
     return out
 
@@ -126,8 +133,12 @@ def _encode_all(sequences: Sequence[str], max_length: int | None) -> list[np.nda
 def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
                     dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
                     buckets: Sequence[int] | None = None, progress: bool = False, progress_desc: str = "embed",
-                    attention_chunk_size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                    prefix_id: int | None = None, attention_chunk_size: int | None = None
+                    ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields ``(index into sequences, embedding)`` batch by batch, longest sequences first.
+
+    ``prefix_id``: a task prefix token put before the residues (Ankh3's ``[NLU]``); its position is dropped from
+    the output like ``</s>``'s and left out of the mean. ``max_length`` does not count it.
 
     Every sequence is validated and tokenized before the first batch runs. The next batch is dispatched before
     the previous one is copied back, so host work overlaps the encoder. ``attention_chunk_size`` picks the
@@ -139,7 +150,8 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
         raise ValueError(f"batch_tokens={batch_tokens} must be positive")
     run_config = embedding_config(config, dtype)
     chunk_size_for_width(0, attention_chunk_size)  # a bad value fails before any work
-    encoded = _encode_all(sequences, max_length)
+    encoded = _encode_all(sequences, max_length, prefix_id)
+    skip = 0 if prefix_id is None else 1
     if not encoded:
         return
     if not isinstance(params, PreparedParams):
@@ -150,17 +162,17 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=int(sum(len(e) - 1 for e in encoded)), unit="res", unit_scale=True, desc=progress_desc,
+        bar = tqdm(total=int(sum(len(e) - 1 - skip for e in encoded)), unit="res", unit_scale=True, desc=progress_desc,
                    dynamic_ncols=True, smoothing=0.05)
 
     def finish(pending):
         out, members = pending
         out = np.asarray(out)
         for r, idx in enumerate(members):
-            n_res = len(encoded[idx]) - 1
-            yield idx, (out[r, :n_res].copy() if pooling == "none" else out[r].copy())
+            n_res = len(encoded[idx]) - 1 - skip
+            yield idx, (out[r, skip: skip + n_res].copy() if pooling == "none" else out[r].copy())
         if bar is not None:
-            bar.update(sum(len(encoded[i]) - 1 for i in members))
+            bar.update(sum(len(encoded[i]) - 1 - skip for i in members))
 
     pending = None
     try:
@@ -170,7 +182,7 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
             for r, idx in enumerate(members):
                 ids[r, : len(encoded[idx])] = encoded[idx]
             fn = encoder_fn(run_config.replace(attention_chunk_size=chunk_size_for_width(width, attention_chunk_size)),
-                            pooling)
+                            pooling, skip_first=bool(skip))
             current = (fn(params.tree, ids), members)
             if pending is not None:
                 yield from finish(pending)
@@ -184,7 +196,8 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
 
 def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
                     dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
-                    progress: bool = False, attention_chunk_size: int | None = None) -> list[np.ndarray]:
+                    progress: bool = False, prefix_id: int | None = None,
+                    attention_chunk_size: int | None = None) -> list[np.ndarray]:
     """Embeddings of ``sequences`` in input order: ``[L, d_model]`` per residue (``</s>`` dropped), or
     ``[d_model]`` with ``pooling='mean'`` (mean over residues, not padding); float32 numpy.
 
@@ -196,7 +209,7 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
     out: list[np.ndarray | None] = [None] * len(sequences)
     for idx, emb in iter_embeddings(config, params, sequences, pooling=pooling, dtype=dtype,
                                     batch_tokens=batch_tokens, max_length=max_length, progress=progress,
-                                    attention_chunk_size=attention_chunk_size):
+                                    prefix_id=prefix_id, attention_chunk_size=attention_chunk_size):
         out[idx] = emb
     return out  # type: ignore[return-value]
 
@@ -205,7 +218,8 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
 # The command line (the HDF5 output itself: ankh_jax.io.embeddings_h5)
 # ----------------------------------------------------------------------------------------------------------------
 
-def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None) -> str:
+def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None,
+                       prefix_id: int | None = None) -> str:
     """What an output's numbers depend on: the encoder's weights (plain, either layout: hashed unrolled), the
     settings of this run and the config fields that are not visible in the weights' shapes."""
     from ankh_jax.model import params_layout
@@ -214,7 +228,10 @@ def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype:
     return weights_fingerprint(params_layout.unrolled_on_host(encoder_params, config), f"pooling={pooling}",
                                f"dtype={dtype}", f"max_length={max_length}",
                                f"relative_attention_max_distance={config.relative_attention_max_distance}",
-                               f"layer_norm_epsilon={config.layer_norm_epsilon}")
+                               f"layer_norm_epsilon={config.layer_norm_epsilon}",
+                               # Only when not Ankh's defaults, so earlier outputs keep their fingerprint.
+                               *([] if config.activation == "gelu_new" else [f"activation={config.activation}"]),
+                               *([] if prefix_id is None else [f"prefix_id={prefix_id}"]))
 
 
 def enable_compilation_cache(directory: str | None) -> str | None:

@@ -108,18 +108,21 @@ def _config_for(config: T5Config) -> T5Config:
 
 def infill(config: T5Config, params, sequences: Sequence[str], masks: Sequence[Sequence[Sequence[int]]], *,
            strategy: str = "sample", num_beams: int = 4, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, seed: int = 0, batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False
-           ) -> list[InfillSample]:
+           top_p: float = 1.0, seed: int = 0, batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False,
+           prefix_id: int | None = None) -> list[InfillSample]:
     """Fills ``masks[i][s]`` (0-based positions) of ``sequences[i]`` for every sample ``s``; results in input
     order (sequence, then sample). ``params`` from :func:`ankh_jax.inference.decoding.prepare_params` for ``config``.
 
     Requests are batched by ``plan_batches``; ``max_new_tokens`` of a batch is ``2 * masked + 1`` of its largest
-    mask, rounded up to a multiple of 8 (fewer compiled programs). Batch ``j`` samples with ``seed + j``."""
+    mask, rounded up to a multiple of 8 (fewer compiled programs). Batch ``j`` samples with ``seed + j``.
+    ``prefix_id``: a task prefix token put before the residues (Ankh3's ``[S2S]``); positions stay residue
+    positions."""
     config = _config_for(config)
     decoding.check_settings(strategy=strategy, max_new_tokens=1, num_beams=num_beams, temperature=temperature,
                             top_k=top_k, top_p=top_p)
-    proteins = scoring.tokenize(sequences)
-    requests = [(i, s, check_positions(mask, len(proteins[i]) - 1))
+    skip = 0 if prefix_id is None else 1
+    proteins = scoring.tokenize(sequences, prefix_id)
+    requests = [(i, s, check_positions(mask, len(proteins[i]) - 1 - skip))
                 for i, sample_masks in enumerate(masks) for s, mask in enumerate(sample_masks)]
     plan = plan_batches([len(proteins[i]) for i, _, _ in requests], batch_tokens=batch_tokens)
     rows = batch_rows(plan)
@@ -134,7 +137,7 @@ def infill(config: T5Config, params, sequences: Sequence[str], masks: Sequence[S
         enc = np.zeros((n_rows, width), np.int32)
         for r in range(n_rows):
             i, _, pos = requests[members[min(r, len(members) - 1)]]
-            enc[r, : len(proteins[i])] = masked_tokens(proteins[i], pos)
+            enc[r, : len(proteins[i])] = masked_tokens(proteins[i], [p + skip for p in pos])
         budget = _round_up(2 * max(len(requests[m][2]) for m in members) + 1)
         gen = decoding.generate(config, params, enc, max_new_tokens=budget, strategy=strategy,
                                 num_beams=num_beams, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -143,7 +146,7 @@ def infill(config: T5Config, params, sequences: Sequence[str], masks: Sequence[S
         loglik = scoring.generated_log_likelihood(config, params, enc, gen, answer_lengths)
         for r, m in enumerate(members):
             i, s, pos = requests[m]
-            parent = sequences_clean(proteins[i])
+            parent = sequences_clean(proteins[i][skip:])
             filled, error = read_answer(gen[r], parent, pos)
             changed = () if filled is None else tuple(
                 f"{parent[p]}{p + 1}{filled[p]}" for p in pos if filled[p] != parent[p])

@@ -13,6 +13,9 @@ left out, as Ankh's ``compute_pseudo_likelihood`` does.
   and the score is ``sum_k log p_k(mut_k) - log p_k(wt_k)`` (for a single mutant exactly the pseudo-likelihood's
   distribution at that position).
 
+With a task prefix (Ankh3's ``[NLU]``, ``prefix_id``) the encoder reads ``[prefix, residues..., </s>]`` and every
+masked position shifts by one, as the upstream likelihood code does; the prefix itself is never scored.
+
 All (protein, masked positions) requests are batched by the length buckets and token budget of
 ``ankh_jax.data.batching.plan_batches``, one compiled program per (rows, bucket, masked count).
 """
@@ -114,22 +117,26 @@ def _masked_example(tokens: np.ndarray, positions: Sequence[int], width: int) ->
     return enc, dec
 
 
-def tokenize(sequences: Sequence[str]) -> list[np.ndarray]:
-    """Token ids (residues + ``</s>``) of each sequence; an invalid residue raises naming the sequence."""
+def tokenize(sequences: Sequence[str], prefix_id: int | None = None) -> list[np.ndarray]:
+    """Token ids (``[prefix]`` + residues + ``</s>``) of each sequence; an invalid residue raises naming it."""
     tok = AnkhTokenizer()
-    return [tok.encode(s, record=f"#{i}") for i, s in enumerate(sequences)]
+    head = np.array([] if prefix_id is None else [prefix_id], np.int32)
+    return [np.concatenate([head, tok.encode(s, record=f"#{i}")]) for i, s in enumerate(sequences)]
 
 
 def pseudo_likelihood(config: T5Config, params, sequences: Sequence[str], *,
-                      batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> np.ndarray:
-    """Ankh's pseudo-likelihood of each sequence (float64 ``[n]``); ``params`` as for :func:`masked_log_probs`."""
-    proteins = tokenize(sequences)
-    requests = [MaskedRequest(i, (p,)) for i, t in enumerate(proteins) for p in range(len(t) - 1)]
+                      batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False,
+                      prefix_id: int | None = None) -> np.ndarray:
+    """Ankh's pseudo-likelihood of each sequence (float64 ``[n]``); ``params`` as for :func:`masked_log_probs`;
+    ``prefix_id``: a task prefix token before the residues (module docstring)."""
+    skip = 0 if prefix_id is None else 1
+    proteins = tokenize(sequences, prefix_id)
+    requests = [MaskedRequest(i, (p,)) for i, t in enumerate(proteins) for p in range(skip, len(t) - 1)]
     log_probs = masked_log_probs(config, params, proteins, requests, batch_tokens=batch_tokens, progress=progress)
     totals = np.zeros(len(proteins))
     for req, lp in zip(requests, log_probs):
         totals[req.protein] += float(lp[0, proteins[req.protein][req.positions[0]] - FIRST_RESIDUE_ID])
-    lengths = np.array([len(t) - 1 for t in proteins], dtype=np.float64)
+    lengths = np.array([len(t) - 1 - skip for t in proteins], dtype=np.float64)
     return np.exp(totals / lengths)
 
 
@@ -161,21 +168,23 @@ def parse_mutant(mutant: str, wildtype: str, *, where: str = "") -> tuple[tuple[
 
 
 def score_mutations(config: T5Config, params, wildtype: str, mutants: Sequence[str], *,
-                    batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False) -> np.ndarray:
+                    batch_tokens: int = DEFAULT_BATCH_TOKENS, progress: bool = False,
+                    prefix_id: int | None = None) -> np.ndarray:
     """Masked-marginal scores ``sum log p(mut) - log p(wt)`` (float64 ``[n]``), in the order of ``mutants``.
 
     Every mutant is parsed and checked first (an error names its index); mutants that mask the same positions
     share one forward pass."""
-    tokens = tokenize([wildtype])[0]
-    wildtype = AnkhTokenizer().decode(tokens)
+    skip = 0 if prefix_id is None else 1
+    tokens = tokenize([wildtype], prefix_id)[0]
+    wildtype = AnkhTokenizer().decode(tokens[skip:])
     parsed = [parse_mutant(m, wildtype, where=f"mutant #{i}: ") for i, m in enumerate(mutants)]
-    position_sets = sorted({tuple(p for p, _, _ in muts) for muts in parsed})
+    position_sets = sorted({tuple(p + skip for p, _, _ in muts) for muts in parsed})
     requests = [MaskedRequest(0, s) for s in position_sets]
     log_probs = dict(zip(position_sets, masked_log_probs(config, params, [tokens], requests,
                                                          batch_tokens=batch_tokens, progress=progress)))
     scores = np.zeros(len(parsed))
     for i, muts in enumerate(parsed):
-        lp = log_probs[tuple(p for p, _, _ in muts)]
+        lp = log_probs[tuple(p + skip for p, _, _ in muts)]
         scores[i] = sum(float(lp[k, RESIDUE_TO_ID[m] - FIRST_RESIDUE_ID] - lp[k, RESIDUE_TO_ID[w] - FIRST_RESIDUE_ID])
                         for k, (_, w, m) in enumerate(muts))
     return scores

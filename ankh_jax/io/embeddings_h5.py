@@ -17,7 +17,8 @@ copy of the same model resumes). ``OUT.partial/`` is also held with an exclusive
 a second run on the same output is refused naming the first.
 
 Ids: ``/`` is stored as ``%2F`` and an id ``.`` (which HDF5 takes for the group itself) as ``%2E``; ``%`` is
-``%25``, so keys never collide. The exact id is the dataset's ``id`` attribute.
+``%25``, so keys never collide. The exact id is the dataset's ``id`` attribute; the FASTA header it came from
+(id and description) is its ``original_id`` attribute, bio_embeddings' name for it.
 """
 
 from __future__ import annotations

@@ -39,11 +39,13 @@ ankh_jax (JAX/Flax) from `{source}`.
 ```python
 from transformers import AutoTokenizer, {cls}
 tokenizer = AutoTokenizer.from_pretrained("{name}")
-model = {cls}.from_pretrained("{name}").eval()
-ids = tokenizer(["MKALCLLLLPVLGLLVSS"], return_tensors="pt")  # plain strings, one token per residue + </s>
+model = {cls}.from_pretrained("{name}"){evaluation}
+batch = tokenizer(["MKALCLLLLPVLGLLVSS"], padding=True, return_tensors="{tensors}")  # one token per residue + </s>
+hidden = model{encoder}(**batch).last_hidden_state
 ```
-Per-residue embeddings: drop the final `</s>` position. Do not pass `is_split_into_words=True` with
-transformers 5 (it inserts `<unk>` tokens); plain strings tokenize correctly.
+Per-residue embeddings: drop the final `</s>` position. Calling the tokenizer works on transformers 4 and 5
+(`batch_encode_plus` is gone in 5); lowercase input is upper-cased. Re-saving this directory with transformers 5
+writes `tie_word_embeddings: true`, which transformers 4 reads as a tied head: re-export it with ankh_jax.
 """
 
 
@@ -85,8 +87,11 @@ def _swap_in(new_dir: str, output_dir: str) -> None:
 
 
 def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = False, source: str = "params",
-           max_shard_bytes: int | None = None) -> list[str]:
-    """Writes an HF model directory (replacing an earlier export there whole); returns the paths written."""
+           max_shard_bytes: int | None = None, flax: bool = False) -> list[str]:
+    """Writes an HF model directory (replacing an earlier export there whole); returns the paths written.
+    ``flax``: the weights as ``flax_model.msgpack`` (transformers 4.x's Flax T5 classes) instead of safetensors."""
+    if flax and max_shard_bytes is not None:
+        raise ValueError("a Flax export is one flax_model.msgpack; sharding applies to safetensors only")
     output_dir = os.path.abspath(output_dir)
     check_output(output_dir)
     state = hf_mapping.params_to_hf(params, config, encoder_only=encoder_only)
@@ -97,7 +102,7 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
     os.makedirs(staging)
     try:
         written = _write_files(config, state, staging, name=name, encoder_only=encoder_only, source=source,
-                               max_shard_bytes=max_shard_bytes)
+                               max_shard_bytes=max_shard_bytes, flax=flax)
         _swap_in(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -106,8 +111,13 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
 
 
 def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, encoder_only: bool, source: str,
-                 max_shard_bytes: int | None) -> list[str]:
-    written = hf_files.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
+                 max_shard_bytes: int | None, flax: bool = False) -> list[str]:
+    if flax:
+        from ankh_jax.io.flax_msgpack import save_flax_weights
+
+        written = save_flax_weights(state, output_dir)
+    else:
+        written = hf_files.save_hf_weights(state, output_dir, max_shard_bytes=max_shard_bytes)
     config_path = os.path.join(output_dir, hf_files.CONFIG_FILE)
     with open(config_path, "w") as f:
         json.dump(hf_mapping.config_to_hf(config, encoder_only=encoder_only), f, indent=2, sort_keys=True)
@@ -124,7 +134,9 @@ def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, e
         f.write(_CARD.format(
             name=name, source=source,
             kind="encoder only" if encoder_only else "encoder-decoder",
-            cls="T5EncoderModel" if encoder_only else "T5ForConditionalGeneration",
+            cls=("FlaxT5" if flax else "T5") + ("EncoderModel" if encoder_only else "ForConditionalGeneration"),
+            tensors="np" if flax else "pt", evaluation="" if flax else ".eval()",
+            encoder="" if encoder_only else (".encode" if flax else ".encoder"),
             enc=config.num_encoder_layers, dec=0 if encoder_only else config.num_decoder_layers,
             d_model=config.d_model, d_ff=config.d_ff, heads=config.num_heads, d_kv=config.d_kv,
             params=int(sum(v.size for v in state.values()))))

@@ -1,7 +1,7 @@
 """HuggingFace model directories on disk: ``config.json``, safetensors (single or sharded, with its index) and
 ``pytorch_model.bin`` files, read into ankh_jax params and written from an HF state dict.
 
-Reading needs no torch for safetensors (a small reader of our own that also understands bfloat16);
+Reading needs no torch for safetensors (``safetensors.safe_open`` into numpy, bfloat16 included);
 ``pytorch_model.bin`` files are read with ``torch.load(weights_only=True)``. How tensors are named and shaped is
 ``ankh_jax.io.hf_mapping``.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -25,7 +24,7 @@ TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 
 __all__ = ["CONFIG_FILE", "SAFETENSORS_FILE", "SAFETENSORS_INDEX", "TORCH_FILE", "TORCH_INDEX", "CheckpointError",
-           "SafetensorsFile", "load_hf_model", "open_weights", "read_hf_config", "save_hf_weights", "weight_files"]
+           "load_hf_model", "open_weights", "read_hf_config", "save_hf_weights", "weight_files"]
 
 
 def read_hf_config(model_dir: str | os.PathLike) -> dict:
@@ -43,60 +42,30 @@ def read_hf_config(model_dir: str | os.PathLike) -> dict:
 # Weight files
 # ----------------------------------------------------------------------------------------------------------------
 
-def _safetensors_dtypes() -> dict:
-    import ml_dtypes  # ships with jax
+def _open_safetensors(path: str) -> tuple[list[str], Callable[[str], np.ndarray]]:
+    """The tensor names of a ``.safetensors`` file and a reader of one tensor as numpy (memory-mapped by
+    ``safetensors.safe_open``; bfloat16 included: importing ``ml_dtypes`` gives numpy the ``bfloat16`` dtype that
+    safetensors >= 0.4.1 asks for). A damaged file is a :class:`CheckpointError` naming it."""
+    import ml_dtypes  # noqa: F401 - registers numpy's bfloat16 (ships with jax)
+    from safetensors import SafetensorError, safe_open
 
-    return {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+    def damaged(err: Exception) -> CheckpointError:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return CheckpointError(f"{path}: not a readable safetensors file ({reason}); truncated or damaged?")
 
+    try:
+        handle = safe_open(path, framework="np")
+        names = list(handle.keys())
+    except SafetensorError as err:
+        raise damaged(err) from None
 
-class SafetensorsFile:
-    """A memory-mapped ``.safetensors`` file: ``keys()`` and ``get(name)`` (numpy, bfloat16 included)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > size - 8:
-                raise CheckpointError(f"{path}: header length {n} exceeds the file size {size}; truncated?")
-            try:
-                self.header = json.loads(f.read(n))
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from None
-        if not isinstance(self.header, dict) or not all(isinstance(v, dict) for v in self.header.values()):
-            raise CheckpointError(f"{path}: the safetensors header is not a table of tensors")
-        self.header.pop("__metadata__", None)
-        self._offset = 8 + n
-        self._data_size = size - self._offset
-        self._dtypes = _safetensors_dtypes()
-
-    def keys(self) -> list[str]:
-        return list(self.header)
-
-    def get(self, name: str) -> np.ndarray:
-        info = self.header[name]
-        dtype = self._dtypes.get(str(info.get("dtype")))
-        if dtype is None:
-            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info.get('dtype')}")
+    def get(name: str) -> np.ndarray:
         try:
-            start, end = (int(o) for o in info["data_offsets"])
-            shape = [int(n) for n in info["shape"]]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{self.path}: tensor {name} has no valid data_offsets / shape in the header") \
-                from None
-        if end > self._data_size:
-            raise CheckpointError(f"{self.path}: tensor {name} ends past the end of the file; truncated?")
-        count = int(np.prod(shape, dtype=np.int64))
-        if min(shape, default=0) < 0 or not 0 <= start <= end or end - start != count * np.dtype(dtype).itemsize:
-            raise CheckpointError(f"{self.path}: tensor {name}: data_offsets [{start}, {end}] hold {end - start} "
-                                  f"bytes, its shape {shape} and dtype {info['dtype']} need "
-                                  f"{count * np.dtype(dtype).itemsize}")
-        arr = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._offset + start, shape=(end - start,))
-        return arr.view(dtype).reshape(shape)
+            return handle.get_tensor(name)
+        except (SafetensorError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: tensor {name} is unreadable ({err})") from None
+
+    return names, get
 
 
 def _torch_state_dict(path: str) -> dict:
@@ -148,9 +117,7 @@ def open_weights(model_dir: str) -> tuple[dict[str, Callable[[], np.ndarray]], s
     loaders: dict[str, Callable[[], np.ndarray]] = {}
     for path in files:
         if path.endswith(".safetensors"):
-            st = SafetensorsFile(path)
-            names = st.keys()
-            get = st.get
+            names, get = _open_safetensors(path)
         else:
             state = _torch_state_dict(path)
             names, get = list(state), state.__getitem__

@@ -249,3 +249,39 @@ def config_from_hf(hf_config: dict, *, source: str = CONFIG_FILE, **overrides) -
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from e
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transformers' Flax T5 (flax_model.msgpack)
+# ----------------------------------------------------------------------------------------------------------------
+# FlaxT5 names its parameters after the PyTorch modules, so the two trees differ only in the leaf: a Linear's
+# ``weight`` [out, in] is a Dense ``kernel`` [in, out], an Embedding's ``weight`` is ``embedding``, a layer norm
+# keeps ``weight``. ``encoder.block.0.layer.1.DenseReluDense.wi_0.weight`` <-> ``encoder/block/0/layer/1/
+# DenseReluDense/wi_0/kernel`` (transposed); ``shared.weight`` <-> ``shared/embedding``.
+
+def flax_path(hf_key: str) -> tuple[tuple[str, ...], bool]:
+    """``(path in the Flax tree, transposed)`` of a PyTorch T5 tensor name."""
+    parts = hf_key.split(".")
+    if parts[-1] != "weight":
+        raise CheckpointError(f"{hf_key}: not a T5 weight name")
+    if hf_key == "shared.weight" or hf_key.endswith("relative_attention_bias.weight"):
+        return tuple(parts[:-1]) + ("embedding",), False
+    if hf_key.endswith("layer_norm.weight"):
+        return tuple(parts), False
+    return tuple(parts[:-1]) + ("kernel",), True
+
+
+def hf_key_of_flax(path: tuple[str, ...]) -> tuple[str, bool]:
+    """``(PyTorch T5 tensor name, transposed)`` of a path in a Flax T5 tree (the inverse of :func:`flax_path`)."""
+    if not path or path[-1] not in ("kernel", "embedding", "weight"):
+        raise CheckpointError(f"{'/'.join(path)}: not a Flax T5 parameter (kernel, embedding or weight)")
+    return ".".join(path[:-1]) + ".weight", path[-1] == "kernel"
+
+
+def hf_to_flax_tree(state: dict[str, np.ndarray]) -> dict:
+    """The nested Flax T5 parameter tree (kernels ``[in, out]``) of an HF state dict from :func:`params_to_hf`."""
+    tree: dict = {}
+    for key, x in state.items():
+        path, transposed = flax_path(key)
+        _set_path(tree, path, np.ascontiguousarray(x.T) if transposed else x)
+    return tree

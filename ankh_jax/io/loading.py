@@ -3,7 +3,8 @@
 Two kinds of directory: an ankh_jax training directory (``model_config.json`` and orbax checkpoints, read with
 ``ankh_jax.io.checkpoints.load_params``: the latest step or ``step``, verified against the fingerprint stored with
 it) and a HuggingFace model directory (``config.json`` plus safetensors / ``pytorch_model.bin``, full model or
-``T5EncoderModel``, read with ``ankh_jax.io.hf_files``). Either way every weight is checked to be finite and the
+``T5EncoderModel``, read with ``ankh_jax.io.hf_files``; or ``flax_model.msgpack`` alone, transformers' Flax
+weights, read with ``ankh_jax.io.flax_msgpack``). Either way every weight is checked to be finite and the
 params are brought, once, into the plain layout the caller asks for (``params_layout.normalize``): unrolled
 ``layers_{i}`` by default, stacked with ``scan_layers=True``. A scanned training checkpoint loaded with
 ``scan_layers=True`` is never unrolled on the way. Consumers (the notebook API, ``embed``, ``export_hf``,
@@ -49,8 +50,11 @@ def load(path: str | os.PathLike, *, encoder_only: bool = False, step: int | Non
     if model_format(path) == "hf":
         if step is not None:
             raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
+        from ankh_jax.io import flax_msgpack
         from ankh_jax.io.hf_files import load_hf_model
 
+        if flax_msgpack.is_flax_only(path):  # transformers' Flax weights (flax_model.msgpack)
+            return flax_msgpack.load_flax_model(path, encoder_only=encoder_only, **config_overrides)
         return load_hf_model(path, encoder_only=encoder_only, **config_overrides)
     from ankh_jax.io.checkpoints import load_params  # the orbax stack only for training dirs
     from ankh_jax.model import params_layout

@@ -26,9 +26,12 @@ import jax.numpy as jnp
 from gin import config_parser
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# The gated feed-forward's activation, named as transformers names it (``dense_act_fn``): Ankh's ``gelu_new``
+# (GELU, tanh approximation; ``feed_forward_proj: "gated-gelu"``) and Ankh2's ``silu`` ("gated-silu").
+ACTIVATIONS = ("gelu_new", "silu")
 # The presets' gin files, relative to the shipped configs (``ankh_jax.configs``, the checkout's configs/).
 PRESET_GIN_FILES = {"ankh_base": "models/ankh_base.gin", "ankh_large": "models/ankh_large.gin",
-                    "tiny": "models/ankh_tiny.gin"}
+                    "ankh2_large": "models/ankh2_large.gin", "tiny": "models/ankh_tiny.gin"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,6 +50,7 @@ class T5Config:
     relative_attention_max_distance: int
     dropout_rate: float = 0.0       # a run-time knob (Ankh pretrains without dropout)
     layer_norm_epsilon: float
+    activation: str = "gelu_new"    # the gated MLP's activation, one of ACTIVATIONS (Ankh2: "silu")
     # Run-time knobs, and the token ids every Ankh shares.
     dtype: str = "float32"          # activations / matmul inputs; "bfloat16" on TPU
     param_dtype: str = "float32"    # parameters are kept in fp32
@@ -65,6 +69,8 @@ class T5Config:
         if self.attention_chunk_size < 0:
             raise ValueError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
                              f"{self.attention_chunk_size}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises on a bad name
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "relative_attention_num_buckets"):
@@ -87,6 +93,11 @@ class T5Config:
     def ankh_large(cls, **overrides) -> T5Config:
         """ElnaggarLab/ankh-large (``models/ankh_large.gin``): Base's layers, d_model 1536, 16 heads."""
         return cls.from_gin_file(PRESET_GIN_FILES["ankh_large"], **overrides)
+
+    @classmethod
+    def ankh2_large(cls, **overrides) -> T5Config:
+        """ElnaggarLab/ankh2-large (and ankh2-ext1/-ext2; ``models/ankh2_large.gin``): Ankh Large, gated SiLU."""
+        return cls.from_gin_file(PRESET_GIN_FILES["ankh2_large"], **overrides)
 
     @classmethod
     def tiny(cls, **overrides) -> T5Config:
@@ -140,8 +151,8 @@ class T5Config:
             "relative_attention_max_distance": self.relative_attention_max_distance,
             "dropout_rate": self.dropout_rate,
             "layer_norm_epsilon": self.layer_norm_epsilon,
-            "feed_forward_proj": "gated-gelu",
-            "dense_act_fn": "gelu_new",
+            "feed_forward_proj": "gated-gelu" if self.activation == "gelu_new" else f"gated-{self.activation}",
+            "dense_act_fn": self.activation,
             "is_gated_act": True,
             "initializer_factor": 1.0,
             "is_encoder_decoder": True,
@@ -157,9 +168,7 @@ class T5Config:
     @classmethod
     def from_hf_dict(cls, d: dict, **overrides) -> T5Config:
         """Reads a HuggingFace T5 ``config.json``; rejects T5 variants that are not Ankh-shaped."""
-        proj = d.get("feed_forward_proj", "relu")
-        if proj not in ("gated-gelu",):
-            raise ValueError(f"feed_forward_proj={proj!r}: ankh_jax implements Ankh's gated-gelu T5 only")
+        activation = activation_of_hf(d.get("feed_forward_proj", "relu"))
         if d.get("tie_word_embeddings") is True:
             # Ankh's released models have an untied lm_head and no d_model**-0.5 rescale; a tied T5 would need both.
             raise ValueError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
@@ -170,6 +179,7 @@ class T5Config:
             "relative_attention_num_buckets": d.get("relative_attention_num_buckets", 32),
             "relative_attention_max_distance": d.get("relative_attention_max_distance", 128),
             "dropout_rate": d.get("dropout_rate", 0.0), "layer_norm_epsilon": d.get("layer_norm_epsilon", 1e-6),
+            "activation": activation,
             "decoder_start_token_id": d.get("decoder_start_token_id", 0) or 0,
             "pad_token_id": d.get("pad_token_id", 0) or 0, "eos_token_id": d.get("eos_token_id", 1) or 1,
         }
@@ -187,6 +197,20 @@ class T5Config:
             return emb + enc
         dec = self.num_decoder_layers * (2 * attn + mlp + 3 * d) + d + self.relative_attention_num_buckets * self.num_heads
         return emb + enc + dec + self.vocab_size * d
+
+
+def activation_of_hf(feed_forward_proj: str) -> str:
+    """The gated activation a transformers ``feed_forward_proj`` means (transformers' own parsing: ``gated-X``
+    is gated with ``X``, and ``gated-gelu`` means ``gelu_new``); a T5 ankh_jax cannot run is a ValueError."""
+    gated, _, act = str(feed_forward_proj).rpartition("-")
+    if gated != "gated":
+        raise ValueError(f"feed_forward_proj={feed_forward_proj!r} is a non-gated (T5 v1.0) feed-forward; ankh_jax "
+                         f"runs gated T5s only (Ankh, Ankh2: gated-gelu, gated-silu)")
+    act = "gelu_new" if act == "gelu" else act
+    if act not in ACTIVATIONS:
+        raise ValueError(f"feed_forward_proj={feed_forward_proj!r}: activation {act!r} is not implemented; ankh_jax "
+                         f"runs gated-gelu (gelu_new) and gated-silu T5s")
+    return act
 
 
 def model_gin_bindings(name: str) -> dict:

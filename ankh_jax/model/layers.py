@@ -7,6 +7,7 @@ shards by rules alone (see ``ankh_jax/partitioning.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -223,8 +224,16 @@ class MultiHeadAttention(nn.Module):
         return cached_k.value, cached_v.value
 
 
+def activation(config: T5Config):
+    """The gated MLP's activation: ``gelu_new`` (GELU, tanh approximation; Ankh) or ``silu`` (Ankh2)."""
+    if config.activation == "silu":
+        return jax.nn.silu
+    return functools.partial(jax.nn.gelu, approximate=True)
+
+
 class GatedGeluMlp(nn.Module):
-    """``wo(gelu_tanh(wi_0 x) * wi_1 x)``: HF's ``T5DenseGatedActDense`` with ``gelu_new``."""
+    """``wo(act(wi_0 x) * wi_1 x)``: HF's ``T5DenseGatedActDense``; ``act`` is :func:`activation` (``gelu_new``
+    for Ankh, ``silu`` for Ankh2)."""
 
     config: T5Config
     enable_dropout: bool = False
@@ -240,7 +249,7 @@ class GatedGeluMlp(nn.Module):
         flat = x.reshape(-1, x.shape[-1])  # 2-D matmuls: see Kernel
         gate = dense("wi_0", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(flat)
         lin = dense("wi_1", cfg.d_ff, cfg.d_model ** -0.5, ("embed", "mlp"))(flat)
-        hidden = (jax.nn.gelu(gate, approximate=True) * lin).reshape(*x.shape[:-1], cfg.d_ff)
+        hidden = (activation(cfg)(gate) * lin).reshape(*x.shape[:-1], cfg.d_ff)
         hidden = constrain(hidden, ("batch", "length", "mlp"))
         if self.enable_dropout and cfg.dropout_rate > 0:
             hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=False)

@@ -33,6 +33,7 @@ from ankh_jax.training.metrics import (
     MetricsWriter,
     Timer,
     TrainMetricsAccumulator,
+    gin_config_markdown,
 )
 from ankh_jax.training.partitioning import Partitioner
 from ankh_jax.training.program import TrainProgram, build_program, evaluate
@@ -106,14 +107,12 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         every host count the run will use.
       draw_plots: redraw ``MODEL_DIR/plots/training.png`` at each checkpoint and at the end (process 0).
     """
-    if num_train_steps <= 0:
-        raise RunConfigError(f"num_train_steps must be positive, got {num_train_steps}")
-    for name, value in (("log_every_steps", log_every_steps), ("checkpoint_every_steps", checkpoint_every_steps)):
-        if value <= 0:
-            raise RunConfigError(f"{name} must be positive, got {value}")
-    if global_batch_size % num_microbatches:
-        raise RunConfigError(f"global_batch_size {global_batch_size} not divisible by num_microbatches "
-                             f"{num_microbatches}")
+    _check_run_config(num_train_steps=num_train_steps, global_batch_size=global_batch_size,
+                      log_every_steps=log_every_steps, checkpoint_every_steps=checkpoint_every_steps,
+                      keep_checkpoints=keep_checkpoints, eval_every_steps=eval_every_steps, eval_steps=eval_steps,
+                      num_microbatches=num_microbatches)
+    if input_fn is None or input_fn is _default_input_fn():  # Ankh's objective: span corruption of the inputs
+        _check_sentinels(feature_lengths)
     if "://" in model_dir:
         raise RunConfigError(f"MODEL_DIR {model_dir}: a URL; MODEL_DIR must be a directory path that every host "
                              "sees (NFS / Filestore, or the bucket mounted with gcsfuse at the same path on every "
@@ -122,6 +121,14 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise RunConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
     partitioner = partitioner or Partitioner()
+    try:
+        data_parallel = partitioner.batch_shards
+    except ValueError as err:
+        raise RunConfigError(f"Partitioner.mesh_shape: {err}") from None
+    if global_batch_size % data_parallel:
+        raise RunConfigError(f"train.global_batch_size (BATCH_SIZE) = {global_batch_size} is not divisible by the "
+                             f"data-parallel size {data_parallel} (Partitioner.mesh_shape over "
+                             f"{jax.device_count()} devices)")
     try:  # the schedule, the optimizer and the batch split are checked here, before anything is read or written
         program = build_program(model_config, partitioner, num_microbatches=num_microbatches,
                                 label_smoothing=label_smoothing, z_loss=z_loss)
@@ -201,8 +208,9 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         loop = _Loop(program, checkpointer, train_iter, eval_factory, eval_every_steps, eval_steps,
                      log_every_steps, num_train_steps, global_batch_size, peak_flops_per_device, seed,
                      model_dir if draw_plots and jax.process_index() == 0 else None)
-        result = loop.run(state, start_step, pending, MetricsWriter(
-            model_dir, total_steps=num_train_steps, start_step=start_step, progress=progress_bar))
+        writer = MetricsWriter(model_dir, total_steps=num_train_steps, start_step=start_step, progress=progress_bar)
+        writer.write_text("config", gin_config_markdown(gin.operative_config_str()), start_step)  # as config.gin
+        result = loop.run(state, start_step, pending, writer)
     finally:
         if checkpointer is not None:
             checkpointer.close()
@@ -211,6 +219,41 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     if result.stopped_by == "finished":
         run_dir.print_summary(model_dir, result.step)
     return result
+
+
+def _check_run_config(**values: int | None) -> None:
+    """The loop's own bindings, each error one line naming its ``train.*`` binding (and the pretrain configs'
+    macro where there is one)."""
+    macros = {"num_train_steps": " (TRAIN_STEPS)", "global_batch_size": " (BATCH_SIZE)"}
+    minimum = {"num_train_steps": 1, "global_batch_size": 1, "log_every_steps": 1, "checkpoint_every_steps": 1,
+               "keep_checkpoints": 1, "eval_every_steps": 0, "eval_steps": 1, "num_microbatches": 1}
+    for name, low in minimum.items():
+        value = values[name]
+        if value is None and name == "eval_steps":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            what = "positive" if low else "0 (no eval) or positive"
+            raise RunConfigError(f"train.{name}{macros.get(name, '')} must be an integer, {what}; got {value!r}")
+    if values["global_batch_size"] % values["num_microbatches"]:
+        raise RunConfigError(f"train.global_batch_size (BATCH_SIZE) = {values['global_batch_size']} is not divisible "
+                             f"by train.num_microbatches = {values['num_microbatches']}")
+
+
+def _check_sentinels(feature_lengths: Mapping[str, int]) -> None:
+    """Span corruption of a full-length crop must fit Ankh's 116 sentinels (checked here, before any data is read,
+    with the gin bindings' knobs)."""
+    from ankh_jax.data import span_corruption
+
+    inputs_length = dict(feature_lengths).get("inputs")
+    if inputs_length is None:
+        return
+    knobs = span_corruption.effective_knobs()
+    try:
+        span_corruption.check_sentinel_budget(inputs_length, knobs["noise_density"], knobs["mean_noise_span_length"],
+                                              knobs["merge_adjacent_spans"])
+    except ValueError as err:
+        raise RunConfigError(f"train.feature_lengths['inputs'] (INPUTS_LENGTH) = {inputs_length} with "
+                             f"span_corruption.noise_density / mean_noise_span_length: {err}") from None
 
 
 class _Loop:

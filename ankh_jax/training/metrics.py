@@ -112,6 +112,13 @@ class MetricsWriter:
                     tb.add_scalar(k, v, step)
             tb.flush()
 
+    def write_text(self, tag: str, markdown: str, step: int) -> None:
+        """A TensorBoard text summary (markdown) on the train writer: ``tag`` in the Text tab at ``step``."""
+        tb = self._tb.get("train")
+        if self.enabled and tb is not None:
+            tb.add_text(tag, markdown, step)
+            tb.flush()
+
     def write_row(self, row: dict[str, Any]) -> None:
         """Appends ``row`` (plain JSON values, with an int ``"step"``) as one line, whole."""
         if not self.enabled:
@@ -139,6 +146,22 @@ class MetricsWriter:
         for tb in self._tb.values():
             tb.close()
         self._tb = {}
+
+
+def gin_config_markdown(config_str: str) -> str:
+    """The operative gin config as markdown for TensorBoard's Text tab (as t5x shows it): bindings as an indented
+    code block, gin's ``# Parameters for X:`` comments as headings, its ``# ====`` rules dropped."""
+    lines = []
+    for line in config_str.splitlines():
+        if line.startswith("# ===="):
+            continue
+        if line.startswith("# ") and line.endswith(":"):
+            lines.append("#### " + line[2:])
+        elif line.startswith("#"):
+            lines.append(line.lstrip("# "))
+        else:
+            lines.append("    " + line)
+    return "\n".join(lines)
 
 
 def _plain(v: Any) -> Any:

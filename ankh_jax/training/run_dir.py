@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # Fields that must agree between the run's T5Config and a checkpoint or HuggingFace model it starts from.
 ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encoder_layers", "num_decoder_layers",
-               "relative_attention_num_buckets", "relative_attention_max_distance")
+               "relative_attention_num_buckets", "relative_attention_max_distance", "activation")
 
 
 class RunConfigError(ValueError):

@@ -4,6 +4,8 @@ The three must give identical ids for the shipped real proteins; the layout itse
 released Ankh vocabulary as documented (specials 0..2, residues 3..27 in ProtT5 order, sentinel k = 143 - k).
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,43 @@ def test_autotokenizer_matches_plain_tokenizer(hf_tokenizer, sample_sequences):
     assert hf_tokenizer.convert_tokens_to_ids("<extra_id_0>") == 143
     assert hf_tokenizer.convert_tokens_to_ids("<extra_id_115>") == 28
     assert (hf_tokenizer.pad_token_id, hf_tokenizer.eos_token_id, hf_tokenizer.unk_token_id) == (0, 1, 2)
+
+
+def test_hf_export_returns_only_t5_inputs(hf_tokenizer, tmp_path):
+    """``model(**tokenizer(...))`` needs exactly input_ids and attention_mask (transformers 4 added
+    token_type_ids unless the tokenizer declares its inputs)."""
+    tk.write_hf_tokenizer(str(tmp_path))
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["model_input_names"] == ["input_ids", "attention_mask"]
+    assert set(hf_tokenizer(["MKV", "A"], padding=True)) == {"input_ids", "attention_mask"}
+
+
+def test_autotokenizer_cleans_like_ankh_jax(hf_tokenizer, sample_sequences):
+    """Lowercase, whitespace and one trailing '*' give the ids ankh_jax.embed gives (not <unk>)."""
+    tok = tk.AnkhTokenizer()
+    for seq in sample_sequences[:200]:
+        messy = " ".join(seq[i:i + 10] for i in range(0, len(seq), 10)).lower() + "*\n"
+        assert hf_tokenizer(messy)["input_ids"] == tok.encode(messy).tolist()
+    assert hf_tokenizer("mk\tv a")["input_ids"] == [19, 14, 6, 3, 1]
+    assert hf_tokenizer("mkJ")["input_ids"] == [19, 14, 2, 1]  # invalid: <unk>, not an error
+    assert hf_tokenizer("MK<extra_id_0>v")["input_ids"] == [19, 14, 143, 6, 1]
+
+
+@pytest.mark.parametrize("cls", ["T5TokenizerFast", "T5Tokenizer"])
+def test_t5_tokenizer_classes_load_the_export_with_the_same_ids(cls, hf_tokenizer, sample_sequences, tmp_path):
+    """The classes the released Ankh repos load with: no 'Both extra_ids (100) and additional_special_tokens'
+    error, the same 144 ids (transformers 4's SentencePiece T5Tokenizer reads spiece.model)."""
+    transformers = pytest.importorskip("transformers")
+    tk.write_hf_tokenizer(str(tmp_path))
+    t5 = getattr(transformers, cls).from_pretrained(str(tmp_path))
+    assert len(t5) == 144 and (t5.pad_token_id, t5.eos_token_id, t5.unk_token_id) == (0, 1, 2)
+    assert [t5.convert_tokens_to_ids(f"<extra_id_{k}>") for k in (0, 1, 115)] == [143, 142, 28]
+    for seq in sample_sequences[:200]:
+        assert t5(seq)["input_ids"] == hf_tokenizer(seq)["input_ids"]
+        assert t5(seq.lower())["input_ids"] == hf_tokenizer(seq)["input_ids"]
+    assert t5("MK<extra_id_0>V")["input_ids"] == [19, 14, 143, 6, 1]
+    padded = t5(["MKV", "A"], padding=True)
+    assert set(padded) == {"input_ids", "attention_mask"} and padded["input_ids"] == [[19, 14, 6, 1], [3, 1, 0, 0]]
 
 
 def test_autotokenizer_batch_padding_matches(hf_tokenizer):

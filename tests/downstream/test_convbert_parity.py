@@ -1,4 +1,5 @@
-"""The Flax ConvBERT heads against ``transformers`` ConvBertLayer stacks built as the ``ankh`` package builds them.
+"""The Flax ConvBERT heads against ``transformers`` ConvBertLayer stacks built as the ``ankh`` package builds them,
+and against the ``ankh`` 1.10 package's own heads where ``ankh`` can be imported.
 
 Reference: PyTorch in float64 (random weights everywhere, LayerNorm and biases included), converted with
 ``params_from_torch``; tolerance 1e-5 absolute on unpadded inputs, for every head type.
@@ -152,3 +153,52 @@ def test_params_from_torch_names_missing_and_misshaped_keys():
     state = dict(TorchAnkhHead(1, 2, "max").state_dict())
     with pytest.raises(ValueError, match="unexpected keys.*transformer_encoder.1"):
         ds.params_from_torch(state, flax_head)
+
+
+# ------------------------------------------------------------------------------------ the real ankh 1.10 heads
+# The heads of the `ankh` package itself as the reference, where it can be imported. It needs transformers < 5
+# (ankh 1.10 imports TFT5EncoderModel) and is installed without its pinned dependencies:
+#   pip install --no-deps ankh==1.10.0 'transformers>=4.40,<5'
+# (with TensorFlow + Keras 3 installed too, run pytest with USE_TF=0). Otherwise these tests skip, saying why.
+
+def _ankh():
+    try:
+        import ankh
+    except Exception as err:  # noqa: BLE001 - ImportError, or transformers 4 refusing Keras 3 (a ValueError)
+        pytest.skip(f"the ankh package is not importable here ({type(err).__name__}: {str(err)[:160]}); see the "
+                    "comment above for how to enable these tests")
+    return ankh
+
+
+def compare_with_ankh(ankh_head, flax_head, x):
+    ankh_head = randomise(ankh_head)
+    params = ds.params_from_torch(dict(ankh_head.state_dict()), flax_head)
+    with torch.no_grad():
+        expected = ankh_head(torch.from_numpy(x.astype(np.float64))).logits.numpy()
+    got = np.asarray(flax_head.apply({"params": params}, x.astype(np.float32)))
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    return got
+
+
+ANKH_CASES = {  # ankh class, constructor arguments beyond the shared ones, output shape for x of [3, 11, d]
+    "binary_max": ("ConvBertForBinaryClassification",
+                   {"num_hidden_layers": 1, "num_layers": 2, "dropout": 0.2, "pooling": "max"}, (3, 1)),
+    "binary_avg": ("ConvBertForBinaryClassification", {"pooling": "avg"}, (3, 1)),
+    "multiclass": ("ConvBertForMultiClassClassification", {"num_tokens": 8}, (3, 11, 8)),
+    "multilabel": ("ConvBertForMultiLabelClassification", {"num_tokens": 5, "num_layers": 2}, (3, 11, 5)),
+    "regression": ("ConvBertForRegression",
+                   {"num_hidden_layers": 1, "pooling": "max", "training_labels_mean": 0.38}, (3, 1)),
+    "one_attention_head": ("ConvBertForRegression",
+                           {"num_hidden_layers": 1, "nhead": 2, "kernel_size": 3, "pooling": "avg"}, (3, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(ANKH_CASES))
+def test_flax_heads_match_the_ankh_package_heads(case):
+    ankh = _ankh()
+    cls, kwargs, shape = ANKH_CASES[case]
+    kwargs = {"input_dim": INPUT_DIM, "nhead": NHEAD, "hidden_dim": HIDDEN, "kernel_size": KERNEL, **kwargs}
+    x = np.random.default_rng(7).normal(size=(3, 11, INPUT_DIM))
+    got = compare_with_ankh(getattr(ankh, cls)(**kwargs), getattr(ds, cls)(**kwargs), x)
+    assert got.shape == shape

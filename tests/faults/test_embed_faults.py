@@ -240,6 +240,25 @@ def test_ids_hdf5_cannot_name_and_a_bom_are_stored(tmp_path, hf_dir_a, params_a)
     np.testing.assert_allclose(got["%2E"], ref[1], rtol=0, atol=REL_TOL * np.abs(ref[1]).max())
 
 
+def test_ids_are_first_words_with_the_header_as_original_id_and_step_picks_the_checkpoint(tmp_path, params_a,
+                                                                                          params_b, hf_dir_a):
+    """bio_embeddings' convention: keyed by Biopython's record.id, the whole header in ``original_id``; and
+    ``--step`` embeds that checkpoint of a training directory (an HF directory has none: exit 2)."""
+    fasta = tmp_path / "h.fasta"
+    fasta.write_text(">sp|P1|A_HUMAN\tProtein A OS=Homo sapiens\nMKVLA\n>P2 second one\nGSWWC\n")
+    run_dir = tmp_path / "run"
+    save_training_run(run_dir, {3: params_a, 5: params_b})
+    out = tmp_path / "out.h5"
+    assert run_embed(run_dir, fasta, out, "--step=3") == 0
+    with h5py.File(out, "r") as f:
+        attrs = {ds.attrs["id"]: ds.attrs["original_id"] for ds in f.values()}
+    assert attrs == {"sp|P1|A_HUMAN": "sp|P1|A_HUMAN\tProtein A OS=Homo sapiens", "P2": "P2 second one"}
+    got = embeddings_h5.read_embeddings(str(out))
+    for rid, ref in zip(("sp|P1|A_HUMAN", "P2"), embedding.embed_sequences(CFG, params_a, ["MKVLA", "GSWWC"])):
+        np.testing.assert_allclose(got[rid], ref, rtol=0, atol=REL_TOL * np.abs(ref).max())
+    assert run_embed(hf_dir_a, fasta, tmp_path / "hf.h5", "--step=3") == 2
+
+
 def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, hf_dir_a, capsys):
     good = _make_inputs(tmp_path)
     out = tmp_path / "out.h5"

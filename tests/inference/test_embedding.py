@@ -121,8 +121,8 @@ def test_chunked_attention_is_picked_per_bucket_and_equals_plain(params, records
     # Automatic: only buckets wider than AUTO_CHUNK_ABOVE are chunked (shrunk here so the sample proteins cross it).
     used = []
     original = embedding.encoder_fn
-    monkeypatch.setattr(embedding, "encoder_fn", lambda cfg, pooling: used.append(cfg.attention_chunk_size)
-                        or original(cfg, pooling))
+    monkeypatch.setattr(embedding, "encoder_fn", lambda cfg, pooling, **kw: used.append(cfg.attention_chunk_size)
+                        or original(cfg, pooling, **kw))
     monkeypatch.setattr(embedding, "AUTO_CHUNK_ABOVE", 128)
     monkeypatch.setattr(embedding, "AUTO_CHUNK_SIZE", 64)
     auto = embedding.embed_sequences(CFG, params, seqs, batch_tokens=1024)

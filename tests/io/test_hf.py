@@ -113,7 +113,31 @@ def test_exported_model_loads_in_transformers_with_same_logits(params, exported)
     assert_close(ours_hidden(CFG, params), torch_hidden(model.encoder), valid=batch()[1] > 0)
     tok = transformers.AutoTokenizer.from_pretrained(str(exported))
     assert tok(SEQS[0])["input_ids"] == AnkhTokenizer().encode(SEQS[0]).tolist()
+    with torch.no_grad():  # the tokenizer's output is exactly what the model takes (no token_type_ids)
+        hidden = model.encoder(**tok([s.lower() for s in SEQS], padding=True, return_tensors="pt"))
+    assert_close(ours_hidden(CFG, params), hidden.last_hidden_state.numpy(), valid=batch()[1] > 0)
     assert (exported / "README.md").read_text().startswith("---")
+
+
+def test_export_hf_repairs_a_transformers5_resave(params, exported, tmp_path):
+    """transformers 5's save_pretrained writes tie_word_embeddings: true beside the untied head; transformers 4
+    then ties the head to the embeddings (logits off by ~5). export_hf on that directory, in place, writes
+    tie_word_embeddings: false again with the same weights."""
+    from ankh_jax import export_hf
+
+    resaved = tmp_path / "resaved"
+    transformers.T5ForConditionalGeneration.from_pretrained(str(exported)).save_pretrained(str(resaved))
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        assert json.loads((resaved / "config.json").read_text())["tie_word_embeddings"] is True  # the hazard
+    assert export_hf.main([f"--model={resaved}", f"--output={resaved}"]) == 0
+    cfg = json.loads((resaved / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False and "scale_decoder_outputs" not in cfg
+    assert hf_mapping.lm_head_scale_of(cfg) == 1.0  # transformers 4's reading: untied, not rescaled
+    _, repaired = hf_files.load_hf_model(str(resaved))
+    np.testing.assert_array_equal(repaired["decoder"]["logits_dense"]["kernel"],
+                                  params["decoder"]["logits_dense"]["kernel"])
+    model = transformers.T5ForConditionalGeneration.from_pretrained(str(resaved)).eval()
+    assert_close(ours_logits(CFG, params), torch_logits(model))
 
 
 def test_exported_encoder_only_loads_as_t5_encoder_model(params, tmp_path):
@@ -181,12 +205,29 @@ def test_sharded_bf16_and_torch_bin_checkpoints_import(hf_saved, tmp_path):
     np.testing.assert_array_equal(from_bf16["encoder"]["layers_1"]["mlp"]["wo"]["kernel"], expected)
 
 
+def test_safetensors_are_read_by_the_library_every_dtype(tmp_path):
+    """safetensors.safe_open reads what the format holds (bfloat16, unsigned ints, ...), not a hand-kept subset."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    state = {"bf16": rng.normal(size=(3, 4)).astype(ml_dtypes.bfloat16), "u16": np.arange(6, dtype=np.uint16),
+             "u32": np.arange(4, dtype=np.uint32).reshape(2, 2), "f16": rng.normal(size=5).astype(np.float16)}
+    save_file(state, str(tmp_path / hf_files.SAFETENSORS_FILE))
+    loaders, files = hf_files.open_weights(str(tmp_path))
+    assert files == hf_files.SAFETENSORS_FILE and set(loaders) == set(state)
+    for name, value in state.items():
+        got = loaders[name]()
+        assert got.dtype == value.dtype
+        np.testing.assert_array_equal(got, value)
+
+
 def test_tied_heads_import_with_transformers_semantics(tmp_path):
     """transformers 5's default (tied, unscaled) and 4's original T5 (tied, scaled by d_model**-0.5)."""
     torch.manual_seed(1)
     model = transformers.T5ForConditionalGeneration(hf_model_config(tie_word_embeddings=False)).eval()
     model.save_pretrained(str(tmp_path))
-    assert not any("lm_head" in k for k in hf_files.SafetensorsFile(str(tmp_path / hf_files.SAFETENSORS_FILE)).header)
+    assert not any("lm_head" in k for k in hf_files.open_weights(str(tmp_path))[0])
     config, params = hf_files.load_hf_model(str(tmp_path))
     assert_close(ours_logits(config, params), torch_logits(model))
 

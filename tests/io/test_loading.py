@@ -5,7 +5,6 @@ The spy wraps ``params_layout.normalize`` (the one function that unboxes and con
 training checkpoint and an HF directory), ``export_hf`` and the decoding path of ``generate`` / ``score``.
 """
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -68,9 +67,8 @@ def test_embed_normalises_once_and_never_unrolls_a_scanned_checkpoint(source, re
     spy.update(normalize=0, stack_layers=0)  # count from here: writing the fixture's model is not loading it
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(SEQS)))
-    args = argparse.Namespace(model=str(model), fasta=str(fasta), output=str(tmp_path / "out.h5"), pooling="none",
-                              dtype="float32", batch_tokens=256, max_length=None, metrics_file=None,
-                              flush_seconds=0.0, no_progress=True, compilation_cache_dir="")
+    args = embed.parse_args([f"--model={model}", f"--fasta={fasta}", f"--output={tmp_path / 'out.h5'}",
+                             "--batch_tokens=256", "--flush_seconds=0", "--no_progress", "--compilation_cache_dir="])
     metrics = embed.run(args)  # the library code of python -m ankh_jax.embed: load, fingerprint, embed, write
     assert metrics["sequences_embedded"] == len(SEQS)
     assert spy["normalize"] == 1

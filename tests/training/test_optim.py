@@ -6,6 +6,9 @@ import numpy as np
 import optax
 import pytest
 
+# Imported at collection: importing it inside a test registered gin configurables after an earlier test in the
+# same worker had finalised (locked) gin.
+from ankh_jax.downstream.trainer import OptimizerConfig
 from ankh_jax.training.losses import cross_entropy_sums
 from ankh_jax.training.optim import make_optimizer, make_schedule
 
@@ -103,8 +106,6 @@ def test_cross_entropy_matches_float64_reference(smoothing, z):
 def test_fine_tuning_schedule_and_optimizer_come_from_the_same_factory():
     """OptimizerConfig (fine-tuning's gin face): warmup capped at a tenth of the run, then constant / linear /
     cosine to 0; AdamW after clipping; the encoder on its own learning rate; updates every grad_accum_steps."""
-    from ankh_jax.downstream.trainer import OptimizerConfig
-
     def at(cfg, steps):
         s = cfg.learning_rate_schedule(100)
         return [float(s(t)) for t in steps]

@@ -116,6 +116,20 @@ def test_uninterrupted_run_writes_everything(uninterrupted):
     assert params["token_embedder"]["embedding"].shape == (144, 64)
 
 
+def test_the_operative_gin_config_is_a_tensorboard_text_summary(uninterrupted):
+    """As t5x: TensorBoard's Text tab shows the run's config.gin (read back from the event file)."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(uninterrupted / "tensorboard" / "train"),
+                                             size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    (event,) = acc.Tensors("config/text_summary")
+    text = event.tensor_proto.string_val[0].decode()
+    assert event.step == 0
+    for line in (uninterrupted / "config.gin").read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert "    " + line in text.splitlines(), line
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys, time
     from ankh_jax.training import metrics as metrics_writer
