@@ -41,9 +41,10 @@ lint:
 	$(PY) -m ruff check ankh_jax tasks scripts tests
 
 bench:
-	$(PY) scripts/bench_embed.py
 	$(PY) scripts/bench_train.py
-	$(PY) scripts/plan_memory.py --gin_file=configs/pretrain_ankh_large.gin --target=tpu:v4:4x4x4
+	$(PY) scripts/bench_embed.py
+	$(PY) scripts/bench_long_proteins.py --lengths=1000,2000,5000,10000
+	$(PY) -m ankh_jax.plan_memory --gin_file=configs/pretrain_ankh_large.gin --target=tpu:v4:4x4x4
 	$(PY) scripts/bench_generate.py
 
 clean:
