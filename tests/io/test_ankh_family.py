@@ -13,53 +13,16 @@ import json
 import jax
 import numpy as np
 import pytest
+from t5_parity import assert_close, batch, ours_hidden, ours_logits, rel_err, torch_hidden, torch_logits
 
-from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.io import CheckpointError, flax_msgpack, hf_export, hf_files, loading
-from ankh_jax.model import EncoderOnly, T5Config, Transformer
+from ankh_jax.model import T5Config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 serialization = pytest.importorskip("flax.serialization")
 
-SEQS = ["MKALCLLLLPVLGLLVSSKTLCSMEEAINERIQEVAGSLIFRAISS", "GSHMSLFDFFKNKG", "WYCHQ"]  # longer than max distance
-REL_TOL = 1e-4  # as tests/io/test_hf.py
 ERRORS = {}  # family member -> max relative error, printed at the end (the closing note)
-
-
-def batch():
-    ids, mask = AnkhTokenizer().batch_encode(SEQS)
-    targets = ids[:, :12]
-    return ids, mask, np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-
-
-def ours_logits(config, params):
-    ids, _, dec_in = batch()
-    return np.asarray(Transformer(config).apply({"params": params}, ids, dec_in))
-
-
-def ours_hidden(config, params):
-    enc = {k: params[k] for k in ("token_embedder", "encoder")}
-    return np.asarray(EncoderOnly(config).apply({"params": enc}, batch()[0]))
-
-
-def torch_logits(model):
-    ids, mask, dec_in = batch()
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                     decoder_input_ids=torch.tensor(dec_in, dtype=torch.long)).logits.numpy()
-
-
-def torch_hidden(model):
-    ids, mask, _ = batch()
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-
-
-def assert_close(ours, ref, valid=None):
-    err = rel_err(ours, ref, valid)
-    assert err < REL_TOL, f"max abs difference is {err:.2e} of max |ref|"
 
 
 def hf_config(proj: str = "gated-gelu", **sizes) -> "transformers.T5Config":
@@ -80,12 +43,6 @@ def random_hf_model(config, seed: int, cls=None):
         if hasattr(model, "lm_head"):
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     return model
-
-
-def rel_err(ours, ref, valid=None):
-    if valid is not None:
-        ours, ref = ours[valid], ref[valid]
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 def check_parity(name, config, params, model):

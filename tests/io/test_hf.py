@@ -19,18 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from t5_parity import SEQS, assert_close, batch, ours_hidden, ours_logits, torch_hidden, torch_logits
 
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.io import hf_export, hf_files, hf_mapping
-from ankh_jax.model import EncoderOnly, T5Config, Transformer, params_layout
+from ankh_jax.model import T5Config, Transformer, params_layout
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 CFG = T5Config.tiny(d_model=48, d_ff=80, num_heads=4, d_kv=8, num_encoder_layers=3, num_decoder_layers=2,
                     relative_attention_num_buckets=16, relative_attention_max_distance=20)
-SEQS = ["MKALCLLLLPVLGLLVSSKTLCSMEEAINERIQEVAGSLIFRAISS", "GSHMSLFDFFKNKG", "WYCHQ"]
-REL_TOL = 1e-4
 
 
 def random_params(config: T5Config, seed: int = 0) -> dict:
@@ -41,45 +40,6 @@ def random_params(config: T5Config, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     leaves = [np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(np.float32) for x in leaves]
     return jax.tree_util.tree_unflatten(tree, leaves)
-
-
-def batch():
-    ids, mask = AnkhTokenizer().batch_encode(SEQS)
-    targets = ids[:, :12]
-    dec_in = np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
-    return ids, mask, dec_in
-
-
-def ours_logits(config, params):
-    ids, _, dec_in = batch()
-    return np.asarray(Transformer(config).apply({"params": params}, ids, dec_in))
-
-
-def ours_hidden(config, params):
-    ids, _, _ = batch()
-    enc = {k: params[k] for k in ("token_embedder", "encoder")}
-    return np.asarray(EncoderOnly(config).apply({"params": enc}, ids))
-
-
-def torch_logits(model):
-    ids, mask, dec_in = batch()
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                     decoder_input_ids=torch.tensor(dec_in, dtype=torch.long)).logits.numpy()
-
-
-def torch_hidden(model):
-    ids, mask, _ = batch()
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, dtype=torch.long),
-                     attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
-
-
-def assert_close(ours, ref, valid=None):
-    if valid is not None:  # compare real (non-pad) positions only; pad outputs are arbitrary in both
-        ours, ref = ours[valid], ref[valid]
-    err = np.abs(ours - ref).max() / np.abs(ref).max()
-    assert err < REL_TOL, f"max abs difference is {err:.2e} of max |ref|"
 
 
 def hf_model_config(**kw) -> "transformers.T5Config":
