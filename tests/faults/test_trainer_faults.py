@@ -127,7 +127,7 @@ def test_model_dir_that_is_a_file_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("binding,named", [
     ("--gin.WARMUP_STEPS=40", "total_steps (4) > warmup_steps (40)"),  # TRAIN_STEPS=4: the schedule cannot decay
-    ("--gin.BATCH_SIZE=6", "global batch size 6 is not divisible by the 8 batch shards"),
+    ("--gin.BATCH_SIZE=6", "train.global_batch_size (BATCH_SIZE) = 6 is not divisible by the data-parallel size 8"),
 ])
 def test_an_impossible_run_configuration_is_one_line_before_anything_is_written(tmp_path, capsys, binding, named):
     model_dir = tmp_path / "run"
