@@ -190,16 +190,34 @@ class MultiHeadAttention(nn.Module):
             out = bias.attend(q, k, v, dropout_rate=cfg.dropout_rate if dropping else 0.0,
                               dropout_rng=self.make_rng("dropout") if dropping else None)
         else:
-            logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-            weights = jax.nn.softmax(logits + bias, axis=-1)
-            self.sow("intermediates", "attention_weights", weights)
-            if self.enable_dropout and cfg.dropout_rate > 0:
-                weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
-            out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.compute_dtype), v)
+            out = self._softmax_mix(q, k, v, bias)
         out = constrain(out, ("batch", "heads", "length", "kv"))
         kernel = Kernel(cfg, (h, dk, d), ("heads", "kv", "embed"), (h * dk) ** -0.5, name="out")()
         out = flat_matmul(jnp.swapaxes(out, 1, 2), kernel, 2)
         return constrain(out, ("batch", "length", "embed"))
+
+    def _softmax_mix(self, q, k, v, bias):
+        """``softmax(q k^T + bias) v`` with the normalisation applied to the mixed values.
+
+        ``exp(logits - max) v / sum`` is the same number as ``softmax(logits) v`` (to float32 rounding), but divides
+        ``[b, h, q, d_kv]`` values instead of ``[b, h, q, k]`` probabilities, and its backward pass has no
+        ``[b, h, q, k]`` division either (the attention part of ``scripts/bench_train.py``'s breakdown, before and
+        after, is in the README). The maximum is a constant to autodiff (the result does not depend on it).
+        Dropout of the unnormalised weights, then the division, equals dropout of the probabilities (same mask).
+        Probabilities are formed only where someone collects them (the ``intermediates`` collection: attention
+        maps for contact prediction).
+        """
+        cfg = self.config
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) + bias
+        shifted = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+        total = shifted.sum(axis=-1, keepdims=True)
+        if self.is_mutable_collection("intermediates"):
+            self.sow("intermediates", "attention_weights", shifted / total)
+        if self.enable_dropout and cfg.dropout_rate > 0:
+            shifted = nn.Dropout(cfg.dropout_rate)(shifted, deterministic=False)
+        mixed = jnp.einsum("bhqk,bhkd->bhqd", shifted.astype(cfg.compute_dtype), v,
+                           preferred_element_type=jnp.float32)
+        return (mixed / total).astype(cfg.compute_dtype)
 
     def _cached_keys_values(self, k, v, cache_index):
         """The keys/values to attend to in decoding mode, updating the ``cache`` collection."""

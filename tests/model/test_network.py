@@ -189,3 +189,70 @@ def test_projections_run_as_joined_matmuls_over_separate_kernels():
     # encoder layer: qkv, scores, mix, out, wi_0, wi_1, wo; decoder layer: those plus cross q, kv, scores, mix,
     # out; the head
     assert dots == 7 * CFG.num_encoder_layers + 12 * CFG.num_decoder_layers + 1
+
+
+def _numpy_attention(x, params, bias, keep=None):
+    """float64 numpy T5 attention: softmax(q k^T + bias) (times ``keep``, dropout's scaled mask) v, then out."""
+    p = {n: np.asarray(params[n]["kernel"], np.float64) for n in ("query", "key", "value", "out")}
+    x = np.asarray(x, np.float64)
+    q, k, v = (np.einsum("bld,dhk->bhlk", x, p[n]) for n in ("query", "key", "value"))
+    logits = np.einsum("bhqd,bhkd->bhqk", q, k) + np.asarray(bias, np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    weights = probs if keep is None else probs * keep
+    return np.einsum("bhlk,hkd->bld", np.einsum("bhqk,bhkd->bhqd", weights, v), p["out"]), probs
+
+
+def test_attention_layer_equals_float64_softmax_reference(monkeypatch):
+    """The layer normalises after mixing the values (``_softmax_mix``): output, sown probabilities and input
+    gradient against float64 numpy; with dropout, against numpy dropout of the probabilities with the layer's own
+    keep mask (read off the weights its mix receives, with and without dropout)."""
+    from ankh_jax.model.layers import MultiHeadAttention
+
+    rng = np.random.default_rng(11)
+    b, n, h = 2, 9, CFG.num_heads
+    x = jnp.asarray(rng.normal(size=(b, n, CFG.d_model)), jnp.float32)
+    bias = rng.normal(size=(1, h, n, n)) + np.where(np.arange(n) < 7, 0.0, -1e10)[None, None, None] * np.ones((b, 1, 1, 1))
+    bias = jnp.asarray(bias, jnp.float32)
+    layer = MultiHeadAttention(CFG)
+    params = nn.unbox(layer.init(jax.random.PRNGKey(3), x, x, bias))["params"]
+    out, state = layer.apply({"params": params}, x, x, bias, mutable=["intermediates"])
+    ref, probs = _numpy_attention(x, params, bias)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=0, atol=TOL * np.abs(ref).max())
+    np.testing.assert_allclose(np.asarray(state["intermediates"]["attention_weights"][0]), probs, atol=1e-6)
+    assert probs[..., 7:].max() == 0.0  # the masked keys: a case where a wrong mask would show
+
+    # gradient w.r.t. the input: float64 central differences of the numpy reference along a random direction
+    direction = rng.normal(size=x.shape)
+    cot = rng.normal(size=ref.shape)
+    grad = jax.grad(lambda v: jnp.sum(layer.apply({"params": params}, v, v, bias) * cot))(x)
+    eps = 1e-4
+    x64 = np.asarray(x, np.float64)
+    numeric = (np.sum(_numpy_attention(x64 + eps * direction, params, bias)[0] * cot)
+               - np.sum(_numpy_attention(x64 - eps * direction, params, bias)[0] * cot)) / (2 * eps)
+    np.testing.assert_allclose(float(np.sum(np.asarray(grad, np.float64) * direction)), numeric, rtol=1e-4)
+
+    # dropout: the layer's keep mask, read off by mixing with identity values, reproduces the layer's output
+    rate, dropout_rng = 0.4, jax.random.PRNGKey(5)
+    dropping = MultiHeadAttention(CFG.replace(dropout_rate=rate), enable_dropout=True)
+    run = lambda m, v: m.apply({"params": params}, v, v, bias, rngs={"dropout": dropout_rng})  # noqa: E731
+    dropped = run(dropping, x)
+    assert not np.allclose(np.asarray(dropped), np.asarray(out), atol=1e-3)
+    shifted = []  # the unnormalised weights the mix's einsum receives, with and without dropout
+    original = jnp.einsum
+
+    def spy(spec, *ops, **kw):
+        if spec == "bhqk,bhkd->bhqd":
+            shifted.append(np.asarray(ops[0], np.float64))
+        return original(spec, *ops, **kw)
+
+    monkeypatch.setattr(jnp, "einsum", spy)
+    run(dropping, x)
+    run(layer, x)
+    monkeypatch.undo()
+    visible = shifted[1] > 0  # masked keys have weight 0 either way
+    keep = np.where(visible, shifted[0] / np.where(visible, shifted[1], 1), 0)  # 0 dropped, 1 / (1 - rate) kept
+    kept = np.isclose(keep, 1 / (1 - rate), rtol=1e-5)
+    assert np.all(kept | (keep == 0)) and 0.3 < 1 - kept[visible].mean() < 0.5
+    np.testing.assert_allclose(np.asarray(dropped), _numpy_attention(x, params, bias, keep)[0], rtol=0,
+                               atol=TOL * np.abs(ref).max())
