@@ -235,7 +235,7 @@ def test_attention_layer_equals_float64_softmax_reference(monkeypatch):
     # dropout: the layer's keep mask, read off by mixing with identity values, reproduces the layer's output
     rate, dropout_rng = 0.4, jax.random.PRNGKey(5)
     dropping = MultiHeadAttention(CFG.replace(dropout_rate=rate), enable_dropout=True)
-    run = lambda m, v: m.apply({"params": params}, v, v, bias, rngs={"dropout": dropout_rng})  # noqa: E731
+    run = lambda m, v: m.apply({"params": params}, v, v, bias, rngs={"dropout": dropout_rng})
     dropped = run(dropping, x)
     assert not np.allclose(np.asarray(dropped), np.asarray(out), atol=1e-3)
     shifted = []  # the unnormalised weights the mix's einsum receives, with and without dropout
