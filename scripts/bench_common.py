@@ -23,11 +23,15 @@ VERSIONED = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, quick_help: str) -> None:
-    """``--quick`` (a smoke test in well under a minute, what it shrinks is ``quick_help``) and ``--out_dir``."""
+    """``--quick`` (a smoke test in well under a minute, what it shrinks is ``quick_help``), ``--out_dir`` and
+    ``--tag``."""
     parser.add_argument("--quick", action="store_true", help=f"smoke test: {quick_help}")
     parser.add_argument("--out_dir", default=None,
                         help="where the JSON goes (default benchmarks/results, or benchmarks/results/quick with "
                              "--quick)")
+    parser.add_argument("--tag", default=None,
+                        help="appended to the result's file name (<script>-<device>-<date>-<tag>.json), so runs of "
+                             "one day (before / after a change, other settings) keep their own records")
 
 
 def cpu_model() -> str:
@@ -89,7 +93,8 @@ def write_result(script: str, device: str, *, head: list[str], rows: list[list],
            "cpu_count": os.cpu_count(), "accelerators": accelerators(), "quick": quick, "settings": clean,
            "table": [dict(zip(head, r)) for r in rows], **extra}
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{script}-{device}-{today}.json")
+    tag = settings.get("tag")
+    path = os.path.join(out_dir, f"{script}-{device}-{today}{'-' + tag if tag else ''}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(doc, f, indent=1, default=str)
     os.replace(path + ".tmp", path)

@@ -8,10 +8,12 @@ Both sides train the same Ankh-shaped model (gated-GELU T5, untied head, relativ
 on the same fixed batch of synthetic span-corruption-shaped tokens (no padding), with Adafactor: ankh_jax's real
 jitted train step (``ankh_jax.training.steps``, optax Adafactor with parameter scaling, like the pretraining
 configs) and a plain PyTorch loop (forward with labels, backward, ``transformers.optimization.Adafactor(lr=1e-3,
-scale_parameter=True, relative_step=False)``, zero_grad). Each side runs ``--warmup`` untimed steps, then
-``--steps`` timed ones (each synchronised, as the trainer does: jax reads the step's metrics, torch .item()).
+scale_parameter=True, relative_step=False)``, zero_grad). Each side runs ``--warmup`` untimed steps; then
+``--steps`` timed ones per side (each synchronised, as the trainer does: jax reads the step's metrics, torch
+.item()) alternate between the sides in ``--blocks`` blocks (A B B A ...; steps rounded up to fill the blocks), so
+a shared machine that slows down mid-run slows both sides alike; each side's median step is reported.
 
-MFU = model FLOPs per step / step time / peak. Model FLOPs (see ankh_jax/flops.py for the derivation): one forward
+MFU = model FLOPs per step / step time / peak. Model FLOPs (see ankh_jax/training/flops.py for the derivation): one forward
 is, per token, 2 x (matmul parameters touched) plus attention scores and mixing, i.e.
 
     B*Le*Ne*(8*d*a + 6*d*f + 4*Le*a) + B*Ld*Nd*(12*d*a + 6*d*f + 2*Ld*a + 4*Le*a) + B*Le*Nd*4*d*a + B*Ld*2*d*V
@@ -45,6 +47,8 @@ def parse_args(argv):
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--blocks", type=int, default=4,
+                   help="the timed steps of the two sides alternate in this many blocks (A B B A ...)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--inputs", type=int, default=256)
     p.add_argument("--targets", type=int, default=104)
@@ -82,7 +86,8 @@ def make_batch(args, seed=0):
             "decoder_loss_weights": np.ones((b, ld), np.float32)}
 
 
-def bench_jax(args, config, batch, device):
+def prepare_jax(args, config, batch, device):
+    """ankh_jax's side, compiled and warmed up: ``one_step``, the peak and (unless skipped) the breakdown."""
     import jax
 
     from ankh_jax.model.network import Transformer
@@ -99,28 +104,27 @@ def bench_jax(args, config, batch, device):
     state = layout.create(jax.random.key(0))
     step = jit_train_step(make_train_step(model, tx, schedule), layout)
     rng = jax.random.key(1)
+    box = {"state": state}
+
+    def one_step():  # synchronised, as the trainer is: it reads the step's metrics
+        box["state"], m = step(box["state"], partitioner.make_global_batch(batch), rng)
+        m = jax.device_get(m)
+        return float(m["loss_sum"]) / float(m["weight_sum"])
+
     t = time.perf_counter()
     for _ in range(args.warmup):
-        state, m = step(state, partitioner.make_global_batch(batch), rng)
-        jax.device_get(m)
-    compile_s = time.perf_counter() - t
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        state, m = step(state, partitioner.make_global_batch(batch), rng)
-        m = jax.device_get(m)
-        loss = float(m["loss_sum"]) / float(m["weight_sum"])
-        times.append(time.perf_counter() - t)
-    peak = measure_matmul_peak(2048, repeats=10, device=device)
-    out = {"step_s": _median(times), "peak": peak, "warmup_s": compile_s, "loss": loss}
+        one_step()
+    side = {"step": one_step, "warmup_s": time.perf_counter() - t,
+            "peak": lambda: measure_matmul_peak(2048, repeats=10, device=device)}
     if not args.skip_breakdown:
         from bench_train_parts import time_parts
 
-        out["parts_s"] = time_parts(args, config, tx, state.params, state.opt_state, device)
-    return out
+        side["parts"] = lambda: time_parts(args, config, tx, box["state"].params, box["state"].opt_state, device)
+    return side
 
 
-def bench_torch(args, batch, use_cuda):
+def prepare_torch(args, batch, use_cuda):
+    """The PyTorch side, warmed up: ``one_step`` (forward with labels, backward, Adafactor step) and the peak."""
     import torch
     import transformers
     from transformers.optimization import Adafactor
@@ -155,21 +159,35 @@ def bench_torch(args, batch, use_cuda):
     for _ in range(args.warmup):
         one_step()
     warm = time.perf_counter() - t
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        loss = one_step()
-        times.append(time.perf_counter() - t)
-    x = torch.randn(2048, 2048, device=dev)
-    best = float("inf")
-    for _ in range(10):
-        if use_cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        (x @ x).sum().item()
-        best = min(best, time.perf_counter() - t)
-    return {"step_s": _median(times), "peak": 2 * 2048 ** 3 / best, "warmup_s": warm, "loss": loss,
-            "threads": torch.get_num_threads()}
+
+    def peak():
+        x = torch.randn(2048, 2048, device=dev)
+        best = float("inf")
+        for _ in range(10):
+            if use_cuda:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            (x @ x).sum().item()
+            best = min(best, time.perf_counter() - t)
+        return 2 * 2048 ** 3 / best
+
+    return {"step": one_step, "warmup_s": warm, "peak": peak, "threads": torch.get_num_threads()}
+
+
+def time_interleaved(sides: dict, steps: int, blocks: int) -> dict:
+    """Times ``steps`` synchronised steps of each side in ``blocks`` blocks, in the order A B B A A B ..., so a
+    change of the machine's speed during the run falls on both sides alike; each side's median step and loss."""
+    per_block = max(1, -(-steps // blocks))
+    times = {name: [] for name in sides}
+    loss = {}
+    names = list(sides)
+    for block in range(blocks):
+        for name in names if block % 2 == 0 else names[::-1]:
+            for _ in range(per_block):
+                t = time.perf_counter()
+                loss[name] = sides[name]["step"]()
+                times[name].append(time.perf_counter() - t)
+    return {name: {"step_s": _median(times[name]), "loss": loss[name], "steps_s": times[name]} for name in sides}
 
 
 def bench_data(n_batches=40, batch_size=32, inputs=512):
@@ -221,9 +239,16 @@ def main(argv=None) -> int:
           f"{dec_layers} layers, {args.heads}x{args.d_kv} heads, d_ff {args.d_ff}, "
           f"{config.num_params() / 1e6:.1f}M params; batch {args.batch} x {args.inputs} inputs / {args.targets} "
           f"targets; {flops / 1e9:.1f} GFLOP per train step; float32")
-    results = {"ankh_jax (jax/flax)": bench_jax(args, config, batch, device)}
+    sides = {"ankh_jax (jax/flax)": prepare_jax(args, config, batch, device)}
     if not args.skip_torch:
-        results["HF transformers (PyTorch)"] = bench_torch(args, batch, use_cuda)
+        sides["HF transformers (PyTorch)"] = prepare_torch(args, batch, use_cuda)
+    results = time_interleaved(sides, args.steps, args.blocks)
+    for name, side in sides.items():
+        results[name].update(peak=side["peak"](), warmup_s=side["warmup_s"])
+        if "threads" in side:
+            results[name]["threads"] = side["threads"]
+        if "parts" in side:
+            results[name]["parts_s"] = side["parts"]()
     head = ["framework", "step ms", "target tokens/s", "model GFLOP/s", "f32 matmul peak GFLOP/s (same run)",
             "MFU vs that peak", "loss"]
     rows = []
@@ -239,7 +264,7 @@ def main(argv=None) -> int:
         (_, a), (_, b) = results.items()
         extra["speedup_vs_pytorch"] = round(b["step_s"] / a["step_s"], 3)
         print(f"\nankh_jax / PyTorch target tokens/s: {b['step_s'] / a['step_s']:.2f}x "
-              f"(measured back to back in this run; torch threads: {b['threads']}; warm-up incl. compile: "
+              f"(steps interleaved in {args.blocks} blocks in this run; torch threads: {b['threads']}; warm-up incl. compile: "
               f"jax {a['warmup_s']:.1f} s, torch {b['warmup_s']:.1f} s)")
     parts = results["ankh_jax (jax/flax)"].get("parts_s")
     if parts:
