@@ -1,0 +1,46 @@
+"""The benchmark scripts still run and write their records (``--quick``: small shapes, no numbers asserted).
+
+Speed is never asserted here (README: benchmarks print tables); what is asserted is that a script's record has
+the fields README's tables cite, that ``--tag`` names the file, and that the formulations ``bench_levers.py``
+compares compute the same gradients (a faster variant that computed something else would be reported as a lever).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args, out_dir):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), "--quick", f"--out_dir={out_dir}",
+                           *args], capture_output=True, text=True, env=env, cwd=out_dir, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_levers_formulations_agree_and_the_tag_names_the_record(tmp_path):
+    _run("bench_levers.py", "--skip_flags", "--tag=smoke", out_dir=str(tmp_path))
+    (name,) = os.listdir(tmp_path)
+    assert name.startswith("bench_levers-cpu-") and name.endswith("-smoke.json")
+    with open(tmp_path / name) as f:
+        record = json.load(f)
+    for field in ("command", "commit", "versions", "cpu_model", "cpu_count", "table"):
+        assert field in record
+    assert "--tag=smoke" in record["command"]
+    rows = record["formulations"]
+    assert {r["piece"] for r in rows} == {"attention", "gated MLP"} and len(rows) == 7
+    # every variant computes the gradients of its piece's first variant, to float32 round-off
+    assert max(float(r["max rel. gradient diff"]) for r in rows) < 1e-5
+
+
+def test_bench_train_quick_writes_its_breakdown(tmp_path):
+    _run("bench_train.py", "--skip_torch", out_dir=str(tmp_path))
+    (name,) = os.listdir(tmp_path)
+    with open(tmp_path / name) as f:
+        record = json.load(f)
+    (row,) = record["table"]
+    assert row["framework"] == "ankh_jax (jax/flax)" and row["step ms"] > 0
+    assert {r["part"] for r in record["breakdown"]} >= {"attention", "feed-forward", "optimizer", "loss"}
