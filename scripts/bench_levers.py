@@ -17,7 +17,8 @@ computes something else cannot pass unnoticed:
 
   * attention (projections, scores, softmax, mix, output projection; bias = position bias + key mask):
     ``softmax, then mix`` (``jax.nn.softmax``, the model before this lever), ``mix, then normalise`` (the model
-    now: ``layers.MultiHeadAttention._softmax_mix``), ``bias as two terms per layer`` (position bias
+    now: ``layers.MultiHeadAttention._softmax_mix``), ``query, key, value as three matmuls`` (the model joins
+    them into one), ``bias as two terms per layer`` (position bias
     ``[1, h, q, k]`` and key mask ``[b, 1, 1, k]`` added per layer instead of one ``[b, h, q, k]`` sum) and
     ``[b, l, h, d] einsums`` (no transposes to ``[b, h, l, d]``; XLA picks its own);
   * gated MLP: ``two input kernels`` (the model), ``one joined [d, 2 d_ff] kernel`` and ``weight gradients from a
@@ -126,8 +127,13 @@ def _attention_variants(jnp, jax, heads, d_kv):
         shifted = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
         return jnp.einsum(mix, shifted, v), shifted.sum(-1, keepdims=True)
 
-    def mix_then_normalise(x, w, wo, pos, mask, two_terms=False):
-        y = project(x, w)
+    def project_apart(x, w):  # three matmuls, one per kernel
+        b, n, d = x.shape
+        return jnp.stack([(x.reshape(-1, d) @ w[:, i].reshape(d, -1)).reshape(b, n, heads, d_kv)
+                          for i in range(3)], axis=2)
+
+    def mix_then_normalise(x, w, wo, pos, mask, two_terms=False, apart=False):
+        y = (project_apart if apart else project)(x, w)
         q, k, v = (jnp.swapaxes(y[:, :, i], 1, 2) for i in range(3))
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
         logits = logits + pos + mask[:, :, :1] if two_terms else logits + (pos + mask)
@@ -141,6 +147,7 @@ def _attention_variants(jnp, jax, heads, d_kv):
         return finish(mixed / jnp.swapaxes(total, 1, 2), wo)
 
     return {"softmax, then mix (before)": softmax_then_mix, "mix, then normalise (the model now)": mix_then_normalise,
+            "query, key, value as three matmuls": functools.partial(mix_then_normalise, apart=True),
             "bias as two terms per layer": functools.partial(mix_then_normalise, two_terms=True),
             "[b, l, h, d] einsums": blhd}
 
