@@ -79,6 +79,15 @@ def format_table(head: list[str], rows: list[list]) -> str:
     return "\n".join(" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head] + rows)
 
 
+def _portable(value):
+    """A setting as a committed record may hold it: absolute paths inside the repo relative to it, others reduced
+    to their file name (a record never names a directory of the machine that wrote it)."""
+    if not (isinstance(value, str) and os.path.isabs(value)):
+        return value
+    inside = os.path.relpath(value, REPO)
+    return os.path.basename(value) if inside.startswith("..") else inside
+
+
 def write_result(script: str, device: str, *, head: list[str], rows: list[list], settings: dict,
                  out_dir: str | None = None, quick: bool = False, **extra) -> str:
     """Writes the run's document (see the module docstring) and returns its path. ``script``: the bench's name
@@ -86,8 +95,7 @@ def write_result(script: str, device: str, *, head: list[str], rows: list[list],
     (raw measurements, the model's sizes, peaks measured in the run)."""
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     out_dir = out_dir or (os.path.join(RESULTS_DIR, "quick") if quick else RESULTS_DIR)
-    clean = {k: (os.path.relpath(v, REPO) if k.endswith("_dir") and isinstance(v, str) and os.path.isabs(v) else v)
-             for k, v in settings.items() if not k.startswith("_")}
+    clean = {k: _portable(v) for k, v in settings.items() if not k.startswith("_")}
     doc = {"script": script, "command": " ".join(["python", f"scripts/{script}.py"] + sys.argv[1:]),
            "commit": commit(), "date": today, "device": device, "versions": versions(), "cpu_model": cpu_model(),
            "cpu_count": os.cpu_count(), "accelerators": accelerators(), "quick": quick, "settings": clean,

@@ -45,3 +45,13 @@ def test_bench_train_quick_writes_its_breakdown(tmp_path):
     (row,) = record["table"]
     assert row["framework"] == "ankh_jax (jax/flax)" and row["step ms"] > 0
     assert {r["part"] for r in record["breakdown"]} >= {"attention", "feed-forward", "optimizer", "loss"}
+
+
+def test_records_name_no_directory_of_the_machine():
+    """Committed records carry paths relative to the repo (an absolute path would point outside it)."""
+    import glob
+
+    for path in glob.glob(os.path.join(REPO, "benchmarks", "results", "*.json")):
+        with open(path) as f:
+            text = f.read()
+        assert REPO not in text and '"/' not in text.replace('"/s"', ""), path
