@@ -65,16 +65,29 @@ class AnkhModel:
         return int(sum(x.size for x in jax.tree_util.tree_leaves(self.params)))
 
     def embed(self, sequences: Sequence[str], *, pooling: str = "none", dtype: str = "float32",
-              batch_tokens: int | None = None, max_length: int | None = None, progress: bool = False):
+              batch_tokens: int | None = None, max_length: int | None = None, progress: bool = False,
+              prefix: str | None = None):
         """Per-residue ``[L, d_model]`` (``</s>`` dropped) or mean-pooled ``[d_model]`` float32 numpy arrays, in
-        input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``."""
+        input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``.
+
+        ``prefix``: the task prefix token before each sequence (Ankh3: ``"[NLU]"``), as ``embed --prefix``:
+        required exactly when the model directory's tokenizer files define prefixes (ValueError otherwise), and
+        dropped from the output like ``</s>``."""
+        from ankh_jax.data.tokenizer import read_model_tokens
         from ankh_jax.inference import embedding as embed_lib
 
+        if self.path is None and prefix is not None:
+            raise ValueError(f"prefix={prefix}: this model was not loaded from a directory, so it has no tokenizer "
+                             "files defining task prefixes")
+        prefix_id = None
+        if self.path is not None:
+            prefix_id = read_model_tokens(self.path, self.config.vocab_size).prefix_id(prefix)
         if self._device_params is None:
             self._device_params = embed_lib.prepare_params(self.config, self.encoder_params)
         kwargs = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
         return embed_lib.embed_sequences(self.config, self._device_params, list(sequences), pooling=pooling,
-                                         dtype=dtype, max_length=max_length, progress=progress, **kwargs)
+                                         dtype=dtype, max_length=max_length, progress=progress, prefix_id=prefix_id,
+                                         **kwargs)
 
     # -- the decoder: generation, infilling, likelihoods (ankh_jax.inference.decoding / infilling / scoring) -------------
     def _decoding_params(self):

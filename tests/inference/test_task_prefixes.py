@@ -168,3 +168,19 @@ def test_generation_reads_the_s2s_prefix_and_keeps_residue_positions(ankh3, monk
                                   [scoring.MaskedRequest(0, (4,))])[0][0]  # H4 is token 4 after [NLU]
     score_ = scoring.score_mutations(config, params, SEQS["p3"], ["H4A"], prefix_id=144)[0]
     assert score_ == pytest.approx(lp[tk.RESIDUE_TO_ID["A"] - 3] - lp[tk.RESIDUE_TO_ID["H"] - 3], abs=1e-5)
+
+
+def test_python_api_embed_takes_the_prefix_like_the_command(ankh3):
+    """``AnkhModel.embed(prefix=...)``: the same numbers as transformers with ``[NLU]`` first, and the same rule as
+    ``embed --prefix`` (required for a model whose tokenizer defines prefixes, refused when unknown)."""
+    from ankh_jax import api
+
+    model, path = ankh3
+    loaded = api.load_model(str(path))
+    (got,) = loaded.embed([SEQS["p1"]], prefix="[NLU]")
+    ref = encoder_states(model, [144, *tk.AnkhTokenizer().encode(SEQS["p1"]).tolist()])[1:-1]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="defines task prefixes"):
+        loaded.embed([SEQS["p1"]])
+    with pytest.raises(ValueError, match="not a task prefix"):
+        loaded.embed([SEQS["p1"]], prefix="[XYZ]")
