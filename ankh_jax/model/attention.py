@@ -5,8 +5,9 @@ accumulator, all in float32: the formulation of Rabe & Staats 2021, "Self-attent
 and of flash attention); queries are visited in chunks too. The relative-position bias is computed per
 (query chunk, key chunk) pair from positions through the model's own bucket function and the ``[heads,
 num_buckets]`` embedding table, and the padding / segment / causal mask per pair as well, so no ``L x L`` tensor
-exists at any point. The numerics follow ``layers.MultiHeadAttention``: no ``1/sqrt(d_kv)`` on the logits (T5
-folds it into the query init), float32 logits, bias and softmax, masked logits at ``NEG_INF`` (finite, so a fully
+exists at any point. A pair whose offsets all lie beyond the bucketing's reach (``constant_tails``) adds one
+bias per head instead of gathering one per position pair. The numerics follow ``layers.MultiHeadAttention``: no
+``1/sqrt(d_kv)`` on the logits (T5 folds it into the query init), float32 logits, bias and softmax, masked logits at ``NEG_INF`` (finite, so a fully
 masked row averages its keys like the plain path does), the probabilities cast to the values' dtype for the
 mix. The chunk bodies are under ``jax.checkpoint``, so the backward pass recomputes each chunk's logits rather than
 storing them and its memory stays O(L) as well.
@@ -95,12 +96,14 @@ def chunked_attention(q, k, v, *, bias_table=None, bidirectional: bool = True, n
     key_valid = jnp.broadcast_to(key_valid, (b, nk * ck))
     if key_mask is not None:
         key_valid = key_valid & _pad_axis(jnp.asarray(key_mask, bool), 1, nk * ck, False)
-    lookup = None
+    lookup, tails = None, None
     if bias_table is not None and q_positions is None:
-        lookup = jnp.asarray(offset_buckets(nq * cq, nk * ck, bidirectional=bidirectional, num_buckets=num_buckets,
-                                            max_distance=max_distance))
+        buckets = offset_buckets(nq * cq, nk * ck, bidirectional=bidirectional, num_buckets=num_buckets,
+                                 max_distance=max_distance)
+        lookup, tails = jnp.asarray(buckets), constant_tails(buckets, nq * cq)
     settings = {"bidirectional": bidirectional, "num_buckets": num_buckets, "max_distance": max_distance,
-                "causal": causal, "q_span": nq * cq, "rate": float(dropout_rate) if dropout_rng is not None else 0.0}
+                "causal": causal, "q_span": nq * cq, "rate": float(dropout_rate) if dropout_rng is not None else 0.0,
+                "tails": tails}
 
     keys = {"k": _chunks(k, 2, nk, ck), "v": _chunks(v, 2, nk, ck), "index": jnp.arange(nk * ck).reshape(nk, ck),
             "chunk": jnp.arange(nk), "valid": _chunks(key_valid, 1, nk, ck, False),
@@ -127,7 +130,7 @@ def _attend_query_chunk(qc, keys, table, lookup, rng, *, settings):
     def step(carry, kc):
         acc, running_max, total = carry
         logits = jnp.einsum("bhqd,bhkd->bhqk", qc["q"], kc["k"], preferred_element_type=jnp.float32)
-        logits = logits + _chunk_bias(qc, kc, table, lookup, settings)
+        logits = _add_chunk_bias(logits, qc, kc, table, lookup, settings)
         logits = jnp.where(kc["real"][None, None, None, :], logits, PAD_LOGIT)
         new_max = jnp.maximum(running_max, logits.max(axis=-1))
         rescale = jnp.exp(running_max - new_max)
@@ -145,28 +148,54 @@ def _attend_query_chunk(qc, keys, table, lookup, rng, *, settings):
     return acc / total[..., None]
 
 
-def _chunk_bias(qc, kc, table, lookup, settings):
-    """Position bias plus mask for one chunk pair: float32 ``[b or 1, h, cq, ck]``, as the plain path adds it."""
+def constant_tails(buckets: np.ndarray, q_span: int) -> tuple[int, int]:
+    """Where T5's bucketing stops changing: ``(pos_from, neg_to)`` such that every ``key - query`` offset >=
+    ``pos_from`` has the bucket of the largest offset and every offset <= ``neg_to`` that of the smallest.
+    ``buckets``: :func:`offset_buckets` (index ``offset + q_span - 1``). Beyond ``max_distance`` the bucket is
+    constant, so a chunk pair that lies wholly in a tail has one bias per head."""
+    offsets = np.arange(buckets.size) - (q_span - 1)
+    changes_pos = np.nonzero(buckets != buckets[-1])[0]
+    changes_neg = np.nonzero(buckets != buckets[0])[0]
+    pos_from = int(offsets[changes_pos[-1] + 1]) if changes_pos.size else int(offsets[0])
+    neg_to = int(offsets[changes_neg[0] - 1]) if changes_neg.size else int(offsets[-1])
+    return pos_from, neg_to
+
+
+def _add_chunk_bias(logits, qc, kc, table, lookup, settings):
+    """``logits`` [b, h, cq, ck] plus the mask and the position bias of one chunk pair, as the plain path adds
+    them. A pair wholly in a tail of the bucketing (:func:`constant_tails`: all its offsets beyond
+    ``max_distance`` on one side, most pairs of a long protein) adds one table entry per head, with no per-pair
+    bucket gather: the same numbers, for a fraction of the work (``scripts/bench_long_proteins.py``)."""
     q_index, k_index = qc["index"], kc["index"]
     visible = kc["valid"][:, None, :]                                            # [b, 1, ck]
     if "seg" in qc:
         visible = visible & (qc["seg"][:, :, None] == kc["seg"][:, None, :])
     if settings["causal"]:
         visible = visible & (k_index[None, None, :] <= q_index[None, :, None])
-    mask_bias = jnp.where(visible, 0.0, NEG_INF).astype(jnp.float32)[:, None]   # [b, 1, cq or 1, ck]
+    logits = logits + jnp.where(visible, 0.0, NEG_INF).astype(jnp.float32)[:, None]   # [b, 1, cq or 1, ck]
     if table is None:
-        return mask_bias
-    kw = {"bidirectional": settings["bidirectional"], "num_buckets": settings["num_buckets"],
-          "max_distance": settings["max_distance"]}
+        return logits
     if lookup is None:
+        kw = {"bidirectional": settings["bidirectional"], "num_buckets": settings["num_buckets"],
+              "max_distance": settings["max_distance"]}
         rel = kc["pos"][:, None, :] - qc["pos"][:, :, None]                      # [b, cq, ck]
         buckets = relative_position_bucket(rel, xp=jnp, **kw)
-        pos_bias = jnp.moveaxis(jnp.take(table, buckets, axis=1), 1, 0)         # [b, h, cq, ck]
-    else:
+        return logits + jnp.moveaxis(jnp.take(table, buckets, axis=1), 1, 0).astype(jnp.float32)
+
+    def gathered(x):
         rel = k_index[None, :] - q_index[:, None]                                # [cq, ck]
         buckets = jnp.take(lookup, rel + settings["q_span"] - 1)
-        pos_bias = jnp.take(table, buckets, axis=1)[None]                        # [1, h, cq, ck]
-    return pos_bias.astype(jnp.float32) + mask_bias
+        return x + jnp.take(table, buckets, axis=1)[None].astype(jnp.float32)   # [1, h, cq, ck]
+
+    pos_from, neg_to = settings["tails"]
+    in_pos_tail = k_index[0] - q_index[-1] >= pos_from                          # the pair's smallest offset
+    in_neg_tail = k_index[-1] - q_index[0] <= neg_to                            # and its largest
+
+    def constant(x):
+        bucket = jnp.where(in_pos_tail, lookup[-1], lookup[0])
+        return x + jnp.take(table, bucket, axis=1).astype(jnp.float32)[None, :, None, None]
+
+    return jax.lax.cond(in_pos_tail | in_neg_tail, constant, gathered, logits)
 
 
 def dropout_keep(rng, q_chunk, k_chunk, shape, rate: float):
@@ -209,5 +238,5 @@ def full_bias_bytes(heads: int, q_len: int, k_len: int, batch: int = 1) -> int:
     return 4 * batch * heads * q_len * k_len
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ChunkedBias", "chunked_attention", "dropout_keep", "full_bias_bytes",
-           "offset_buckets"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ChunkedBias", "chunked_attention", "constant_tails", "dropout_keep",
+           "full_bias_bytes", "offset_buckets"]

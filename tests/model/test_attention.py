@@ -6,6 +6,8 @@ Float32 results agree to 1e-5 relative to the largest reference value (pure reas
 inputs to 2e-2 (one bf16 rounding of the unnormalised vs. the normalised probabilities: 2^-8 ≈ 4e-3 per term).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,3 +293,41 @@ def test_attention_chunk_size_is_a_config_field_not_an_hf_one():
     cfg = T5Config.tiny(attention_chunk_size=512)
     assert T5Config.from_json(cfg.to_json()) == cfg
     assert "attention_chunk_size" not in cfg.to_hf_dict()
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_constant_tails_are_where_t5_buckets_stop_changing(bidirectional):
+    """Known answer by brute force: every offset in a tail has the tail's bucket, and the offset just inside it
+    does not (so the tail is as long as it can be)."""
+    from ankh_jax.model.attention import constant_tails, offset_buckets
+
+    span = 400
+    buckets = offset_buckets(span, span, bidirectional=bidirectional, num_buckets=BUCKETS, max_distance=MAX_DIST)
+    pos_from, neg_to = constant_tails(buckets, span)
+    offsets = np.arange(-(span - 1), span)
+    assert len(set(buckets[offsets >= pos_from])) == 1 and len(set(buckets[offsets <= neg_to])) == 1
+    assert buckets[offsets == neg_to + 1][0] != buckets[0]
+    if bidirectional:
+        assert buckets[offsets == pos_from - 1][0] != buckets[-1]
+        assert 0 < pos_from <= MAX_DIST and neg_to == -pos_from  # T5's bucketing is symmetric in |offset|
+    else:
+        assert pos_from == 0  # a decoder's future keys all share bucket 0 (and are masked)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_inputs_whose_chunk_pairs_lie_in_the_constant_tails_equal_plain(causal):
+    """300 tokens in chunks of 16 with buckets constant beyond |offset| 50: most chunk pairs take the one-bias-
+    per-head branch, the pairs near the diagonal the gathered one; values and gradients as the plain path's."""
+    q, k, v, table = _qkv(17, 2, 300, 300)
+    kw = {"bidirectional": not causal, "causal": causal}
+    if not causal:
+        kw["key_mask"] = _key_mask(2, 300)
+    _close(chunked(q, k, v, table, chunk_size=16, query_chunk_size=24, **kw), plain_attention(q, k, v, table, **kw))
+
+    def loss(attend, q, k, v, table):
+        return jnp.sum(attend(q, k, v, table, **kw) * jnp.cos(jnp.arange(D_KV)))
+
+    grads = jax.jit(jax.grad(lambda *a: loss(functools.partial(chunked, chunk_size=16), *a), argnums=(0, 1, 2, 3)))
+    ref = jax.grad(lambda *a: loss(plain_attention, *a), argnums=(0, 1, 2, 3))(q, k, v, table)
+    for got, want in zip(grads(q, k, v, table), ref):
+        _close(got, want, 1e-4)
