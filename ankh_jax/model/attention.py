@@ -7,10 +7,10 @@ and of flash attention); queries are visited in chunks too. The relative-positio
 num_buckets]`` embedding table, and the padding / segment / causal mask per pair as well, so no ``L x L`` tensor
 exists at any point. A pair whose offsets all lie beyond the bucketing's reach (``constant_tails``) adds one
 bias per head instead of gathering one per position pair. The numerics follow ``layers.MultiHeadAttention``: no
-``1/sqrt(d_kv)`` on the logits (T5 folds it into the query init), float32 logits, bias and softmax, masked logits at ``NEG_INF`` (finite, so a fully
-masked row averages its keys like the plain path does), the probabilities cast to the values' dtype for the
-mix. The chunk bodies are under ``jax.checkpoint``, so the backward pass recomputes each chunk's logits rather than
-storing them and its memory stays O(L) as well.
+``1/sqrt(d_kv)`` on the logits (T5 folds it into the query init), float32 logits, bias and softmax, masked
+logits at ``NEG_INF`` (finite, so a fully masked row averages its keys like the plain path does), the
+probabilities cast to the values' dtype for the mix. The chunk bodies are under ``jax.checkpoint``, so the
+backward pass recomputes each chunk's logits rather than storing them and its memory stays O(L) as well.
 
 :class:`ChunkedBias` carries everything but ``q, k, v`` (the table, the key mask, positions, segment ids and the
 static settings) as one pytree, so a network can pass it to its layers where it would pass a materialised bias.
