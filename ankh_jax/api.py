@@ -81,7 +81,9 @@ class AnkhModel:
                              "files defining task prefixes")
         prefix_id = None
         if self.path is not None:
-            prefix_id = read_model_tokens(self.path, self.config.vocab_size).prefix_id(prefix)
+            if "_model_tokens" not in self.__dict__:  # the directory's tokenizer files, read once per model
+                self.__dict__["_model_tokens"] = read_model_tokens(self.path, self.config.vocab_size)
+            prefix_id = self.__dict__["_model_tokens"].prefix_id(prefix)
         if self._device_params is None:
             self._device_params = embed_lib.prepare_params(self.config, self.encoder_params)
         kwargs = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
