@@ -22,8 +22,8 @@ from ankh_jax.downstream import objectives, run_records, trainer
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import POOLED_KINDS, TaskData, TaskSpec, load_task
-from ankh_jax.io.dir_lock import DirectoryLock
 from ankh_jax.plots.finetune_plots import draw_finetune_plots
+from ankh_jax.storage.lock import DirectoryLock
 
 
 @gin.configurable

@@ -17,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 
 from ankh_jax.downstream import metrics
-from ankh_jax.io.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,
@@ -27,6 +26,7 @@ from ankh_jax.plots.common import (
     pyplot,
     save_figure,
 )
+from ankh_jax.storage.jsonl import read_jsonl
 
 CLASSIFICATION_KINDS = ("sequence_class", "sequence_binary", "residue_class")
 MAX_TEST_PANELS = 4

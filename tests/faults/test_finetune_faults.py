@@ -20,7 +20,7 @@ import pytest
 
 from ankh_jax import finetune
 from ankh_jax.downstream import run_records, trainer
-from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.storage.lock import DirectoryLock
 from ankh_jax.training.metrics import read_metrics
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
