@@ -78,9 +78,9 @@ def _defines(path: pathlib.Path, name: str) -> bool:
                 exported = ()
             if name in exported:
                 return True
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any((alias.asname or alias.name.split(".")[0]) == name for alias in node.names):
-                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (alias.asname or alias.name.split(".")[0]) == name for alias in node.names):
+            return True
     return False
 
 
