@@ -28,7 +28,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ankh_jax.downstream import batching, objectives, run_records
+from ankh_jax.downstream import batching, run_records
+from ankh_jax.downstream.kinds import LabelKind
 from ankh_jax.downstream.task_spec import Examples
 from ankh_jax.training import optim
 from ankh_jax.training.metrics import MetricsWriter
@@ -48,11 +49,7 @@ class OptimizerConfig:
     schedule: str = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    batch_size: int = 16
-    grad_accum_steps: int = 1
-    max_epochs: int = 5
-    patience: int = 3                 # epochs without a better validation metric before stopping
-    max_tokens: int | None = 8192     # caps batch rows x bucket length for long sequences
+    grad_accum_steps: int = 1         # batches per update (the update is their mean gradient)
     encoder_learning_rate: float | None = None  # full mode: encoder LR (default: learning_rate)
 
     def learning_rate_schedule(self, total_steps: int, peak: float | None = None) -> optax.Schedule:
@@ -80,6 +77,26 @@ class OptimizerConfig:
             clip_grad_norm=self.max_grad_norm, weight_decay=self.weight_decay, adam_b1=0.9, adam_b2=0.999,
             adam_eps=1e-8)
         return tx, schedule
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    """How examples become batches, in training and evaluation: ``batch_size`` sequences per batch, fewer in
+    long buckets when rows x bucket length would exceed ``max_tokens``."""
+
+    batch_size: int = 16
+    max_tokens: int | None = 8192
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StoppingConfig:
+    """When training ends: after ``max_epochs``, or earlier after ``patience`` epochs without a better validation
+    metric (early stopping)."""
+
+    max_epochs: int = 5
+    patience: int = 3
 
 
 class EpochCheckpoints:
@@ -152,20 +169,32 @@ class FineTuneResult:
     seconds: float
 
 
-def _batches(examples, kind, cfg, embeddings, num_classes, rng, min_separation):
-    return batching.make_batches(examples, kind, batch_size=cfg.batch_size, embeddings=embeddings,
-                                 num_classes=num_classes, shuffle_rng=rng, max_tokens=cfg.max_tokens,
-                                 min_separation=min_separation)
+@dataclasses.dataclass(frozen=True)
+class BatchSource:
+    """What turns a split into batches: the label kind, the batching settings, the embeddings (frozen mode; None:
+    token ids, the encoder runs in the step) and the label shapes' parameters."""
+
+    kind: LabelKind
+    batching: BatchingConfig
+    embeddings: Callable[[str], np.ndarray] | None = None
+    num_classes: int | None = None
+    min_separation: int = 6
+
+    def batches(self, examples: Examples, shuffle_rng: np.random.Generator | None = None):
+        return batching.make_batches(examples, self.kind, batch_size=self.batching.batch_size,
+                                     embeddings=self.embeddings, num_classes=self.num_classes,
+                                     shuffle_rng=shuffle_rng, max_tokens=self.batching.max_tokens,
+                                     min_separation=self.min_separation)
 
 
-def predict(forward: Callable, trainable, frozen, examples: Examples, kind: str, cfg: OptimizerConfig, *,
-            embeddings, num_classes, min_separation: int = 6) -> list:
-    """Per-example outputs (see ``objectives.outputs_per_example``) in the order of ``examples``."""
+def predict(forward: Callable, trainable, frozen, examples: Examples, source: BatchSource) -> list:
+    """Per-example outputs (the label kind's ``outputs``) in the order of ``examples``."""
     step = _eval_step(forward)
     out: list = [None] * len(examples.sequences)
-    for idx, batch in _batches(examples, kind, cfg, embeddings, num_classes, None, min_separation):
+    for idx, batch in source.batches(examples):
         logits = np.asarray(step(trainable, frozen, batch))
-        for i, o in zip(idx, objectives.outputs_per_example(kind, logits, batch, len(idx)), strict=True):
+        lengths = [int(batch["mask"][r].sum()) for r in range(len(idx))]
+        for i, o in zip(idx, source.kind.outputs(logits, lengths), strict=True):
             out[i] = o
     return out
 
@@ -179,24 +208,25 @@ def _eval_step(forward):
     return _EVAL_STEPS[forward]
 
 
-def evaluate(forward, trainable, frozen, examples, kind, metric, cfg, **kw) -> dict[str, float]:
-    outputs = predict(forward, trainable, frozen, examples, kind, cfg, **kw)
-    return objectives.score(kind, metric, outputs, examples.labels)
+def evaluate(forward, trainable, frozen, examples: Examples, source: BatchSource) -> dict[str, float]:
+    return source.kind.score_outputs(predict(forward, trainable, frozen, examples, source), examples.labels)
 
 
-def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, kind: str,
-          metric: str, cfg: OptimizerConfig, model_dir: str, embeddings=None, num_classes=None, seed: int = 0,
-          min_separation: int = 6, log_every: int = 20, progress: bool = True, log=print) -> FineTuneResult:
+def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, source: BatchSource,
+          optimizer: OptimizerConfig, stopping: StoppingConfig, model_dir: str, seed: int = 0, log_every: int = 20,
+          progress: bool = True, log=print) -> FineTuneResult:
     """Trains ``trainable`` and returns the best one (by validation). Continues after the epoch saved in
     ``MODEL_DIR/last_epoch`` when there is one (the caller checks it belongs to the same run), and keeps the
     rows of ``metrics.jsonl`` up to that epoch only."""
-    steps_per_epoch = batching.count_batches(train_set, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
-    total_updates = max(1, steps_per_epoch * cfg.max_epochs // cfg.grad_accum_steps)
-    tx, schedule = cfg.build(total_updates, trainable)
+    steps_per_epoch = batching.count_batches(train_set, batch_size=source.batching.batch_size,
+                                             max_tokens=source.batching.max_tokens)
+    total_updates = max(1, steps_per_epoch * stopping.max_epochs // optimizer.grad_accum_steps)
+    tx, schedule = optimizer.build(total_updates, trainable)
     opt_state = tx.init(trainable)
+    loss_fn = source.kind.loss
 
     def loss_of(t, f, batch, rng):
-        return objectives.loss_fn(kind, forward(t, f, batch, rng, False), batch)
+        return loss_fn(forward(t, f, batch, rng, False), batch)
 
     @jax.jit
     def train_step(t, opt, f, batch, rng):
@@ -223,16 +253,16 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
             replace_checkpoint(checkpointer, best_dir, trainable)
         log(f"resuming after epoch {epoch} (step {step}) from {epochs.directory}")
     # Rows after the restored step are the epoch that was cut short (and maybe a partial line): dropped.
-    mlog = MetricsWriter(model_dir, total_steps=steps_per_epoch * cfg.max_epochs, start_step=step,
+    mlog = MetricsWriter(model_dir, total_steps=steps_per_epoch * stopping.max_epochs, start_step=step,
                          tensorboard=False, progress=progress, progress_desc="train")
     start = time.perf_counter()
     epochs_run = epoch
     try:
-        for epoch in range(epochs_run + 1, cfg.max_epochs + 1):
+        for epoch in range(epochs_run + 1, stopping.max_epochs + 1):
             if done:
                 break
             losses, t_epoch, first_step = [], time.perf_counter(), step
-            for _, batch in _batches(train_set, kind, cfg, embeddings, num_classes, rng_np, min_separation):
+            for _, batch in source.batches(train_set, rng_np):
                 key, sub = jax.random.split(key)
                 trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, frozen, batch, sub)
                 step += 1
@@ -243,13 +273,12 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
                     losses.append(loss)
                     rate = (step - first_step) / (time.perf_counter() - t_epoch)
                     mlog.write_row({"step": step, "epoch": epoch, "loss": loss, "grad_norm": float(gnorm),
-                                    "learning_rate": float(schedule(step // cfg.grad_accum_steps)),
+                                    "learning_rate": float(schedule(step // optimizer.grad_accum_steps)),
                                     "steps_per_s": rate})
                     mlog.advance(1, loss=f"{loss:.4f}")
                 else:
                     mlog.advance(1)
-            scores = evaluate(forward, trainable, frozen, valid_set, kind, metric, cfg, embeddings=embeddings,
-                              num_classes=num_classes, min_separation=min_separation)
+            scores = evaluate(forward, trainable, frozen, valid_set, source)
             watched = next(iter(scores.values()))
             improved = best is None or watched > next(iter(best.values()))
             mlog.write_row({"step": step, "epoch": epoch, "split": "valid", **scores, "best": improved,
@@ -260,7 +289,7 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
                 best, best_epoch, bad_epochs = scores, epoch, 0
             else:
                 bad_epochs += 1
-                done = bad_epochs >= cfg.patience
+                done = bad_epochs >= stopping.patience
             epochs.save(epoch, trainable, opt_state, {
                 "epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "done": done, "numpy_rng": rng_np.bit_generator.state,

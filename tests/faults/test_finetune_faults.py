@@ -64,8 +64,8 @@ def _write_csv(path, rows):
 def _flags(model_dir, data_dir, *extra):
     return ["--gin_file=configs/downstream/fluorescence.gin", f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.DATA_DIR='{data_dir}'", f"--gin.ENCODER='{ENCODER}'", "--gin.run.progress=False",
-            "--gin.OptimizerConfig.max_epochs=3", "--gin.OptimizerConfig.patience=5",
-            "--gin.OptimizerConfig.batch_size=8", "--gin.run.log_every=1", *extra]
+            "--gin.StoppingConfig.max_epochs=3", "--gin.StoppingConfig.patience=5",
+            "--gin.BatchingConfig.batch_size=8", "--gin.run.log_every=1", *extra]
 
 
 def _one_line_error(capsys) -> str:
@@ -171,7 +171,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
 
     for extra, named in (([f"--gin.ENCODER='{random_encoder_dir(1, 1)}'"], "encoder_fingerprint"),
                          (["--gin.run.mode='full'"], "mode: 'frozen' in run.json, 'full' now"),
-                         (["--gin.OptimizerConfig.max_epochs=4"], "optimizer.max_epochs: 3 in run.json, 4 now")):
+                         (["--gin.StoppingConfig.max_epochs=4"], "stopping.max_epochs: 3 in run.json, 4 now")):
         assert finetune.main(_flags(model_dir, data_dir, *extra)) == 2
         assert named in _one_line_error(capsys)
         assert _snapshot(model_dir) == done                          # config.gin included
