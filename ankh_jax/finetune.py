@@ -33,7 +33,7 @@ import sys
 from ankh_jax import flags
 
 PROG = "python -m ankh_jax.finetune"
-GIN_MODULES = ("ankh_jax.downstream.runner",)   # run, HeadConfig, LoraConfig, OptimizerConfig, BatchingConfig, StoppingConfig
+GIN_MODULES = ("ankh_jax.downstream.runner",)   # run and its *Config settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,12 @@ instead of float32) is refused, so a cache never mixes two models. A file that i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
 
+import gin
 import h5py
 import numpy as np
 
@@ -27,6 +29,19 @@ from ankh_jax.downstream.encoder_source import Encoder
 from ankh_jax.errors import InputError
 from ankh_jax.io import embeddings_h5
 from ankh_jax.model.fingerprint import embedding_fingerprint
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EmbeddingCacheConfig:
+    """Frozen mode's embeddings: computed once in ``compute_dtype`` (``'bfloat16'`` on TPU), ``batch_tokens``
+    residues a batch, kept in ``storage_dtype`` (``'float16'`` halves the file) at ``path`` (default
+    ``MODEL_DIR/embeddings.h5``; several runs may share one)."""
+
+    path: str | None = None
+    batch_tokens: int = 16384
+    compute_dtype: str = "float32"
+    storage_dtype: str = "float32"
 
 
 class CacheMismatchError(InputError):
@@ -110,7 +125,7 @@ def _check_existing(path: str, attrs: dict, log) -> None:
     if stored.get("format_version") != embeddings_h5.FORMAT_VERSION:
         raise CacheMismatchError(f"{path}: an embedding cache of another ankh_jax version (format "
                                  f"{stored.get('format_version')}, this one writes {embeddings_h5.FORMAT_VERSION}); "
-                                 "delete it or point run.embedding_cache elsewhere")
+                                 "delete it or point EmbeddingCacheConfig.path elsewhere")
 
 
 def _cached_keys(path: str) -> set[str]:

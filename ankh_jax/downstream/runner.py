@@ -20,7 +20,7 @@ import numpy as np
 
 from ankh_jax.downstream import leakage, run_records, trainer
 from ankh_jax.downstream import lora as lora_lib
-from ankh_jax.downstream.embedding_cache import build_cache
+from ankh_jax.downstream.embedding_cache import EmbeddingCacheConfig, build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import TaskData, TaskSpec, load_task
 from ankh_jax.errors import InputError
@@ -110,22 +110,18 @@ def _print_table(rows: list[tuple[str, dict]], title: str):
 
 @gin.configurable
 def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: str = gin.REQUIRED,
-        mode: str = "frozen", seed: int = 0, embedding_cache: str | None = None, batch_tokens: int = 16384,
-        cache_dtype: str = "float32", embed_dtype: str = "float32", progress: bool = True, log_every: int = 20,
+        mode: str = "frozen", seed: int = 0, strict: bool = False, progress: bool = True, log_every: int = 20,
         head_config: HeadConfig | None = None, optimizer: trainer.OptimizerConfig | None = None,
         batching: trainer.BatchingConfig | None = None, stopping: trainer.StoppingConfig | None = None,
-        lora: LoraConfig | None = None, strict: bool = False) -> dict:
+        lora: LoraConfig | None = None, embeddings: EmbeddingCacheConfig | None = None) -> dict:
     """Runs one task end to end and returns what ``results.json`` holds.
 
-    Frozen mode: ``embed_dtype`` is the encoder's compute dtype while embedding (``'bfloat16'`` on TPU),
-    ``cache_dtype`` the HDF5 storage dtype (``'float16'`` halves the cache), ``embedding_cache`` another cache
-    path (default ``MODEL_DIR/embeddings.h5``), ``batch_tokens`` the embedding batch budget. ``strict``: refuse
-    (rather than warn about) splits that share or repeat sequences (``ankh_jax.downstream.leakage``).
+    ``strict``: refuse (rather than warn about) splits that share or repeat sequences
+    (``ankh_jax.downstream.leakage``). ``embeddings``: frozen mode's embedding cache (path, batch, dtypes).
     """
     settings = Settings(mode, seed, head_config or HeadConfig(), optimizer or trainer.OptimizerConfig(),
                         batching or trainer.BatchingConfig(), stopping or trainer.StoppingConfig(),
-                        lora or LoraConfig(), embedding_cache, batch_tokens, cache_dtype, embed_dtype, progress,
-                        log_every)
+                        lora or LoraConfig(), embeddings or EmbeddingCacheConfig(), progress, log_every)
     if mode not in ("frozen", "full", "attention"):
         raise InputError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
     if mode == "attention" and task.label_kind.attention_run is None:
@@ -181,10 +177,7 @@ class Settings:
     batching: trainer.BatchingConfig
     stopping: trainer.StoppingConfig
     lora: LoraConfig
-    embedding_cache: str | None
-    batch_tokens: int
-    cache_dtype: str
-    embed_dtype: str
+    embeddings: EmbeddingCacheConfig
     progress: bool
     log_every: int
 
@@ -193,7 +186,8 @@ class Settings:
         return {"mode": self.mode, "seed": self.seed, "head": dataclasses.asdict(self.head),
                 "optimizer": dataclasses.asdict(self.optimizer), "batching": dataclasses.asdict(self.batching),
                 "stopping": dataclasses.asdict(self.stopping), "lora": dataclasses.asdict(self.lora),
-                "cache_dtype": self.cache_dtype, "embed_dtype": self.embed_dtype}
+                "embeddings": {"compute_dtype": self.embeddings.compute_dtype,
+                               "storage_dtype": self.embeddings.storage_dtype}}
 
 
 def _write_run_records(model_dir: str, state: str, identity: dict, enc, data: TaskData, leaks: dict) -> None:
@@ -216,9 +210,10 @@ def _embeddings(data: TaskData, enc, model_dir: str, settings: Settings):
     """Frozen mode: every split's sequences embedded once into the cache; ``(sequence -> [L, d], seconds)``."""
     every = [s for split in data.splits.values() for s in split.sequences]
     t0 = time.perf_counter()
-    store = build_cache(enc, every, settings.embedding_cache or os.path.join(model_dir, "embeddings.h5"),
-                        batch_tokens=settings.batch_tokens, storage_dtype=settings.cache_dtype,
-                        compute_dtype=settings.embed_dtype, progress=settings.progress)
+    cache = settings.embeddings
+    store = build_cache(enc, every, cache.path or os.path.join(model_dir, "embeddings.h5"),
+                        batch_tokens=cache.batch_tokens, storage_dtype=cache.storage_dtype,
+                        compute_dtype=cache.compute_dtype, progress=settings.progress)
     return store.__getitem__, time.perf_counter() - t0
 
 
