@@ -363,17 +363,26 @@ def test_finetune_plots_never_raise(tmp_path, capsys):
     assert "test-set plots not drawn: RuntimeError: predict failed" in one_error_line(capsys.readouterr().err)
 
 
-def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir):
-    """Through the runner: a tiny regression task, one epoch; the plots sit beside results.json."""
+def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir, monkeypatch):
+    """Through the runner: a tiny regression task, one epoch; the plots sit beside results.json. The test split is
+    predicted once (issue 22: once to score it, then again to draw it), and the scatter's Spearman is the score's."""
     import csv
 
     import gin
 
     gin.clear_config()  # the pretraining run above leaves gin locked; importing the runner registers configurables
     from ankh_jax import finetune
+    from ankh_jax.downstream import trainer
 
+    predicted, real_predict = [], trainer.predict
+
+    def counting_predict(forward, trainable, frozen, examples, source):
+        predicted.append(len(examples.sequences))
+        return real_predict(forward, trainable, frozen, examples, source)
+
+    monkeypatch.setattr(trainer, "predict", counting_predict)
     rng = np.random.default_rng(4)
-    for name, count in (("train", 24), ("validation", 8), ("test", 8)):
+    for name, count in (("train", 24), ("validation", 8), ("test", 6)):
         with open(tmp_path / f"{name}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["primary", "log_fluorescence"])
@@ -389,6 +398,7 @@ def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir):
     finally:
         gin.clear_config()
     assert (model_dir / "results.json").is_file()
+    assert predicted == [8, 6]                     # validation after the one epoch, then the test split once
     assert sorted(p.name for p in (model_dir / "plots").iterdir()) == ["learning_curves.png", "regression_scatter.png"]
     for path in (model_dir / "plots").iterdir():
         assert_png(path)
