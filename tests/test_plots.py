@@ -374,13 +374,9 @@ def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir, monkeypatch
     from ankh_jax import finetune
     from ankh_jax.downstream import trainer
 
-    predicted, real_predict = [], trainer.predict
-
-    def counting_predict(forward, trainable, frozen, examples, source):
-        predicted.append(len(examples.sequences))
-        return real_predict(forward, trainable, frozen, examples, source)
-
-    monkeypatch.setattr(trainer, "predict", counting_predict)
+    predicted = []  # the size of each split predicted (args: forward, trainable, frozen, examples, source)
+    monkeypatch.setattr(trainer, "predict", lambda *args, real=trainer.predict:
+                        predicted.append(len(args[3].sequences)) or real(*args))
     rng = np.random.default_rng(4)
     for name, count in (("train", 24), ("validation", 8), ("test", 6)):
         with open(tmp_path / f"{name}.csv", "w", newline="") as f:
