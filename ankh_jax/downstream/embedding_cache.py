@@ -119,13 +119,13 @@ def _check_existing(path: str, attrs: dict, log) -> None:
         os.replace(path, aside)
         log(f"{path} was unreadable ({err}); moved to {aside}, embedding again")
         return
-    if count and stored.get("fingerprint") != attrs["fingerprint"]:
-        raise CacheMismatchError(f"{path} holds embeddings of another model or setting ({_describe(stored)}), not "
-                                 f"of this run's ({_describe(attrs)}); delete it or point the run elsewhere")
-    if stored.get("format_version") != embeddings_h5.FORMAT_VERSION:
+    if stored.get("format_version") != embeddings_h5.FORMAT_VERSION:  # earlier caches: written in place, no ids
         raise CacheMismatchError(f"{path}: an embedding cache of another ankh_jax version (format "
                                  f"{stored.get('format_version')}, this one writes {embeddings_h5.FORMAT_VERSION}); "
                                  "delete it or point EmbeddingCacheConfig.path elsewhere")
+    if count and stored.get("fingerprint") != attrs["fingerprint"]:
+        raise CacheMismatchError(f"{path} holds embeddings of another model or setting ({_describe(stored)}), not "
+                                 f"of this run's ({_describe(attrs)}); delete it or point the run elsewhere")
 
 
 def _cached_keys(path: str) -> set[str]:

@@ -138,3 +138,19 @@ def test_a_killed_cache_build_keeps_the_file_and_its_finished_parts(tmp_path, ra
         np.testing.assert_allclose(store[s], e, rtol=1e-5, atol=1e-6)
     store.close()
     assert not (tmp_path / "embeddings.h5.partial").exists() and partial_dir(path).endswith(".partial")
+
+
+def test_a_cache_of_the_earlier_format_is_refused_untouched(tmp_path, random_encoder_dir):
+    """Caches written in place before (no format version, no ids) cannot be resumed by the crash-safe writer."""
+    import h5py
+
+    from ankh_jax.downstream.embedding_cache import CacheMismatchError
+
+    path = tmp_path / "embeddings.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["fingerprint"] = "sha256:0"
+        f.create_dataset("0" * 40, data=np.zeros((3, 4), np.float32))
+    before = path.read_bytes()
+    with pytest.raises(CacheMismatchError, match=r"embeddings.h5: an embedding cache of another ankh_jax version"):
+        build_cache(load_encoder(random_encoder_dir(0)), ["MKV"], str(path), progress=False)
+    assert path.read_bytes() == before and not (tmp_path / "embeddings.h5.partial").exists()
