@@ -18,7 +18,7 @@ LAYERS = [
     {"ankh_jax.model"},
     {"ankh_jax.data", "ankh_jax.io"},
     {"ankh_jax.training", "ankh_jax.inference", "ankh_jax.plots"},
-    {"ankh_jax.downstream", "ankh_jax.plots.finetune_plots", "ankh_jax.testing"},
+    {"ankh_jax.downstream", "ankh_jax.testing"},
     {"ankh_jax.api"},
     {"ankh_jax.flags", "ankh_jax.train", "ankh_jax.finetune", "ankh_jax.embed", "ankh_jax.export_hf",
      "ankh_jax.generate", "ankh_jax.score", "ankh_jax.plot", "ankh_jax.plan_memory"},
