@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Iterable
 from importlib import resources
 
+from ankh_jax.errors import InputError, InputNotFoundError
+
 EXIT_BAD_INPUT = 2      # a usage, configuration or input error: one line on stderr, nothing written
 EXIT_NON_FINITE = 3     # training hit a NaN/inf loss
 
@@ -75,7 +77,7 @@ def find_gin_file(name: str, paths: list[str]) -> str:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(f"gin file {name!r} not found (searched {', '.join(paths)})")
+    raise InputNotFoundError(f"gin file {name!r} not found (searched {', '.join(paths)})")
 
 
 def parse_gin(files: list[str], bindings: list[str], extra_search_paths: Iterable[str] = (), *,
@@ -145,7 +147,7 @@ def check_macros_are_used(bindings: list[str]) -> None:
                             if selector == "gin.macro" and scope != name and scope in referenced)
             close = difflib.get_close_matches(name, macros, n=1)
             hint = f"; did you mean {close[0]}?" if close else f" (macros read here: {', '.join(macros)})"
-            raise ValueError(f"binding '{binding.strip()}': no configuration reads the macro {name}{hint}")
+            raise InputError(f"binding '{binding.strip()}': no configuration reads the macro {name}{hint}")
 
 
 def one_line(err: BaseException) -> str:
@@ -166,12 +168,10 @@ def configure(prog: str, args: GinArgs, *, modules: Iterable[str] = ()) -> bool:
 
 
 def command_errors() -> tuple[type[BaseException], ...]:
-    """What a command reports as bad input (one line, exit 2) rather than a traceback: a wrong path, file, record,
-    setting or checkpoint (every one a ValueError or FileNotFoundError), and a directory another run holds. Anything
-    else is a bug and keeps its traceback."""
-    from ankh_jax.io.dir_lock import DirectoryInUseError
-
-    return ValueError, FileNotFoundError, DirectoryInUseError
+    """What a command reports as bad input (one line, exit 2) rather than a traceback: :class:`InputError` (a wrong
+    path, file, record, setting or checkpoint, a directory another run holds). Anything else, a plain ``ValueError``
+    from jax, orbax or optax included, is a bug and keeps its traceback (exit 1)."""
+    return (InputError,)
 
 
 def report(prog: str, err: BaseException) -> int:

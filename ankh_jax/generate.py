@@ -26,6 +26,7 @@ import tempfile
 import numpy as np
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.inference.decoding import STRATEGIES
 
 
@@ -68,8 +69,8 @@ def plan_masks(args, records) -> list[list[tuple[int, ...]]]:
                 masks.append([infilling.random_positions(len(r.sequence), args.mask_fraction,
                                                          np.random.default_rng([args.seed, i, s]))
                               for s in range(args.num_samples)])
-        except ValueError as e:
-            raise ValueError(where + str(e)) from None
+        except InputError as e:
+            raise InputError(where + str(e)) from None
     return masks
 
 
@@ -92,20 +93,20 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.io.loading import load
 
     if (args.mask is None) == (args.mask_fraction is None):
-        raise ValueError("give exactly one of --mask (positions/spans) or --mask_fraction")
+        raise InputError("give exactly one of --mask (positions/spans) or --mask_fraction")
     if args.mask_fraction is not None and not 0 < args.mask_fraction <= 1:
-        raise ValueError(f"--mask_fraction={args.mask_fraction}; must be in (0, 1]")
+        raise InputError(f"--mask_fraction={args.mask_fraction}; must be in (0, 1]")
     if args.max_records is not None and args.max_records < 1:
-        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
+        raise InputError(f"--max_records={args.max_records}; must be at least 1")
     if args.num_samples < 1:
-        raise ValueError(f"--num_samples={args.num_samples}; must be at least 1")
+        raise InputError(f"--num_samples={args.num_samples}; must be at least 1")
     decoding.check_settings(strategy=args.strategy, max_new_tokens=1, num_beams=args.num_beams,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if not os.path.isfile(args.fasta):
-        raise FileNotFoundError(f"{args.fasta}: no such file")
+        raise InputNotFoundError(f"{args.fasta}: no such file")
     records = load_fasta(args.fasta)[: args.max_records]
     if not records:
-        raise ValueError(f"{args.fasta}: no records")
+        raise InputError(f"{args.fasta}: no records")
     masks = plan_masks(args, records)
     config, params = load(args.model, step=args.step)
     from ankh_jax.data.tokenizer import read_model_tokens

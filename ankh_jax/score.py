@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
+from ankh_jax.errors import InputError, InputNotFoundError
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
 
@@ -52,7 +53,7 @@ def read_wildtype(value: str) -> str:
     if os.path.isfile(value):
         records = load_fasta(value)
         if len(records) != 1:
-            raise ValueError(f"{value}: --wildtype needs a FASTA file with exactly one record, found {len(records)}")
+            raise InputError(f"{value}: --wildtype needs a FASTA file with exactly one record, found {len(records)}")
         return records[0].sequence
     return clean_sequence(value, source="--wildtype")
 
@@ -62,26 +63,26 @@ def read_mutations(path: str, column: str, wildtype: str, score_column: str | No
     from ankh_jax.inference.scoring import parse_mutant
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+        raise InputNotFoundError(f"{path}: no such file")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         rows = list(reader)
     if column not in header:
-        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(header) or 'none'})")
+        raise InputError(f"{path}: no column {column!r} (columns: {', '.join(header) or 'none'})")
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     if score_column is None:
         score_column = next((c for c in DEFAULT_SCORE_COLUMNS if c in header), None)
     elif score_column not in header:
-        raise ValueError(f"{path}: no column {score_column!r} for --score_column")
+        raise InputError(f"{path}: no column {score_column!r} for --score_column")
     for line, row in enumerate(rows, start=2):
         parse_mutant(row[column] or "", wildtype, where=f"{path}: line {line}: mutant {row[column]!r}: ")
         if score_column is not None:
             try:
                 float(row[score_column])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number") from None
+                raise InputError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number") from None
     return header, rows, [r[column] for r in rows], score_column
 
 
@@ -105,27 +106,27 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.io.loading import load
 
     if (args.fasta is None) == (args.mutations is None):
-        raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
+        raise InputError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
     if args.max_records is not None and args.max_records < 1:
-        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
+        raise InputError(f"--max_records={args.max_records}; must be at least 1")
     if args.batch_tokens < 1:
-        raise ValueError(f"--batch_tokens={args.batch_tokens}; must be positive")
+        raise InputError(f"--batch_tokens={args.batch_tokens}; must be positive")
     if args.fasta is not None:
         from ankh_jax.data.fasta import load_fasta
 
         if not os.path.isfile(args.fasta):
-            raise FileNotFoundError(f"{args.fasta}: no such file")
+            raise InputNotFoundError(f"{args.fasta}: no such file")
         records = load_fasta(args.fasta)[: args.max_records]
         if not records:
-            raise ValueError(f"{args.fasta}: no records")
+            raise InputError(f"{args.fasta}: no records")
     else:
         if args.wildtype is None:
-            raise ValueError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
+            raise InputError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
         wildtype = read_wildtype(args.wildtype)
         header, rows, mutants, score_column = read_mutations(args.mutations, args.mutant_column, wildtype,
                                                              args.score_column)
         if args.output_column in header:
-            raise ValueError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
+            raise InputError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
     config, params = load(args.model, step=args.step)
     from ankh_jax.data.tokenizer import read_model_tokens
 

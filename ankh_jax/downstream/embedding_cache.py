@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ankh_jax.downstream.encoder_source import Encoder
+from ankh_jax.errors import InputError
 
 
 def sequence_key(sequence: str) -> str:
@@ -92,7 +93,7 @@ def _check_existing(path: str, attrs: dict, log) -> None:
         log(f"{path} was unreadable ({err}); moved to {aside}, embedding again")
         return
     if count and stored.get("fingerprint") != attrs["fingerprint"]:
-        raise ValueError(f"{path} holds embeddings of another model or setting ({_describe(stored)}), not of "
+        raise InputError(f"{path} holds embeddings of another model or setting ({_describe(stored)}), not of "
                          f"this run's ({_describe(attrs)}); delete it or point the run elsewhere")
 
 

@@ -22,6 +22,7 @@ from ankh_jax.downstream import objectives, run_records, trainer
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.downstream.task_spec import POOLED_KINDS, TaskData, TaskSpec, load_task
+from ankh_jax.errors import InputError
 from ankh_jax.io.dir_lock import DirectoryLock
 from ankh_jax.plots.finetune_plots import draw_finetune_plots
 
@@ -89,7 +90,7 @@ def _headless_runner(kind: str):
         return gin.get_configurable(name)
     except ValueError:
         module = "lookup" if kind == "lookup" else "contacts"
-        raise ValueError(f"{name} is not registered: the {kind} task's gin file must `import "
+        raise InputError(f"{name} is not registered: the {kind} task's gin file must `import "
                          f"ankh_jax.tasks.{module}`") from None
 
 
@@ -118,9 +119,9 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
     opt_cfg = optimizer or trainer.OptimizerConfig()
     lora_cfg = lora or LoraConfig()
     if mode not in ("frozen", "full", "attention"):
-        raise ValueError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
+        raise InputError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
     if mode == "attention" and task.kind != "contact":
-        raise ValueError(f"run.mode='attention' is for contact tasks only, not {task.name} ({task.kind})")
+        raise InputError(f"run.mode='attention' is for contact tasks only, not {task.name} ({task.kind})")
     # Everything is read and checked before the first write: the directory, the data, the encoder, the records.
     run_records.check_model_dir(model_dir)
     started = time.perf_counter()
@@ -128,7 +129,7 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
     sizes = {k: len(v.sequences) for k, v in data.splits.items()}
     trains_head = task.kind != "lookup" and mode != "attention"
     if trains_head and not {"train", "valid"} <= set(data.splits):
-        raise ValueError(f"task {task.name}: training a head needs train and validation splits "
+        raise InputError(f"task {task.name}: training a head needs train and validation splits "
                          f"(bind {task.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     enc = load_encoder(encoder)
     identity = json.loads(json.dumps({

@@ -30,6 +30,7 @@ from ankh_jax.data.tokenizer import InvalidSequenceError, clean_sequence
 from ankh_jax.downstream import datasets
 from ankh_jax.downstream.datasets import DataError
 from ankh_jax.downstream.metrics import IGNORE, contact_map
+from ankh_jax.errors import InputError
 
 KINDS = ("sequence_class", "sequence_binary", "sequence_regression", "sequence_multilabel", "residue_class",
          "contact", "lookup")
@@ -57,7 +58,7 @@ class TaskSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"task {self.name}: kind {self.kind!r} not in {KINDS}")
+            raise InputError(f"task {self.name}: kind {self.kind!r} not in {KINDS}")
 
     def source(self, relative: str) -> str:
         return relative if os.path.isabs(relative) or not self.data_dir else os.path.join(self.data_dir, relative)

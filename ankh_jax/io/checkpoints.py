@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class Checkpointer:
     def __init__(self, model_dir: str, *, save_interval_steps: int, max_to_keep: int = 3,
                  async_save: bool = True):
         if save_interval_steps <= 0:
-            raise ValueError(f"save_interval_steps must be positive, got {save_interval_steps}")
+            raise InputError(f"save_interval_steps must be positive, got {save_interval_steps}")
         self.model_dir = os.path.abspath(model_dir)
         self.directory = os.path.join(self.model_dir, CHECKPOINT_SUBDIR)
         self.save_interval_steps = save_interval_steps
@@ -317,7 +318,7 @@ def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -
 
     config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
+        raise InputNotFoundError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
     with open(config_path) as f:
         config = T5Config.from_json(f.read())
     directory = os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR)

@@ -20,11 +20,13 @@ from typing import Self
 
 import filelock
 
+from ankh_jax.errors import InputError
+
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner"
 
 
-class DirectoryInUseError(RuntimeError):
+class DirectoryInUseError(InputError):
     """Another live process holds the directory."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io.hf_mapping import CONFIG_FILE as HF_CONFIG_FILE
 from ankh_jax.io.hf_mapping import require_finite
 from ankh_jax.model.config import T5Config
@@ -26,14 +27,14 @@ def model_format(path: str | os.PathLike) -> str:
     """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error."""
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: is a file, not a model directory")
+        raise InputNotFoundError(f"{path}: is a file, not a model directory")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such model directory")
+        raise InputNotFoundError(f"{path}: no such model directory")
     if os.path.exists(os.path.join(path, ANKH_JAX_CONFIG_FILE)):
         return "ankh_jax"
     if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
         return "hf"
-    raise FileNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
+    raise InputNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
                             f"HuggingFace model directory ({HF_CONFIG_FILE})")
 
 
@@ -49,7 +50,7 @@ def load(path: str | os.PathLike, *, encoder_only: bool = False, step: int | Non
     path = os.fspath(path)
     if model_format(path) == "hf":
         if step is not None:
-            raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
+            raise InputError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
         from ankh_jax.io import flax_msgpack
         from ankh_jax.io.hf_files import load_hf_model
 

@@ -25,6 +25,8 @@ import gin
 import jax.numpy as jnp
 from gin import config_parser
 
+from ankh_jax.errors import InputError, InputNotFoundError
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # The gated feed-forward's activation, named as transformers names it (``dense_act_fn``): Ankh's ``gelu_new``
 # (GELU, tanh approximation; ``feed_forward_proj: "gated-gelu"``) and Ankh2's ``silu`` ("gated-silu").
@@ -65,17 +67,17 @@ class T5Config:
 
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+            raise InputError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if self.attention_chunk_size < 0:
-            raise ValueError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
+            raise InputError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
                              f"{self.attention_chunk_size}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
+            raise InputError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises on a bad name
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "relative_attention_num_buckets"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+                raise InputError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
 
     # -- presets (read from configs/models/*.gin) --------------------------------------------------------------
     @classmethod
@@ -128,7 +130,7 @@ class T5Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown T5Config fields {sorted(unknown)}")
+            raise InputError(f"unknown T5Config fields {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
@@ -171,7 +173,7 @@ class T5Config:
         activation = activation_of_hf(d.get("feed_forward_proj", "relu"))
         if d.get("tie_word_embeddings") is True:
             # Ankh's released models have an untied lm_head and no d_model**-0.5 rescale; a tied T5 would need both.
-            raise ValueError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
+            raise InputError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
         fields = {
             "vocab_size": d["vocab_size"], "d_model": d["d_model"], "d_kv": d["d_kv"], "d_ff": d["d_ff"],
             "num_heads": d["num_heads"], "num_encoder_layers": d["num_layers"],
@@ -204,11 +206,11 @@ def activation_of_hf(feed_forward_proj: str) -> str:
     is gated with ``X``, and ``gated-gelu`` means ``gelu_new``); a T5 ankh_jax cannot run is a ValueError."""
     gated, _, act = str(feed_forward_proj).rpartition("-")
     if gated != "gated":
-        raise ValueError(f"feed_forward_proj={feed_forward_proj!r} is a non-gated (T5 v1.0) feed-forward; ankh_jax "
+        raise InputError(f"feed_forward_proj={feed_forward_proj!r} is a non-gated (T5 v1.0) feed-forward; ankh_jax "
                          f"runs gated T5s only (Ankh, Ankh2: gated-gelu, gated-silu)")
     act = "gelu_new" if act == "gelu" else act
     if act not in ACTIVATIONS:
-        raise ValueError(f"feed_forward_proj={feed_forward_proj!r}: activation {act!r} is not implemented; ankh_jax "
+        raise InputError(f"feed_forward_proj={feed_forward_proj!r}: activation {act!r} is not implemented; ankh_jax "
                          f"runs gated-gelu (gelu_new) and gated-silu T5s")
     return act
 
@@ -239,14 +241,14 @@ def _read_model_gin(name: str) -> tuple[tuple[str, object], ...]:
     configs = resources.files("ankh_jax.configs")
     source = configs.joinpath(name)
     if not source.is_file():
-        raise FileNotFoundError(f"model gin file {name!r} not found in {configs}")
+        raise InputNotFoundError(f"model gin file {name!r} not found in {configs}")
     bindings: dict[str, object] = {}
     for statement in config_parser.ConfigParser(source.read_text(), _LiteralsOnly()):
         if isinstance(statement, config_parser.IncludeStatement):
             bindings.update(_read_model_gin(statement.filename))
         elif isinstance(statement, config_parser.BindingStatement) and statement.selector == "T5Config":
             if statement.scope or isinstance(statement.value, _Reference):
-                raise ValueError(f"{name}: {statement.location.line_content.strip()!r}: a preset's gin file binds "
+                raise InputError(f"{name}: {statement.location.line_content.strip()!r}: a preset's gin file binds "
                                  "unscoped literal T5Config values only")
             bindings[statement.arg_name] = statement.value
     return tuple(bindings.items())

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
+from ankh_jax.errors import InputError
+
 PLOTS_SUBDIR = "plots"
 DPI = 110
 
 
-class PlotInputError(ValueError):
+class PlotInputError(InputError):
     """An input a picture cannot be drawn from (missing file, wrong format); the message names it."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ankh_jax.errors import InputError
 from ankh_jax.io.jsonl import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
@@ -49,7 +50,7 @@ def read_metrics(model_dir: str) -> list[dict]:
         with open(path, "rb") as f:
             last = sum(1 for _ in f)
         if bad != [last]:
-            raise ValueError(f"{path}: line {bad[0]} is not a JSON object")
+            raise InputError(f"{path}: line {bad[0]} is not a JSON object")
         log.warning("%s: dropped an incomplete last line %d (a crash while writing it)", path, last)
     return rows
 

@@ -11,6 +11,7 @@ import gin
 import jax
 import numpy as np
 
+from ankh_jax.errors import InputError
 from ankh_jax.io import checkpoints as ckpt_lib
 from ankh_jax.io.dir_lock import DirectoryInUseError, DirectoryLock
 from ankh_jax.training.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
@@ -22,7 +23,7 @@ ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encode
                "relative_attention_num_buckets", "relative_attention_max_distance", "activation")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(InputError):
     """The run's configuration is invalid or does not fit what MODEL_DIR holds; nothing was written."""
 
 
@@ -66,7 +67,7 @@ def restore_input_position(train_iter, input_states: list[dict] | None, first_sh
     if len(input_states) == now:
         try:
             train_iter.set_state(input_states[first_shard:first_shard + mine])
-        except ValueError as err:
+        except InputError as err:
             raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
         if jax.process_count() != saved_hosts:
             info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "
