@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.data.tokenizer import read_model_tokens
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
     from ankh_jax.io.loading import load
+    from ankh_jax.storage import outputs
 
     if args.batch_tokens < 1:
         raise InputError(f"--batch_tokens={args.batch_tokens} must be positive")
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> dict:
                  "max_length": -1 if args.max_length is None else args.max_length,
                  "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta)}
     check_compatible(args.output, run_attrs)  # a directory, a foreign HDF5, other settings: before the FASTA
+    outputs.check_destinations({"--output": args.output, "--metrics_file": metrics_path(args)}, {"--fasta": args.fasta})
     records = load_fasta(args.fasta)  # invalid residues, empty records, duplicate ids: errors naming the record
     if not records:
         raise InputError(f"{args.fasta}: no sequences")

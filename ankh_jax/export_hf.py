@@ -21,6 +21,7 @@ import sys
 from ankh_jax import flags
 from ankh_jax.errors import InputError
 from ankh_jax.io.hf_export import check_output, export
+from ankh_jax.storage import outputs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
 
     try:
         check_output(args.output)  # before the (slow) model load
+        outputs.check_destinations({"--output": args.output}, {"--model": args.model}, directories=("--output",))
         if args.max_shard_size_gb is not None and args.max_shard_size_gb <= 0:
             raise InputError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
         config, params = load(args.model, encoder_only=args.encoder_only, step=args.step)  # plain, unrolled

@@ -40,6 +40,9 @@ def read_flax_tensors(path: str) -> dict[str, np.ndarray]:
     """``{PyTorch T5 tensor name: array [out, in]}`` of a ``flax_model.msgpack`` (dtype as stored)."""
     from flax import serialization
 
+    from ankh_jax.io.hf_files import require_regular_file
+
+    require_regular_file(path, "a weight file")  # a link to /dev/zero would be read forever
     try:
         with open(path, "rb") as f:
             tree = serialization.msgpack_restore(f.read())

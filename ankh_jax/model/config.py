@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 from importlib import resources
 
 import gin
@@ -32,6 +33,13 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # (GELU, tanh approximation; ``feed_forward_proj: "gated-gelu"``) and Ankh2's ``silu`` ("gated-silu").
 ACTIVATIONS = ("gelu_new", "silu")
 # The presets' gin files, relative to the shipped configs (``ankh_jax.configs``, the checkout's configs/).
+# The range of each size: far above any Ankh (48 + 24 layers, d_model 1536, d_ff 3840), far below what would
+# exhaust memory before a shape is compared with the weights.
+SIZE_LIMITS = {"vocab_size": (1, 1 << 20), "d_model": (1, 1 << 16), "d_kv": (1, 1 << 12), "d_ff": (1, 1 << 18),
+               "num_heads": (1, 1 << 10), "num_encoder_layers": (0, 1 << 10), "num_decoder_layers": (0, 1 << 10),
+               "relative_attention_num_buckets": (1, 1 << 12), "relative_attention_max_distance": (1, 1 << 24),
+               "attention_chunk_size": (0, 1 << 24), "decoder_start_token_id": (0, 1 << 20),
+               "pad_token_id": (0, 1 << 20), "eos_token_id": (0, 1 << 20)}
 PRESET_GIN_FILES = {"ankh_base": "models/ankh_base.gin", "ankh_large": "models/ankh_large.gin",
                     "ankh2_large": "models/ankh2_large.gin", "tiny": "models/ankh_tiny.gin"}
 
@@ -68,16 +76,29 @@ class T5Config:
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
             raise InputError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        if self.attention_chunk_size < 0:
+        if isinstance(self.attention_chunk_size, numbers.Integral) and self.attention_chunk_size < 0:
             raise InputError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
                              f"{self.attention_chunk_size}")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises on a bad name
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "relative_attention_num_buckets"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Every size an integer within :data:`SIZE_LIMITS` (a config from a stranger's model directory must not
+        make the loader build ten million layers' names, or allocate a 10^9-wide embedding, before it is
+        refused); the float knobs finite numbers in range."""
+        for name, (low, high) in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"T5Config.{name}={value!r}: must be an integer")
+            if not low <= value <= high:
+                raise InputError(f"T5Config.{name}={value}: must be in {low}..{high}")
+        for name, (low, high) in (("dropout_rate", (0.0, 1.0)), ("layer_norm_epsilon", (0.0, 1.0))):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value < high:
+                raise InputError(f"T5Config.{name}={value!r}: must be a number in [{low}, {high})")
 
     # -- presets (read from configs/models/*.gin) --------------------------------------------------------------
     @classmethod
