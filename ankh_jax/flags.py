@@ -161,10 +161,28 @@ def configure(prog: str, args: GinArgs, *, modules: Iterable[str] = ()) -> bool:
     """:func:`parse_gin` for a command: False (after one line on stderr) when the configuration is invalid."""
     try:
         parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, modules=modules)
-    except Exception as err:  # noqa: BLE001 - gin raises ValueError/KeyError/SyntaxError/... naming the binding
+    except SyntaxError as err:
+        print(f"{prog}: error: invalid gin configuration: {gin_syntax_error(err)}", file=sys.stderr)
+        return False
+    except Exception as err:  # noqa: BLE001 - gin raises ValueError/KeyError/... naming the binding
         print(f"{prog}: error: invalid gin configuration: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
         return False
     return True
+
+
+def gin_syntax_error(err: SyntaxError) -> str:
+    """gin's SyntaxError in one line naming the binding (or file and line); an unquoted string value gets the
+    quoting it needs (``--gin.MODEL_DIR=/tmp/x`` -> ``--gin.MODEL_DIR="'/tmp/x'"``)."""
+    text = (err.text or "").strip()
+    reason = (err.msg or "").splitlines()[0].strip() if err.msg else "cannot parse"
+    if err.filename:
+        return f"{err.filename}: line {err.lineno}: {text!r}: {reason}"
+    name, _, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if value and value[0] not in "'\"[({@%-.0123456789" and value not in ("True", "False", "None"):
+        return (f"binding '{text}': {value!r} is not a gin value; a string needs inner quotes: "
+                f"--gin.{name}=\"'{value}'\"")
+    return f"binding '{text}': gin cannot parse the value {value!r} ({reason})"
 
 
 def command_errors() -> tuple[type[BaseException], ...]:

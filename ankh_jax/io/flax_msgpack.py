@@ -85,7 +85,8 @@ def load_flax_model(model_dir: str | os.PathLike, *, encoder_only: bool = False,
     path = os.path.join(model_dir, FLAX_FILE)
     tensors = read_flax_tensors(path)
     params = params_from_hf(tensors.__getitem__, set(tensors), config, encoder_only=encoder_only,
-                            lm_head_scale=lm_head_scale_of(hf_config), source=path)
+                            lm_head_scale=lm_head_scale_of(hf_config), source=path,
+                            config_source=os.path.join(model_dir, CONFIG_FILE))
     return config, params_layout.normalize(params, config)
 
 

@@ -196,7 +196,8 @@ def load_hf_model(model_dir: str | os.PathLike, *, encoder_only: bool = False, *
     config = config_from_hf(hf_config, source=os.path.join(model_dir, CONFIG_FILE), **config_overrides)
     loaders, files = open_weights(model_dir)
     params = params_from_hf(lambda k: loaders[k](), set(loaders), config, encoder_only=encoder_only,
-                            lm_head_scale=lm_head_scale_of(hf_config), source=os.path.join(model_dir, files))
+                            lm_head_scale=lm_head_scale_of(hf_config), source=os.path.join(model_dir, files),
+                            config_source=os.path.join(model_dir, CONFIG_FILE))
     return config, params_layout.normalize(params, config)
 
 

@@ -151,7 +151,8 @@ def params_to_hf(params, config: T5Config, *, encoder_only: bool = False) -> dic
 
 
 def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], config: T5Config, *,
-                   encoder_only: bool = False, lm_head_scale: float = 1.0, source: str = "checkpoint") -> dict:
+                   encoder_only: bool = False, lm_head_scale: float = 1.0, source: str = "checkpoint",
+                   config_source: str = "the config") -> dict:
     """ankh_jax params (float32 numpy, unrolled) from HF tensors.
 
     ``get_tensor(key)`` returns one tensor (lazily, so a 7 GB checkpoint is converted one tensor at a time);
@@ -160,7 +161,7 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
     checkpoint holds none (a ``T5EncoderModel``).
     """
     has_decoder = any(k.startswith("decoder.") for k in keys)
-    _check_layers_present(keys, config, source, decoder=has_decoder and not encoder_only)
+    _check_layers_present(keys, config, source, config_source, decoder=has_decoder and not encoder_only)
     entries = parameter_map(config, encoder_only=encoder_only or not has_decoder)
     wanted = {k for k, _, _ in entries}
     available = set(keys)
@@ -209,7 +210,8 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
     return params
 
 
-def _check_layers_present(keys: set[str], config: T5Config, source: str, *, decoder: bool) -> None:
+def _check_layers_present(keys: set[str], config: T5Config, source: str, config_source: str, *,
+                          decoder: bool) -> None:
     """The layer counts of the config against the layers the weights hold, before anything is built per layer: a
     ``config.json`` saying ``num_layers: 10000000`` is refused at once, not after ten million layers' names."""
     stacks = [("encoder", config.num_encoder_layers, "num_layers")]
@@ -220,8 +222,9 @@ def _check_layers_present(keys: set[str], config: T5Config, source: str, *, deco
         present = {k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)}
         if wanted > len(present):
             first = next(i for i in range(len(present) + 1) if str(i) not in present)
-            raise CheckpointError(f"{source}: missing tensors for {stack} layers {first}.. ({prefix}{first}.*): the "
-                                  f"config says {field}={wanted}, the weights hold {len(present)} {stack} layers")
+            raise CheckpointError(f"{source}: missing tensors for {stack} layers {first}.. ({prefix}{first}.*): "
+                                  f"{config_source} says {field}={wanted}, the weights hold {len(present)} {stack} "
+                                  "layers")
 
 
 def require_finite(x: np.ndarray, what: str) -> None:

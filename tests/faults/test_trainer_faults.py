@@ -157,7 +157,7 @@ def test_a_value_error_inside_a_train_step_keeps_its_traceback(tmp_path, repo_ro
     the traceback is printed and the exit status is 1, not the one-line exit 2 of a user error."""
     model_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", _BUG_IN_A_STEP, *_flags(model_dir)], cwd=repo_root,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback (most recent call last)" in proc.stderr
     assert "ValueError: a bug inside the train step" in proc.stderr
