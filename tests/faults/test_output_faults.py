@@ -12,7 +12,6 @@ import pytest
 
 from ankh_jax import export_hf, generate, score
 from ankh_jax.io import loading
-from ankh_jax.storage import outputs
 
 SEQS = ("MKTAYIAKQR", "GSHMSLFDFFKNKG")
 
@@ -187,6 +186,8 @@ def test_an_undefined_spearman_is_null_with_its_reason_in_valid_json(hf_dir_a, t
 
 
 def test_write_together_leaves_the_earlier_pair_when_a_writer_fails(tmp_path):
+    from ankh_jax.storage import outputs
+
     a, b = tmp_path / "a.csv", tmp_path / "b.fasta"
     outputs.write_together([(str(a), lambda f: f.write("a1")), (str(b), lambda f: f.write("b1"))])
     assert (a.read_text(), b.read_text()) == ("a1", "b1")

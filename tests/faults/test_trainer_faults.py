@@ -162,3 +162,13 @@ def test_a_value_error_inside_a_train_step_keeps_its_traceback(tmp_path, repo_ro
     assert "Traceback (most recent call last)" in proc.stderr
     assert "ValueError: a bug inside the train step" in proc.stderr
     assert "error: a bug inside the train step" not in proc.stderr
+
+
+def test_an_unquoted_gin_string_names_the_binding_and_the_quotes(tmp_path, capsys):
+    """Before: ``SyntaxError: Unable to parse value. (line 3)``, naming neither the binding nor the fix."""
+    model_dir = tmp_path / "run"
+    assert main(FLAGS + [f"--gin.MODEL_DIR={model_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"binding 'MODEL_DIR = {model_dir}'" in err[0], err
+    assert f"""a string needs inner quotes: --gin.MODEL_DIR="'{model_dir}'\"""" in err[0]
+    assert not model_dir.exists()
