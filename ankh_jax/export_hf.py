@@ -43,7 +43,8 @@ def main(argv=None) -> int:
 
     try:
         check_output(args.output)  # before the (slow) model load
-        outputs.check_destinations({"--output": args.output}, {"--model": args.model}, directories=("--output",))
+        # --output may be --model itself: the export is read whole, then swapped in (repairs a re-saved export)
+        outputs.check_destinations({"--output": args.output}, directories=("--output",))
         if args.max_shard_size_gb is not None and args.max_shard_size_gb <= 0:
             raise InputError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
         config, params = load(args.model, encoder_only=args.encoder_only, step=args.step)  # plain, unrolled

@@ -333,14 +333,15 @@ class ModelTokens:
 
 def _token_ids(model_dir: str) -> tuple[dict[str, int], set[str]]:
     """``{token: id}`` and the special tokens named by the tokenizer files present in ``model_dir``."""
-    docs = {}
+    from ankh_jax.io.hf_files import read_model_json
+
+    docs = {}  # each file a regular one under a size cap (never a link to /dev/zero)
     for name in TOKENIZER_FILES:
         path = os.path.join(model_dir, name)
         if os.path.exists(path):
             try:
-                with open(path) as f:
-                    docs[name] = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
+                docs[name] = read_model_json(path)
+            except OSError as e:
                 raise InputError(f"{path}: unreadable tokenizer file ({e})") from None
     ids: dict[str, int] = {}
     special: set[str] = set()

@@ -147,13 +147,17 @@ def test_outputs_honour_the_umask(hf_dir_a, fasta, tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640, name
 
 
-def test_export_hf_into_its_own_model_directory_is_refused(hf_dir_a, tmp_path, capsys):
-    model = tmp_path / "model"
-    assert export_hf.main([f"--model={hf_dir_a}", f"--output={model}"]) == 0
-    before = _listing(model)
-    assert export_hf.main([f"--model={model}", f"--output={model}"]) == 2
-    assert "is the same file as the input --model" in _one_line(capsys)
-    assert _listing(model) == before
+@pytest.mark.parametrize("where,named", [("a_file/hf", "is a file, not a directory"),
+                                         ("/proc/ankh_jax_hf", "cannot create files in /proc")])
+def test_export_hf_to_an_unwritable_place_is_refused_before_loading(hf_dir_a, tmp_path, capsys, no_model_load,
+                                                                     where, named):
+    """Before: the model was loaded and converted, then the export failed with a traceback."""
+    (tmp_path / "a_file").write_text("x")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    assert export_hf.main([f"--model={hf_dir_a}", f"--output={out}"]) == 2
+    line = _one_line(capsys)
+    assert f"--output={out}" in line and named in line, line
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
 
 
 def test_errors_name_the_flag_that_is_wrong(hf_dir_a, fasta, tmp_path, capsys, no_model_load):

@@ -98,12 +98,14 @@ def test_a_damaged_index_is_one_line_naming_it(sharded, tmp_path, capsys, conten
     _refused(model, tmp_path, capsys, str(model / hf_files.SAFETENSORS_INDEX), named)
 
 
-def test_config_json_linked_to_dev_zero_is_refused_unread(hf_dir_a, tmp_path, capsys):
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_a_model_json_linked_to_dev_zero_is_refused_unread(hf_dir_a, tmp_path, capsys, name):
     """Before: json.load read 8.7 GB of zeros, then a MemoryError traceback."""
     model = _copy(hf_dir_a, tmp_path)
-    os.remove(model / "config.json")
-    os.symlink("/dev/zero", model / "config.json")
-    _refused(model, tmp_path, capsys, str(model / "config.json"), "not a regular file")
+    assert (model / name).exists()
+    os.remove(model / name)
+    os.symlink("/dev/zero", model / name)
+    _refused(model, tmp_path, capsys, str(model / name), "not a regular file")
 
 
 @pytest.mark.parametrize("change,named", [
