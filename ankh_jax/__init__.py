@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import importlib
 
-from ankh_jax.startup import quiet_startup as _quiet_startup
-
 __version__ = "0.1.0"
-_quiet_startup()  # no libtpu / TensorFlow start-up noise on a machine without a TPU (ankh_jax/startup.py)
+# No libtpu / TensorFlow start-up noise on a machine without a TPU (ankh_jax/startup.py: no jax, no TensorFlow).
+importlib.import_module("ankh_jax.startup").quiet_startup()
 
 _LAZY = {
     # loading models and embedding
