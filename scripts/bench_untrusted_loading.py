@@ -96,7 +96,7 @@ def main() -> None:
             shutil.copytree(clean, model)
             _poison(case, model, work)
             result = _run(model, fasta, os.path.join(work, "out.csv"))
-            stderr = result["stderr"].strip().splitlines()
+            stderr = result["stderr"].replace(work, "<work>").strip().splitlines()  # no machine paths recorded
             peak = result["peak_rss_kib"] / 1024
             rows.append([case, result["rc"], f"{result['seconds']:.1f}", f"{peak:.0f}", len(stderr),
                          (stderr[0].split(": error: ")[-1] if stderr else "")[:90]])
