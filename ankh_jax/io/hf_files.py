@@ -178,7 +178,10 @@ def open_weights(model_dir: str) -> tuple[dict[str, Callable[[], np.ndarray]], s
             if name in loaders:
                 raise CheckpointError(f"{path}: tensor {name} appears in two weight files")
             loaders[name] = (lambda get=get, name=name: get(name))
-    return loaders, ", ".join(os.path.basename(p) for p in files)
+    if len(files) == 1 and os.path.basename(files[0]) in (SAFETENSORS_FILE, TORCH_FILE):
+        return loaders, os.path.basename(files[0])
+    index = SAFETENSORS_INDEX if files[0].endswith(".safetensors") else TORCH_INDEX
+    return loaders, f"{index} ({len(files)} shards)"
 
 
 def load_hf_model(model_dir: str | os.PathLike, *, encoder_only: bool = False, **config_overrides
