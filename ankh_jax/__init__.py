@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+# No libtpu / TensorFlow start-up noise on a machine without a TPU (ankh_jax/startup.py: no jax, no TensorFlow).
+importlib.import_module("ankh_jax.startup").quiet_startup()
 
 _LAZY = {
     # loading models and embedding

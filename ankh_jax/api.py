@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 
 from ankh_jax.data.tokenizer import AnkhTokenizer
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import loading
 from ankh_jax.io.loading import ANKH_JAX_CONFIG_FILE, HF_CONFIG_FILE, model_format
 from ankh_jax.model.config import T5Config
@@ -77,7 +78,7 @@ class AnkhModel:
         from ankh_jax.inference import embedding as embed_lib
 
         if self.path is None and prefix is not None:
-            raise ValueError(f"prefix={prefix}: this model was not loaded from a directory, so it has no tokenizer "
+            raise InputError(f"prefix={prefix}: this model was not loaded from a directory, so it has no tokenizer "
                              "files defining task prefixes")
         prefix_id = None
         if self.path is not None:
@@ -160,7 +161,7 @@ def _load_released(which: str, path, encoder_only: bool) -> AnkhModel:
     model_dir = os.fspath(path) if path is not None else released_model_dir(which)
     if not os.path.exists(os.path.join(model_dir, HF_CONFIG_FILE)) and not os.path.exists(
             os.path.join(model_dir, ANKH_JAX_CONFIG_FILE)):
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"No local copy of {repo} at {model_dir}. ankh_jax never downloads; fetch it once with\n"
             f"    huggingface-cli download {repo} --local-dir {model_dir}\n"
             f"(or `hf download {repo} --local-dir {model_dir}` with huggingface_hub >= 1.0), then call "
@@ -170,7 +171,7 @@ def _load_released(which: str, path, encoder_only: bool) -> AnkhModel:
     want, got = preset(), model.config
     for field in ("d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "vocab_size"):
         if getattr(want, field) != getattr(got, field):
-            raise ValueError(f"{model_dir}: {field}={getattr(got, field)}, but Ankh {which.capitalize()} has "
+            raise InputError(f"{model_dir}: {field}={getattr(got, field)}, but Ankh {which.capitalize()} has "
                              f"{getattr(want, field)}; is this the right model? (use load_model for any other)")
     return model
 

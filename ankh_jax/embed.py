@@ -19,6 +19,7 @@ import sys
 import time
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
+from ankh_jax.errors import InputError
 from ankh_jax.inference.embedding import (
     DTYPES,
     POOLINGS,
@@ -71,22 +72,24 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.data.tokenizer import read_model_tokens
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
     from ankh_jax.io.loading import load
+    from ankh_jax.storage import outputs
 
     if args.batch_tokens < 1:
-        raise ValueError(f"--batch_tokens={args.batch_tokens} must be positive")
+        raise InputError(f"--batch_tokens={args.batch_tokens} must be positive")
     if args.max_length is not None and args.max_length < 2:
-        raise ValueError(f"--max_length={args.max_length}: it counts </s>, so at least 2")
+        raise InputError(f"--max_length={args.max_length}: it counts </s>, so at least 2")
     if args.attention_chunk_size is not None and args.attention_chunk_size < 0:
-        raise ValueError(f"--attention_chunk_size={args.attention_chunk_size}: 0 (never chunk) or a positive size")
+        raise InputError(f"--attention_chunk_size={args.attention_chunk_size}: 0 (never chunk) or a positive size")
     if os.path.isdir(metrics_path(args)):
-        raise ValueError(f"{metrics_path(args)}: is a directory; --metrics_file must be a file path")
+        raise InputError(f"{metrics_path(args)}: is a directory; --metrics_file must be a file path")
     run_attrs = {"model": os.path.abspath(args.model), "pooling": args.pooling, "dtype": args.dtype,
                  "max_length": -1 if args.max_length is None else args.max_length,
                  "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta)}
     check_compatible(args.output, run_attrs)  # a directory, a foreign HDF5, other settings: before the FASTA
+    outputs.check_destinations({"--output": args.output, "--metrics_file": metrics_path(args)}, {"--fasta": args.fasta})
     records = load_fasta(args.fasta)  # invalid residues, empty records, duplicate ids: errors naming the record
     if not records:
-        raise ValueError(f"{args.fasta}: no sequences")
+        raise InputError(f"{args.fasta}: no sequences")
 
     t0 = time.perf_counter()
     config, params = load(args.model, encoder_only=True, step=args.step, scan_layers=True)  # the embedding layout

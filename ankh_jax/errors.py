@@ -14,3 +14,8 @@ class InputError(ValueError):
 
     A ``ValueError`` so that library code written against ``ValueError`` keeps working, but the commands catch only
     this type."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """A file or directory the user named does not exist (also a ``FileNotFoundError``, so ``except
+    FileNotFoundError`` around a path keeps working)."""

@@ -19,7 +19,9 @@ import os
 import sys
 
 from ankh_jax import flags
+from ankh_jax.errors import InputError
 from ankh_jax.io.hf_export import check_output, export
+from ankh_jax.storage import outputs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,8 +43,10 @@ def main(argv=None) -> int:
 
     try:
         check_output(args.output)  # before the (slow) model load
+        # --output may be --model itself: the export is read whole, then swapped in (repairs a re-saved export)
+        outputs.check_destinations({"--output": args.output}, directories=("--output",))
         if args.max_shard_size_gb is not None and args.max_shard_size_gb <= 0:
-            raise ValueError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
+            raise InputError(f"--max_shard_size_gb={args.max_shard_size_gb} must be positive")
         config, params = load(args.model, encoder_only=args.encoder_only, step=args.step)  # plain, unrolled
         max_bytes = None if args.max_shard_size_gb is None else int(args.max_shard_size_gb * 2**30)
         written = export(config, params, args.output, encoder_only=args.encoder_only, source=args.model,

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Iterable
 from importlib import resources
 
+from ankh_jax.errors import InputError, InputNotFoundError
+
 EXIT_BAD_INPUT = 2      # a usage, configuration or input error: one line on stderr, nothing written
 EXIT_NON_FINITE = 3     # training hit a NaN/inf loss
 
@@ -75,7 +77,7 @@ def find_gin_file(name: str, paths: list[str]) -> str:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             return candidate
-    raise FileNotFoundError(f"gin file {name!r} not found (searched {', '.join(paths)})")
+    raise InputNotFoundError(f"gin file {name!r} not found (searched {', '.join(paths)})")
 
 
 def parse_gin(files: list[str], bindings: list[str], extra_search_paths: Iterable[str] = (), *,
@@ -145,7 +147,7 @@ def check_macros_are_used(bindings: list[str]) -> None:
                             if selector == "gin.macro" and scope != name and scope in referenced)
             close = difflib.get_close_matches(name, macros, n=1)
             hint = f"; did you mean {close[0]}?" if close else f" (macros read here: {', '.join(macros)})"
-            raise ValueError(f"binding '{binding.strip()}': no configuration reads the macro {name}{hint}")
+            raise InputError(f"binding '{binding.strip()}': no configuration reads the macro {name}{hint}")
 
 
 def one_line(err: BaseException) -> str:
@@ -159,19 +161,35 @@ def configure(prog: str, args: GinArgs, *, modules: Iterable[str] = ()) -> bool:
     """:func:`parse_gin` for a command: False (after one line on stderr) when the configuration is invalid."""
     try:
         parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, modules=modules)
-    except Exception as err:  # noqa: BLE001 - gin raises ValueError/KeyError/SyntaxError/... naming the binding
+    except SyntaxError as err:
+        print(f"{prog}: error: invalid gin configuration: {gin_syntax_error(err)}", file=sys.stderr)
+        return False
+    except Exception as err:  # noqa: BLE001 - gin raises ValueError/KeyError/... naming the binding
         print(f"{prog}: error: invalid gin configuration: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
         return False
     return True
 
 
-def command_errors() -> tuple[type[BaseException], ...]:
-    """What a command reports as bad input (one line, exit 2) rather than a traceback: a wrong path, file, record,
-    setting or checkpoint (every one a ValueError or FileNotFoundError), and a directory another run holds. Anything
-    else is a bug and keeps its traceback."""
-    from ankh_jax.storage.lock import DirectoryInUseError
+def gin_syntax_error(err: SyntaxError) -> str:
+    """gin's SyntaxError in one line naming the binding (or file and line); an unquoted string value gets the
+    quoting it needs (``--gin.MODEL_DIR=/tmp/x`` -> ``--gin.MODEL_DIR="'/tmp/x'"``)."""
+    text = (err.text or "").strip()
+    reason = (err.msg or "").splitlines()[0].strip() if err.msg else "cannot parse"
+    if err.filename:
+        return f"{err.filename}: line {err.lineno}: {text!r}: {reason}"
+    name, _, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if value and value[0] not in "'\"[({@%-.0123456789" and value not in ("True", "False", "None"):
+        return (f"binding '{text}': {value!r} is not a gin value; a string needs inner quotes: "
+                f"--gin.{name}=\"'{value}'\"")
+    return f"binding '{text}': gin cannot parse the value {value!r} ({reason})"
 
-    return ValueError, FileNotFoundError, DirectoryInUseError
+
+def command_errors() -> tuple[type[BaseException], ...]:
+    """What a command reports as bad input (one line, exit 2) rather than a traceback: :class:`InputError` (a wrong
+    path, file, record, setting or checkpoint, a directory another run holds). Anything else, a plain ``ValueError``
+    from jax, orbax or optax included, is a bug and keeps its traceback (exit 1)."""
+    return (InputError,)
 
 
 def report(prog: str, err: BaseException) -> int:

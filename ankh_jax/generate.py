@@ -10,8 +10,9 @@ Each masked position gets its own sentinel (Ankh's 1-gram objective), so variant
 ``OUT.fasta`` gets one record per (protein, sample) in input order, ``>ID_sampleN parent=ID sample=N
 masked=10,11 changed=A10G``; ``--log_likelihoods`` (default ``OUT.csv``) one row per sample with the answer's
 log-likelihood and its status. A malformed decoder answer (see ``infilling.py``) gives no FASTA record, a
-``malformed: reason`` status and is counted in the summary. Inputs are checked before the model is loaded;
-outputs are written to temporary files and renamed into place.
+``malformed: reason`` status and is counted in the summary. Inputs, and the two output paths (writable, distinct,
+neither the input), are checked before the model is loaded. The outputs are written as a pair
+(``ankh_jax.storage.outputs.write_together``): whenever ``OUT.fasta`` exists, the CSV beside it is from the same run.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import csv
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.inference.decoding import STRATEGIES
+from ankh_jax.storage import outputs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,22 +70,13 @@ def plan_masks(args, records) -> list[list[tuple[int, ...]]]:
                 masks.append([infilling.random_positions(len(r.sequence), args.mask_fraction,
                                                          np.random.default_rng([args.seed, i, s]))
                               for s in range(args.num_samples)])
-        except ValueError as e:
-            raise ValueError(where + str(e)) from None
+        except InputError as e:
+            raise InputError(where + str(e)) from None
     return masks
 
 
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def log_likelihoods_path(args: argparse.Namespace) -> str:
+    return args.log_likelihoods or os.path.splitext(args.output)[0] + ".csv"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -92,21 +85,25 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.io.loading import load
 
     if (args.mask is None) == (args.mask_fraction is None):
-        raise ValueError("give exactly one of --mask (positions/spans) or --mask_fraction")
+        raise InputError("give exactly one of --mask (positions/spans) or --mask_fraction")
     if args.mask_fraction is not None and not 0 < args.mask_fraction <= 1:
-        raise ValueError(f"--mask_fraction={args.mask_fraction}; must be in (0, 1]")
+        raise InputError(f"--mask_fraction={args.mask_fraction}; must be in (0, 1]")
     if args.max_records is not None and args.max_records < 1:
-        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
+        raise InputError(f"--max_records={args.max_records}; must be at least 1")
     if args.num_samples < 1:
-        raise ValueError(f"--num_samples={args.num_samples}; must be at least 1")
+        raise InputError(f"--num_samples={args.num_samples}; must be at least 1")
+    if args.batch_tokens < 1:
+        raise InputError(f"--batch_tokens={args.batch_tokens}; must be positive")
     decoding.check_settings(strategy=args.strategy, max_new_tokens=1, num_beams=args.num_beams,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if not os.path.isfile(args.fasta):
-        raise FileNotFoundError(f"{args.fasta}: no such file")
+        raise InputNotFoundError(f"{args.fasta}: no such file")
     records = load_fasta(args.fasta)[: args.max_records]
     if not records:
-        raise ValueError(f"{args.fasta}: no records")
+        raise InputError(f"{args.fasta}: no records")
     masks = plan_masks(args, records)
+    csv_path = log_likelihoods_path(args)
+    outputs.check_destinations({"--output": args.output, "--log_likelihoods": csv_path}, {"--fasta": args.fasta})
     config, params = load(args.model, step=args.step)
     from ankh_jax.data.tokenizer import read_model_tokens
 
@@ -117,7 +114,6 @@ def run(args: argparse.Namespace) -> dict:
                                num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
                                top_p=args.top_p, seed=args.seed, batch_tokens=args.batch_tokens, progress=True,
                                prefix_id=prefix_id)
-    csv_path = args.log_likelihoods or os.path.splitext(args.output)[0] + ".csv"
 
     def write_fasta(f):
         for s in samples:
@@ -136,8 +132,7 @@ def run(args: argparse.Namespace) -> dict:
                         " ".join(s.changed), f"{s.log_likelihood:.6f}",
                         "ok" if s.error is None else f"malformed: {s.error}"])
 
-    _atomic_write(csv_path, write_csv)
-    _atomic_write(args.output, write_fasta)
+    outputs.write_together([(csv_path, write_csv), (args.output, write_fasta)])  # the FASTA last: see outputs
     malformed = sum(s.error is not None for s in samples)
     return {"proteins": len(records), "samples": len(samples), "written": len(samples) - malformed,
             "malformed": malformed, "log_likelihoods": csv_path}

@@ -6,8 +6,10 @@
         -> the input CSV plus a score column (masked marginals); Spearman against --score_column when present
 
 Definitions in ``ankh_jax/scoring.py``. Every input (residues, mutation strings, wild-type letters and positions)
-is checked before the model is loaded; an error is one line naming the file and record or row (exit 2). The output
-is written to a temporary file and renamed into place, so it is never half-written.
+is checked before the model is loaded, and so is ``--output`` (writable, not a directory, not an input); an error
+is one line naming the file and record or row (exit 2). The output is written to a temporary file and renamed into
+place (``ankh_jax.storage.outputs``), so it is never half-written. A Spearman that is undefined (fewer than two
+mutants, constant or NaN measurements) is ``null`` with the reason in ``spearman_undefined``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import csv
 import json
 import os
 import sys
-import tempfile
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
+from ankh_jax.errors import InputError, InputNotFoundError
+from ankh_jax.storage import outputs
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
 
@@ -52,8 +55,12 @@ def read_wildtype(value: str) -> str:
     if os.path.isfile(value):
         records = load_fasta(value)
         if len(records) != 1:
-            raise ValueError(f"{value}: --wildtype needs a FASTA file with exactly one record, found {len(records)}")
+            raise InputError(f"{value}: --wildtype needs a FASTA file with exactly one record, found {len(records)}")
         return records[0].sequence
+    if os.path.exists(value):
+        raise InputError(f"--wildtype={value}: not a file (a one-record FASTA file, or the sequence itself)")
+    if any(c in value for c in "/\\."):  # a path, not a sequence
+        raise InputNotFoundError(f"--wildtype={value}: no such file")
     return clean_sequence(value, source="--wildtype")
 
 
@@ -62,42 +69,56 @@ def read_mutations(path: str, column: str, wildtype: str, score_column: str | No
     from ankh_jax.inference.scoring import parse_mutant
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+        raise InputNotFoundError(f"{path}: no such file")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = list(reader.fieldnames or [])
         rows = list(reader)
     if column not in header:
-        raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(header) or 'none'})")
+        raise InputError(f"{path}: no column {column!r} (columns: {', '.join(header) or 'none'})")
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     if score_column is None:
         score_column = next((c for c in DEFAULT_SCORE_COLUMNS if c in header), None)
     elif score_column not in header:
-        raise ValueError(f"{path}: no column {score_column!r} for --score_column")
+        raise InputError(f"{path}: no column {score_column!r} for --score_column")
     for line, row in enumerate(rows, start=2):
         parse_mutant(row[column] or "", wildtype, where=f"{path}: line {line}: mutant {row[column]!r}: ")
         if score_column is not None:
             try:
                 float(row[score_column])
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number") from None
+                raise InputError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number") from None
     return header, rows, [r[column] for r in rows], score_column
 
 
-def write_csv_atomically(path: str, header: list[str], rows: list[dict]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def write_csv(path: str, header: list[str], rows: list[dict]) -> None:
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    outputs.write_together([(path, write)])
+
+
+def spearman_summary(scores, measured: list[float], column: str) -> dict:
+    """``{"spearman": rho or None, "spearman_undefined": reason}``: never NaN, which JSON cannot hold."""
+    import numpy as np
+
+    from ankh_jax.downstream.metrics import spearman
+
+    measured, scores = np.asarray(measured, np.float64), np.asarray(scores, np.float64)
+    if measured.size < 2:
+        reason = f"{measured.size} mutant; a rank correlation needs at least 2"
+    elif not np.isfinite(measured).all():
+        reason = f"{column} holds {int((~np.isfinite(measured)).sum())} non-finite values (NaN/inf)"
+    elif np.all(measured == measured[0]):
+        reason = f"{column} is constant ({measured[0]:g} for every mutant)"
+    elif not np.isfinite(scores).all() or np.all(scores == scores[0]):
+        reason = "the model's scores are constant or non-finite"
+    else:
+        return {"spearman": spearman(scores, measured)}
+    return {"spearman": None, "spearman_undefined": reason}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -105,27 +126,29 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.io.loading import load
 
     if (args.fasta is None) == (args.mutations is None):
-        raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
+        raise InputError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
     if args.max_records is not None and args.max_records < 1:
-        raise ValueError(f"--max_records={args.max_records}; must be at least 1")
+        raise InputError(f"--max_records={args.max_records}; must be at least 1")
     if args.batch_tokens < 1:
-        raise ValueError(f"--batch_tokens={args.batch_tokens}; must be positive")
+        raise InputError(f"--batch_tokens={args.batch_tokens}; must be positive")
     if args.fasta is not None:
         from ankh_jax.data.fasta import load_fasta
 
         if not os.path.isfile(args.fasta):
-            raise FileNotFoundError(f"{args.fasta}: no such file")
+            raise InputNotFoundError(f"{args.fasta}: no such file")
         records = load_fasta(args.fasta)[: args.max_records]
         if not records:
-            raise ValueError(f"{args.fasta}: no records")
+            raise InputError(f"{args.fasta}: no records")
     else:
         if args.wildtype is None:
-            raise ValueError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
+            raise InputError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
         wildtype = read_wildtype(args.wildtype)
         header, rows, mutants, score_column = read_mutations(args.mutations, args.mutant_column, wildtype,
                                                              args.score_column)
         if args.output_column in header:
-            raise ValueError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
+            raise InputError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
+    outputs.check_destinations({"--output": args.output}, {"--fasta": args.fasta, "--mutations": args.mutations,
+                                                          "--wildtype": args.wildtype})
     config, params = load(args.model, step=args.step)
     from ankh_jax.data.tokenizer import read_model_tokens
 
@@ -139,18 +162,16 @@ def run(args: argparse.Namespace) -> dict:
                                         batch_tokens=args.batch_tokens, progress=True, prefix_id=prefix_id)
         out_rows = [{"id": r.id, "length": len(r.sequence), "pseudo_likelihood": f"{v:.8g}"}
                     for r, v in zip(records, pll)]
-        write_csv_atomically(args.output, ["id", "length", "pseudo_likelihood"], out_rows)
+        write_csv(args.output, ["id", "length", "pseudo_likelihood"], out_rows)
         return {"proteins": len(records), "mean_pseudo_likelihood": float(pll.mean())}
     scores = scoring.score_mutations(config, params, wildtype, mutants, batch_tokens=args.batch_tokens,
                                      progress=True, prefix_id=prefix_id)
     for row, value in zip(rows, scores):
         row[args.output_column] = f"{value:.8g}"
-    write_csv_atomically(args.output, header + [args.output_column], rows)
+    write_csv(args.output, header + [args.output_column], rows)
     summary = {"mutants": len(rows)}
     if score_column is not None:
-        from ankh_jax.downstream.metrics import spearman
-
-        summary["spearman"] = spearman(scores, [float(r[score_column]) for r in rows])
+        summary.update(spearman_summary(scores, [float(r[score_column]) for r in rows], score_column))
         summary["score_column"] = score_column
     return summary
 

@@ -17,6 +17,7 @@ import numpy as np
 from flax import linen as nn
 
 from ankh_jax.downstream.encoder_source import Encoder
+from ankh_jax.errors import InputError
 from ankh_jax.model import EncoderOnly, T5Config, Transformer, params_layout
 
 PRESETS = {"tiny": T5Config.tiny, "base": T5Config.ankh_base, "large": T5Config.ankh_large}
@@ -43,7 +44,7 @@ def random_encoder(preset: str = "tiny", seed: int = 0, layers: int | None = Non
     """An Ankh-shaped encoder (``preset``: tiny, base or large; ``layers`` overrides its depth) with random
     weights."""
     if preset not in PRESETS:
-        raise ValueError(f"random encoder preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise InputError(f"random encoder preset {preset!r}; expected one of {sorted(PRESETS)}")
     config = PRESETS[preset](**({} if layers is None else {"num_encoder_layers": layers}))
     return Encoder(config, _random_params(config, seed), f"random:{preset}:{seed}")
 

@@ -31,6 +31,7 @@ import seqio
 
 from ankh_jax.data import span_corruption, uniref50
 from ankh_jax.data.tokenizer import seqio_vocabulary
+from ankh_jax.errors import InputNotFoundError
 
 TASK = "uniref50_ankh"
 VALIDATION_TASK = "uniref50_ankh_validation"
@@ -74,7 +75,7 @@ def ensure_sample_dataset(data_dir: str) -> str:
     if _is_built(data_dir):
         return data_dir
     if not os.path.isfile(SAMPLE_FASTA):
-        raise FileNotFoundError(f"no UniRef50 dataset in {data_dir} and no shipped sample at {SAMPLE_FASTA} to "
+        raise InputNotFoundError(f"no UniRef50 dataset in {data_dir} and no shipped sample at {SAMPLE_FASTA} to "
                                 "build one from; run scripts/prepare_uniref50.py and bind uniref50_data_dir.data_dir")
     os.makedirs(data_dir, exist_ok=True)
     # One builder at a time across processes (the hosts of a local multi-process run build it together).
@@ -92,7 +93,7 @@ def uniref50_data_dir(data_dir: str | None = None) -> str:
     if chosen is None:
         return ensure_sample_dataset(default_data_dir())
     if not _is_built(chosen):
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"no UniRef50 dataset at {_dataset_dir(chosen)} (missing dataset_info.json); build it with "
             f"`python scripts/prepare_uniref50.py --fasta=uniref50.fasta.gz --output_dir={chosen}`")
     return chosen

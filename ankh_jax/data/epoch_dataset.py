@@ -18,6 +18,7 @@ import seqio
 import tensorflow as tf
 
 from ankh_jax.data.span_corruption import EXAMPLE_SEED_KEY
+from ankh_jax.errors import InputError
 
 META_KEYS = ("_epoch", "_position", "_row")
 _LAST_EPOCH = 2**62
@@ -60,11 +61,11 @@ class EpochDatasetFactory:
         cfg = self.config
         source = self.task.source
         if cfg["split"] not in source.splits:
-            raise ValueError(f"task {cfg['task_name']!r} has no split {cfg['split']!r} (it has {list(source.splits)})")
+            raise InputError(f"task {cfg['task_name']!r} has no split {cfg['split']!r} (it has {list(source.splits)})")
         loader = getattr(source, "tfds_dataset", None)  # UniRef50Source resolves (and checks) its data dir here
         files = loader.files(cfg["split"]) if loader is not None else None
         if files is not None and len(files) < cfg["num_shards"]:
-            raise ValueError(
+            raise InputError(
                 f"task {cfg['task_name']!r} split {cfg['split']!r} has {len(files)} files, fewer than the "
                 f"{cfg['num_shards']} hosts reading it: rebuild the dataset with at least that many shards "
                 "(scripts/prepare_uniref50.py --num_shards)")

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ankh_jax.data.tokenizer import InvalidSequenceError, clean_sequence
+from ankh_jax.errors import InputError, InputNotFoundError
 
 
-class FastaFormatError(ValueError):
+class FastaFormatError(InputError):
     """The file is not FASTA (text before the first header, an empty id, ...)."""
 
 
@@ -42,7 +43,7 @@ def open_lines(path: str | os.PathLike) -> BinaryIO:
         with open(path, "rb") as f:
             magic = f.read(2)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such FASTA file") from None
+        raise InputNotFoundError(f"{path}: no such FASTA file") from None
     except OSError as e:
         raise FastaFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
     if magic in (b"\xff\xfe", b"\xfe\xff"):

@@ -41,6 +41,8 @@ from collections.abc import Iterator, Mapping
 import gin
 import numpy as np
 
+from ankh_jax.errors import InputError
+
 STATE_VERSION = 1
 _META = ("_epoch", "_position", "_row")
 
@@ -74,12 +76,12 @@ def make_input(task_name: str, split: str, *, feature_lengths: Mapping[str, int]
         shard_id = jax.process_index() if shard_id is None else shard_id
         num_shards = jax.process_count() if num_shards is None else num_shards
     if not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id={shard_id} outside 0..{num_shards - 1}")
+        raise InputError(f"shard_id={shard_id} outside 0..{num_shards - 1}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     lengths = dict(feature_lengths)
     if "inputs" not in lengths:
-        raise ValueError(f"feature_lengths needs 'inputs', got {dict(feature_lengths)}")
+        raise InputError(f"feature_lengths needs 'inputs', got {dict(feature_lengths)}")
     if "targets" not in lengths:
         from ankh_jax.data.span_corruption import targets_length_for
 
@@ -117,12 +119,12 @@ class ResumableIterator(Iterator):
         if isinstance(state, (str, bytes)):
             state = json.loads(state)
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"input pipeline state version {state.get('version')!r}, expected {STATE_VERSION}")
+            raise InputError(f"input pipeline state version {state.get('version')!r}, expected {STATE_VERSION}")
         saved = state.get("config", {})
         diffs = {k: (saved.get(k), v) for k, v in self.config.items() if k in saved and saved.get(k) != v}
         if diffs:
             detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diffs.items()))
-            raise ValueError(f"input pipeline state was saved with a different configuration ({detail}); "
+            raise InputError(f"input pipeline state was saved with a different configuration ({detail}); "
                              "restoring it would not continue the same stream")
         self._epoch, self._position, self._row = int(state["epoch"]), int(state["position"]), int(state["row"])
         self._tf_iter, self._exhausted = None, False
@@ -173,7 +175,7 @@ class HostInput(Iterator):
 
     def __init__(self, iterators: list[ResumableIterator]):
         if not iterators:
-            raise ValueError("HostInput needs at least one data shard")
+            raise InputError("HostInput needs at least one data shard")
         self.iterators = list(iterators)
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -187,6 +189,6 @@ class HostInput(Iterator):
 
     def set_state(self, states: list) -> None:
         if len(states) != len(self.iterators):
-            raise ValueError(f"{len(states)} saved shard positions for {len(self.iterators)} data shards")
+            raise InputError(f"{len(states)} saved shard positions for {len(self.iterators)} data shards")
         for it, state in zip(self.iterators, states):
             it.set_state(state)

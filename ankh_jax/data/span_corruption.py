@@ -43,6 +43,7 @@ import seqio
 import tensorflow as tf
 
 from ankh_jax.data.tokenizer import FIRST_RESIDUE_ID, NUM_SENTINELS, RESIDUES, VOCAB_SIZE
+from ankh_jax.errors import InputError
 
 EXAMPLE_SEED_KEY = "_example_seed"
 
@@ -109,7 +110,7 @@ def check_sentinel_budget(inputs_length: int, noise_density: float, mean_noise_s
         noise = num_noise_tokens(n, noise_density)
         spans = math.ceil(noise * (1 - noise_density))  # runs of a Bernoulli-like mask: about noise * (1 - p)
     if spans > NUM_SENTINELS:
-        raise ValueError(
+        raise InputError(
             f"span corruption of {n} residues at noise_density={noise_density} with "
             f"mean_noise_span_length={mean_noise_span_length} needs {spans} sentinels, but Ankh's vocabulary has "
             f"{NUM_SENTINELS}: lower the density or the inputs length, lengthen the spans, or merge adjacent spans")
@@ -252,9 +253,9 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
     ``append_eos_after_trim``).
     """
     if not 0 < noise_density < 1:
-        raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
+        raise InputError(f"noise_density must be in (0, 1), got {noise_density}")
     if mean_noise_span_length < 1:
-        raise ValueError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}")
+        raise InputError(f"mean_noise_span_length must be >= 1, got {mean_noise_span_length}")
     if sequence_length is not None and input_feature_key in sequence_length:
         inputs_length = sequence_length[input_feature_key]
         check_sentinel_budget(inputs_length, noise_density, mean_noise_span_length, merge_adjacent_spans)
@@ -263,7 +264,7 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
                                     full_reconstruction=full_reconstruction, merge_adjacent_spans=False)
         given = sequence_length.get(target_feature_key)
         if given is not None and given < needed and not merge_adjacent_spans:
-            raise ValueError(
+            raise InputError(
                 f"targets length {given} is too short for span corruption of {inputs_length} inputs at "
                 f"noise_density={noise_density}, mean_noise_span_length={mean_noise_span_length}, "
                 f"full_reconstruction={full_reconstruction}: full-length crops need {needed} (targets would be "

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ankh_jax.errors import InputError
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
@@ -52,7 +54,7 @@ for _r, _i in RESIDUE_TO_ID.items():
     _BYTE_TO_ID[ord(_r)] = _i
 
 
-class InvalidSequenceError(ValueError):
+class InvalidSequenceError(InputError):
     """A sequence holds a character outside Ankh's vocabulary (or is empty)."""
 
 
@@ -120,7 +122,7 @@ class AnkhTokenizer:
         ids = np.zeros((len(encoded), width), dtype=np.int32)
         for i, e in enumerate(encoded):
             if len(e) > width:
-                raise ValueError(f"sequence {i} has {len(e)} tokens, more than pad_to={width}")
+                raise InputError(f"sequence {i} has {len(e)} tokens, more than pad_to={width}")
             ids[i, : len(e)] = e
         return ids, (ids != PAD_ID).astype(np.int32)
 
@@ -319,27 +321,28 @@ class ModelTokens:
         names = ", ".join(self.prefixes)
         if prefix is None:
             if self.prefixes:
-                raise ValueError(f"{self.source} defines task prefixes {names}: give --prefix ([NLU] for embeddings "
+                raise InputError(f"{self.source} defines task prefixes {names}: give --prefix ([NLU] for embeddings "
                                  "and likelihoods, [S2S] for generation)")
             return None
         if not self.prefixes:
-            raise ValueError(f"--prefix={prefix}: {self.source} defines no task prefix tokens")
+            raise InputError(f"--prefix={prefix}: {self.source} defines no task prefix tokens")
         if prefix not in self.prefixes:
-            raise ValueError(f"--prefix={prefix}: not a task prefix of {self.source} (it defines {names})")
+            raise InputError(f"--prefix={prefix}: not a task prefix of {self.source} (it defines {names})")
         return self.prefixes[prefix]
 
 
 def _token_ids(model_dir: str) -> tuple[dict[str, int], set[str]]:
     """``{token: id}`` and the special tokens named by the tokenizer files present in ``model_dir``."""
-    docs = {}
+    from ankh_jax.io.hf_files import read_model_json
+
+    docs = {}  # each file a regular one under a size cap (never a link to /dev/zero)
     for name in TOKENIZER_FILES:
         path = os.path.join(model_dir, name)
         if os.path.exists(path):
             try:
-                with open(path) as f:
-                    docs[name] = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path}: unreadable tokenizer file ({e})") from None
+                docs[name] = read_model_json(path)
+            except OSError as e:
+                raise InputError(f"{path}: unreadable tokenizer file ({e})") from None
     ids: dict[str, int] = {}
     special: set[str] = set()
     doc = docs.get("tokenizer.json") or {}
@@ -372,18 +375,18 @@ def read_model_tokens(model_dir: str, vocab_size: int) -> ModelTokens:
     where = f"{model_dir}: tokenizer"
     for expected, token in enumerate(ID_TO_TOKEN):
         if token in ids and ids[token] != expected:
-            raise ValueError(f"{where} maps {token!r} to id {ids[token]}; ankh_jax runs Ankh's ids ({token!r} = "
+            raise InputError(f"{where} maps {token!r} to id {ids[token]}; ankh_jax runs Ankh's ids ({token!r} = "
                              f"{expected})")
     prefixes = {}
     for token in sorted(t for t in special | set(ids) if _PREFIX.fullmatch(t)):
         if token not in ids:
-            raise ValueError(f"{where} names the special token {token!r} but gives it no id")
+            raise InputError(f"{where} names the special token {token!r} but gives it no id")
         first_free = FIRST_RESIDUE_ID + len(RESIDUES)
         if not first_free <= ids[token] < vocab_size:
-            raise ValueError(f"{where} gives {token!r} id {ids[token]}, outside {first_free}..{vocab_size - 1} (above "
+            raise InputError(f"{where} gives {token!r} id {ids[token]}, outside {first_free}..{vocab_size - 1} (above "
                              f"the residues, below config.json's vocab_size {vocab_size})")
         shared = sorted(t for t, i in ids.items() if i == ids[token] and t != token)
         if shared:
-            raise ValueError(f"{where} gives {token!r} id {ids[token]}, which is also {shared[0]!r}")
+            raise InputError(f"{where} gives {token!r} id {ids[token]}, which is also {shared[0]!r}")
         prefixes[token] = ids[token]
     return ModelTokens(prefixes, source=model_dir)

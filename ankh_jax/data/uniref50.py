@@ -28,6 +28,7 @@ from etils import epath
 
 from ankh_jax.data.fasta import read_fasta
 from ankh_jax.data.splits import is_validation
+from ankh_jax.errors import InputError, InputNotFoundError
 
 NAME = "uniref50"
 LENGTH_BIN_EDGES = (1, 50, 100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 5000, 10000, 40000)
@@ -89,9 +90,9 @@ class Uniref50(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, validation_fraction: float = 0.0005, min_length: int = 1, max_length: int | None = None,
                  fasta_filename: str | None = None, skip_invalid: bool = True, progress: bool = False, **kwargs):
         if not 0 <= validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+            raise InputError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
         if min_length < 1 or (max_length is not None and max_length < min_length):
-            raise ValueError(f"bad length range [{min_length}, {max_length}]")
+            raise InputError(f"bad length range [{min_length}, {max_length}]")
         self.validation_fraction = validation_fraction
         self.min_length = min_length
         self.max_length = max_length
@@ -116,7 +117,7 @@ class Uniref50(tfds.core.GeneratorBasedBuilder):
             path = os.path.join(os.fspath(manual_dir), name)
             if os.path.exists(path):
                 return path
-        raise FileNotFoundError(f"none of {list(names)} in the manual directory {os.fspath(manual_dir)}. "
+        raise InputNotFoundError(f"none of {list(names)} in the manual directory {os.fspath(manual_dir)}. "
                                 + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
 
     def _split_generators(self, dl_manager):
@@ -197,7 +198,7 @@ def build(fasta: str, data_dir: str, *, num_shards: int | None = None, validatio
     """
     fasta = os.path.abspath(os.fspath(fasta))
     if not os.path.isfile(fasta):
-        raise FileNotFoundError(f"FASTA file not found: {fasta}")
+        raise InputNotFoundError(f"FASTA file not found: {fasta}")
     builder = Uniref50(data_dir=data_dir, validation_fraction=validation_fraction, min_length=min_length,
                        max_length=max_length, fasta_filename=os.path.basename(fasta), skip_invalid=skip_invalid,
                        progress=progress)
@@ -211,7 +212,7 @@ def build(fasta: str, data_dir: str, *, num_shards: int | None = None, validatio
         if "number_of_shards" not in str(e):
             raise
         counts = {k: v.kept for k, v in builder.split_stats.items()}
-        raise ValueError(f"cannot write {num_shards} shards per split: records per split {counts}; lower "
+        raise InputError(f"cannot write {num_shards} shards per split: records per split {counts}; lower "
                          f"num_shards or raise validation_fraction ({e})") from e
     if not builder.split_stats and not overwrite:  # reused: reload the info written by the earlier build
         builder = tfds.builder(NAME, data_dir=data_dir)

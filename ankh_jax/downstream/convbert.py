@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ankh_jax.errors import InputError
+
 LAYER_NORM_EPS = 1e-12
 HEAD_RATIO = 2
 
@@ -32,13 +34,13 @@ HEAD_RATIO = 2
 def mixed_attention_shape(input_dim: int, nhead: int, head_ratio: int = HEAD_RATIO) -> tuple[int, int]:
     """(number of attention heads, width of one head) as ``ConvBertSelfAttention`` derives them."""
     if input_dim % nhead != 0:
-        raise ValueError(f"input_dim={input_dim} is not a multiple of nhead={nhead}")
+        raise InputError(f"input_dim={input_dim} is not a multiple of nhead={nhead}")
     heads = max(nhead // head_ratio, 1)
     if input_dim % heads != 0:
-        raise ValueError(f"input_dim={input_dim} is not a multiple of the {heads} attention heads")
+        raise InputError(f"input_dim={input_dim} is not a multiple of the {heads} attention heads")
     head_dim = (input_dim // heads) // 2
     if head_dim < 1:
-        raise ValueError(f"input_dim={input_dim} with nhead={nhead} leaves attention heads of width 0")
+        raise InputError(f"input_dim={input_dim} with nhead={nhead} leaves attention heads of width 0")
     return heads, head_dim
 
 
@@ -61,7 +63,7 @@ class MixedAttention(nn.Module):
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True):
         if self.kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd (same-length convolution), got {self.kernel_size}")
+            raise InputError(f"kernel_size must be odd (same-length convolution), got {self.kernel_size}")
         heads, head_dim = mixed_attention_shape(self.input_dim, self.nhead)
         width = heads * head_dim
         batch, length, _ = x.shape
@@ -152,7 +154,7 @@ POOLINGS = ("max", "avg", "mean")
 def masked_pool(x: jax.Array, mask, pooling: str) -> jax.Array:
     """Pools [B, L, d] over residues only ('max', or 'avg'/'mean'); ``mask`` None means every position counts."""
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if mask is None:
         return x.max(axis=1) if pooling == "max" else x.mean(axis=1)
     m = mask.astype(bool)[..., None]

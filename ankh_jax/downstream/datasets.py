@@ -22,8 +22,10 @@ import sys
 
 import numpy as np
 
+from ankh_jax.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A downstream data file does not have what the task expects; the message names file, row and column."""
 
 

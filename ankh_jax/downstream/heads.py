@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ankh_jax.downstream.convbert import POOLINGS, ConvBertStack, masked_pool
+from ankh_jax.errors import InputError
 
 
 def decoder_init(scale: float = 0.1):
@@ -32,10 +33,10 @@ def decoder_init(scale: float = 0.1):
 def _check_pooling(name: str, pooling, required: bool):
     if pooling is None:
         if required:
-            raise ValueError(f"{name}: pooling cannot be None; expected one of {POOLINGS}")
+            raise InputError(f"{name}: pooling cannot be None; expected one of {POOLINGS}")
         return
     if pooling not in POOLINGS:
-        raise ValueError(f"{name}: pooling must be one of {POOLINGS} (or None for per-residue output), "
+        raise InputError(f"{name}: pooling must be one of {POOLINGS} (or None for per-residue output), "
                          f"got {pooling!r}")
 
 

@@ -15,6 +15,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ankh_jax.errors import InputError
+
 TARGETS = ("query", "key", "value", "out", "wi_0", "wi_1", "wo")
 # Kernels whose input spans the first two axes ([heads, d_kv, d_model]); all others take the first axis.
 _TWO_INPUT_AXES = ("out",)
@@ -24,17 +26,17 @@ def _kernels(encoder_params: dict, targets) -> dict[str, jax.Array]:
     """{'encoder/layers_0/attention/query': kernel, ...} for the targeted projections."""
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
-        raise ValueError(f"LoRA targets {unknown} are not projections of the encoder; choose from {TARGETS}")
+        raise InputError(f"LoRA targets {unknown} are not projections of the encoder; choose from {TARGETS}")
     found = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(encoder_params)[0]:
         names = [str(getattr(k, "key", k)) for k in path]
         if names[-1] == "kernel" and len(names) >= 2 and names[-2] in targets:
             if "layers" in names:
-                raise ValueError("LoRA needs unrolled encoder layers (scan_layers=False); "
+                raise InputError("LoRA needs unrolled encoder layers (scan_layers=False); "
                                  "the encoder's parameters are scanned")
             found["/".join(names[:-1])] = leaf
     if not found:
-        raise ValueError(f"no encoder projection matches LoRA targets {tuple(targets)}")
+        raise InputError(f"no encoder projection matches LoRA targets {tuple(targets)}")
     return found
 
 
@@ -46,7 +48,7 @@ def _in_out(name: str, shape) -> tuple[int, int]:
 def init(encoder_params: dict, rank: int, targets=("query", "value"), *, key) -> dict:
     """Adapters for every targeted kernel: A ~ N(0, 1/in), B = 0 (so the model starts unchanged)."""
     if rank < 1:
-        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        raise InputError(f"LoRA rank must be >= 1, got {rank}")
     adapters = {}
     for i, (name, kernel) in enumerate(sorted(_kernels(encoder_params, targets).items())):
         n_in, n_out = _in_out(name, kernel.shape)

@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any
 
+from ankh_jax.errors import InputError
 from ankh_jax.training.metrics import METRICS_FILE
 
 RUN_FILE = "run.json"
@@ -33,7 +34,7 @@ OUTPUT_NAMES = (RESULTS_FILE, METRICS_FILE, CONFIG_FILE, LABELS_FILE, BEST_DIR, 
 FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(InputError):
     """``MODEL_DIR`` holds another run (or outputs of an unknown one)."""
 
 

@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from ankh_jax.downstream import batching, run_records
 from ankh_jax.downstream.kinds import LabelKind
 from ankh_jax.downstream.task_spec import Examples
+from ankh_jax.errors import InputError
 from ankh_jax.training import optim
 from ankh_jax.training.metrics import MetricsWriter
 
@@ -57,7 +58,7 @@ class OptimizerConfig:
         """Linear warmup from 0 over ``warmup_steps`` (at most a tenth of ``total_steps``) to ``peak`` (default
         ``learning_rate``), then ``schedule``: ``training.optim.make_schedule`` with every argument given."""
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"OptimizerConfig.schedule={self.schedule!r}; expected {' | '.join(SCHEDULES)}")
+            raise InputError(f"OptimizerConfig.schedule={self.schedule!r}; expected {' | '.join(SCHEDULES)}")
         return optim.make_schedule(peak_learning_rate=self.learning_rate if peak is None else peak,
                                    warmup_steps=max(0, min(self.warmup_steps, total_steps // 10)),
                                    total_steps=total_steps, decay=self.schedule, end_learning_rate=0.0,
@@ -124,7 +125,7 @@ class EpochCheckpoints:
             restored = self.manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         except Exception as err:  # noqa: BLE001 - any failure to read it means the same to the user
-            raise ValueError(f"{self.directory}/{epoch}: the saved training state is unreadable "
+            raise InputError(f"{self.directory}/{epoch}: the saved training state is unreadable "
                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); delete "
                              f"{self.directory} to train again from the start") from None
         return restored.state["trainable"], restored.state["opt_state"], restored.meta

@@ -28,6 +28,7 @@ import numpy as np
 
 from ankh_jax.data.batching import bucket_for, length_buckets
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID
+from ankh_jax.errors import InputError
 from ankh_jax.model.config import T5Config
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -45,7 +46,7 @@ def prepare_params(config: T5Config, params):
     from ankh_jax.model import params_layout
 
     if "decoder" not in params:
-        raise ValueError("this model has no decoder (loaded encoder_only?): generation and scoring need one")
+        raise InputError("this model has no decoder (loaded encoder_only?): generation and scoring need one")
     return jax.device_put(params_layout.as_layout(params, config))
 
 
@@ -208,7 +209,7 @@ def generate_fn(config: T5Config, strategy: str, max_new_tokens: int, min_new_to
     """The jitted ``fn(params, input_ids, temperature, top_p, seed) -> [b, max_new_tokens]`` for these settings
     (jit then keeps one executable per input shape)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r}; expected one of {STRATEGIES}")
+        raise InputError(f"strategy={strategy!r}; expected one of {STRATEGIES}")
 
     def run(params, enc, temperature, top_p, seed):
         encoded = encode(config, params, enc)
@@ -226,31 +227,31 @@ def check_settings(*, strategy: str, max_new_tokens: int, min_new_tokens: int = 
                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> None:
     """Raises ValueError naming the first bad setting (before any compute)."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r}; expected one of {STRATEGIES}")
+        raise InputError(f"strategy={strategy!r}; expected one of {STRATEGIES}")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}; need at least 1")
+        raise InputError(f"max_new_tokens={max_new_tokens}; need at least 1")
     if not 0 <= min_new_tokens <= max_new_tokens:
-        raise ValueError(f"min_new_tokens={min_new_tokens}; need 0 <= min_new_tokens <= max_new_tokens")
+        raise InputError(f"min_new_tokens={min_new_tokens}; need 0 <= min_new_tokens <= max_new_tokens")
     if strategy == "beam" and num_beams < 2:
-        raise ValueError(f"num_beams={num_beams}; beam search needs at least 2")
+        raise InputError(f"num_beams={num_beams}; beam search needs at least 2")
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature}; must be > 0")
+        raise InputError(f"temperature={temperature}; must be > 0")
     if top_k < 0:
-        raise ValueError(f"top_k={top_k}; must be >= 0 (0 = off)")
+        raise InputError(f"top_k={top_k}; must be >= 0 (0 = off)")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p={top_p}; must be in (0, 1]")
+        raise InputError(f"top_p={top_p}; must be in (0, 1]")
 
 
 def pad_to_bucket(input_ids, vocab_size: int = 144) -> np.ndarray:
     """``[b, l]`` ids right-padded with 0 to the embedding length bucket of ``l`` (at least the longest row)."""
     ids = np.asarray(input_ids, dtype=np.int32)
     if ids.ndim != 2 or ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be [batch, length] with batch >= 1, got shape {ids.shape}")
+        raise InputError(f"input_ids must be [batch, length] with batch >= 1, got shape {ids.shape}")
     if ids.min(initial=0) < 0 or ids.max(initial=0) >= vocab_size:
-        raise ValueError(f"input_ids hold ids outside 0..{vocab_size - 1}")
+        raise InputError(f"input_ids hold ids outside 0..{vocab_size - 1}")
     used = int((ids != PAD_ID).sum(axis=1).max()) if ids.size else 0
     if used == 0:
-        raise ValueError("every row of input_ids is padding")
+        raise InputError("every row of input_ids is padding")
     width = bucket_for(ids.shape[1], length_buckets(ids.shape[1]))
     return np.pad(ids, ((0, 0), (0, width - ids.shape[1])))
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
+from ankh_jax.errors import InputError
 from ankh_jax.model.config import T5Config
 from ankh_jax.model.fingerprint import embedding_fingerprint
 
@@ -41,7 +42,7 @@ def chunk_size_for_width(width: int, attention_chunk_size: int | None = None) ->
     if attention_chunk_size is None:
         return AUTO_CHUNK_SIZE if width > AUTO_CHUNK_ABOVE else 0
     if attention_chunk_size < 0:
-        raise ValueError(f"attention_chunk_size={attention_chunk_size}: 0 (never chunk), a positive chunk size, "
+        raise InputError(f"attention_chunk_size={attention_chunk_size}: 0 (never chunk), a positive chunk size, "
                          "or None (automatic)")
     return attention_chunk_size if width > attention_chunk_size else 0
 
@@ -49,7 +50,7 @@ def chunk_size_for_width(width: int, attention_chunk_size: int | None = None) ->
 def embedding_config(config: T5Config, dtype: str) -> T5Config:
     """Inference settings: compute ``dtype``, no dropout / remat, layers scanned (one compiled layer)."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}; expected one of {DTYPES}")
+        raise InputError(f"dtype={dtype!r}; expected one of {DTYPES}")
     return config.replace(dtype=dtype, dropout_rate=0.0, remat_policy="none", scan_layers=True)
 
 
@@ -119,7 +120,7 @@ def _encode_all(sequences: Sequence[str], max_length: int | None, prefix_id: int
                 ) -> list[np.ndarray]:
     tok = AnkhTokenizer()
     if max_length is not None and max_length < 2:
-        raise ValueError(f"max_length={max_length}: it counts </s>, so at least 2")
+        raise InputError(f"max_length={max_length}: it counts </s>, so at least 2")
     out = []
     for i, seq in enumerate(sequences):
         ids = tok.encode(clean_sequence(seq, record=f"#{i}"), clean=False)
@@ -146,9 +147,9 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
     attention per bucket (:func:`chunk_size_for_width`; default automatic: long buckets in O(L) memory).
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+        raise InputError(f"pooling={pooling!r}; expected one of {POOLINGS}")
     if batch_tokens < 1:
-        raise ValueError(f"batch_tokens={batch_tokens} must be positive")
+        raise InputError(f"batch_tokens={batch_tokens} must be positive")
     run_config = embedding_config(config, dtype)
     chunk_size_for_width(0, attention_chunk_size)  # a bad value fails before any work
     encoded = _encode_all(sequences, max_length, prefix_id)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import FIRST_RESIDUE_ID, ID_TO_TOKEN, NUM_SENTINELS, RESIDUES, sentinel_id
+from ankh_jax.errors import InputError
 from ankh_jax.inference import decoding, scoring
 from ankh_jax.model.config import T5Config
 
@@ -47,11 +48,11 @@ def parse_mask_spec(spec: str, length: int) -> tuple[int, ...]:
         try:
             a, b = int(lo), int(hi) if sep else int(lo)
         except ValueError:
-            raise ValueError(f"mask {spec!r}: {part!r} is neither a position (30) nor a span (10-14)") from None
+            raise InputError(f"mask {spec!r}: {part!r} is neither a position (30) nor a span (10-14)") from None
         if not 1 <= a <= b:
-            raise ValueError(f"mask {spec!r}: {part!r} is not a valid 1-based position or increasing span")
+            raise InputError(f"mask {spec!r}: {part!r} is not a valid 1-based position or increasing span")
         if b > length:
-            raise ValueError(f"mask {spec!r}: position {b} is past the end of the protein (length {length})")
+            raise InputError(f"mask {spec!r}: position {b} is past the end of the protein (length {length})")
         positions.update(range(a - 1, b))
     return check_positions(sorted(positions), length)
 
@@ -60,11 +61,11 @@ def check_positions(positions: Sequence[int], length: int) -> tuple[int, ...]:
     """Sorted unique 0-based positions; at least one, at most the 116 sentinels, all inside the protein."""
     out = tuple(sorted({int(p) for p in positions}))
     if not out:
-        raise ValueError("no position to mask")
+        raise InputError("no position to mask")
     if out[0] < 0 or out[-1] >= length:
-        raise ValueError(f"masked positions must lie in 1..{length} (1-based)")
+        raise InputError(f"masked positions must lie in 1..{length} (1-based)")
     if len(out) > NUM_SENTINELS:
-        raise ValueError(f"{len(out)} masked positions; Ankh has {NUM_SENTINELS} sentinels, one per position")
+        raise InputError(f"{len(out)} masked positions; Ankh has {NUM_SENTINELS} sentinels, one per position")
     return out
 
 

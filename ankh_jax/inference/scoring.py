@@ -38,6 +38,7 @@ from ankh_jax.data.tokenizer import (
     AnkhTokenizer,
     sentinel_id,
 )
+from ankh_jax.errors import InputError
 from ankh_jax.model.config import T5Config
 
 RESIDUE_IDS = np.arange(FIRST_RESIDUE_ID, FIRST_RESIDUE_ID + len(RESIDUES))  # the ids whose piece is not <...>
@@ -147,23 +148,23 @@ def parse_mutant(mutant: str, wildtype: str, *, where: str = "") -> tuple[tuple[
     wild-type letter, a non-residue letter or a position mutated twice."""
     text = mutant.strip()
     if not text:
-        raise ValueError(f"{where}empty mutant")
+        raise InputError(f"{where}empty mutant")
     parts = []
     for part in text.split(":"):
         m = _MUTATION.fullmatch(part.strip())
         if m is None:
-            raise ValueError(f"{where}malformed mutation {part!r} in {mutant!r} (expected e.g. A23G or A23G:K45R)")
+            raise InputError(f"{where}malformed mutation {part!r} in {mutant!r} (expected e.g. A23G or A23G:K45R)")
         wt, pos, mut = m.group(1), int(m.group(2)), m.group(3)
         if not 1 <= pos <= len(wildtype):
-            raise ValueError(f"{where}{part}: position {pos} outside the wild type (1..{len(wildtype)})")
+            raise InputError(f"{where}{part}: position {pos} outside the wild type (1..{len(wildtype)})")
         if wildtype[pos - 1] != wt:
-            raise ValueError(f"{where}{part}: the wild type has {wildtype[pos - 1]!r} at position {pos}, not {wt!r}")
+            raise InputError(f"{where}{part}: the wild type has {wildtype[pos - 1]!r} at position {pos}, not {wt!r}")
         if mut not in RESIDUE_TO_ID:
-            raise ValueError(f"{where}{part}: {mut!r} is not a residue (allowed: {RESIDUES})")
+            raise InputError(f"{where}{part}: {mut!r} is not a residue (allowed: {RESIDUES})")
         parts.append((pos - 1, wt, mut))
     positions = [p for p, _, _ in parts]
     if len(set(positions)) != len(positions):
-        raise ValueError(f"{where}{mutant!r} mutates a position twice")
+        raise InputError(f"{where}{mutant!r} mutates a position twice")
     return tuple(sorted(parts))
 
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import CheckpointError
 from ankh_jax.storage import atomic
 from ankh_jax.storage.paths import as_path, move_tree, remove_tree
@@ -129,7 +130,7 @@ class Checkpointer:
     def __init__(self, model_dir: str, *, save_interval_steps: int, max_to_keep: int = 3,
                  async_save: bool = True):
         if save_interval_steps <= 0:
-            raise ValueError(f"save_interval_steps must be positive, got {save_interval_steps}")
+            raise InputError(f"save_interval_steps must be positive, got {save_interval_steps}")
         self.model_dir = as_path(model_dir)
         self.directory = self.model_dir / CHECKPOINT_SUBDIR
         self.save_interval_steps = save_interval_steps
@@ -311,7 +312,7 @@ def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -
 
     config_path = as_path(model_dir) / MODEL_CONFIG_FILE
     if not config_path.is_file():
-        raise CheckpointError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
+        raise InputNotFoundError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
     config = T5Config.from_json(config_path.read_text())
     directory = as_path(model_dir) / CHECKPOINT_SUBDIR
     # Handlers named up front so reading metadata does not warn about the items we leave unread.

@@ -31,6 +31,7 @@ import shutil
 
 import numpy as np
 
+from ankh_jax.errors import InputError
 from ankh_jax.storage.lock import DirectoryLock
 
 FORMAT_VERSION = 2
@@ -64,20 +65,20 @@ def stored_attrs(output: str) -> dict | None:
     if not os.path.lexists(output):
         return None
     if os.path.isdir(output):
-        raise ValueError(f"{output}: is a directory; --output must be an HDF5 file path")
+        raise InputError(f"{output}: is a directory; --output must be an HDF5 file path")
     import h5py
 
     try:
         with h5py.File(output, "r") as f:
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     except OSError as e:
-        raise ValueError(f"{output}: exists and is not a readable HDF5 file ({str(e).splitlines()[0]}); "
+        raise InputError(f"{output}: exists and is not a readable HDF5 file ({str(e).splitlines()[0]}); "
                          "choose another --output") from None
     if attrs.get("format_version") == 1:
-        raise ValueError(f"{output}: written by an older ankh_jax.inference.embedding that recorded no model fingerprint, so a "
+        raise InputError(f"{output}: written by an older ankh_jax.inference.embedding that recorded no model fingerprint, so a "
                          "resume cannot be checked against the model; choose another --output")
     if "fingerprint" not in attrs or attrs.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{output}: an HDF5 file not written by this version of ankh_jax.inference.embedding (no model "
+        raise InputError(f"{output}: an HDF5 file not written by this version of ankh_jax.inference.embedding (no model "
                          "fingerprint); refusing to add to it: choose another --output")
     return attrs
 
@@ -90,7 +91,7 @@ def _stored_settings(output: str) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable ({e}); delete {partial_dir(output)} to start the output afresh") \
+        raise InputError(f"{path}: unreadable ({e}); delete {partial_dir(output)} to start the output afresh") \
             from None
 
 
@@ -98,16 +99,16 @@ def check_compatible(output: str, run_attrs: dict) -> None:
     """Refuses (ValueError, nothing touched) an output or an interrupted run's parts written with other settings
     or, when ``run_attrs`` holds a ``fingerprint``, by another model."""
     if os.path.lexists(partial_dir(output)) and not os.path.isdir(partial_dir(output)):
-        raise ValueError(f"{partial_dir(output)}: exists and is not a directory; move it away")
+        raise InputError(f"{partial_dir(output)}: exists and is not a directory; move it away")
     for where, stored in ((output, stored_attrs(output)), (partial_dir(output), _stored_settings(output))):
         if stored is None:
             continue
         for key in SETTINGS:
             if str(stored.get(key)) != str(run_attrs[key]):
-                raise ValueError(f"{where} was written with {key}={stored.get(key)}, this run has "
+                raise InputError(f"{where} was written with {key}={stored.get(key)}, this run has "
                                  f"{key}={run_attrs[key]}: use another --output (or the same settings to resume)")
         if "fingerprint" in run_attrs and stored.get("fingerprint") != run_attrs["fingerprint"]:
-            raise ValueError(f"{where} was written by a different model (weights fingerprint "
+            raise InputError(f"{where} was written by a different model (weights fingerprint "
                              f"{str(stored.get('fingerprint'))[:19]}..., written from {stored.get('model')}); "
                              f"{run_attrs['model']} has {run_attrs['fingerprint'][:19]}...: resuming would mix two "
                              "models in one file; use another --output (or the original model)")

@@ -40,6 +40,9 @@ def read_flax_tensors(path: str) -> dict[str, np.ndarray]:
     """``{PyTorch T5 tensor name: array [out, in]}`` of a ``flax_model.msgpack`` (dtype as stored)."""
     from flax import serialization
 
+    from ankh_jax.io.hf_files import require_regular_file
+
+    require_regular_file(path, "a weight file")  # a link to /dev/zero would be read forever
     try:
         with open(path, "rb") as f:
             tree = serialization.msgpack_restore(f.read())
@@ -82,7 +85,8 @@ def load_flax_model(model_dir: str | os.PathLike, *, encoder_only: bool = False,
     path = os.path.join(model_dir, FLAX_FILE)
     tensors = read_flax_tensors(path)
     params = params_from_hf(tensors.__getitem__, set(tensors), config, encoder_only=encoder_only,
-                            lm_head_scale=lm_head_scale_of(hf_config), source=path)
+                            lm_head_scale=lm_head_scale_of(hf_config), source=path,
+                            config_source=os.path.join(model_dir, CONFIG_FILE))
     return config, params_layout.normalize(params, config)
 
 

@@ -17,6 +17,7 @@ import shutil
 import sys
 
 from ankh_jax.data.tokenizer import write_hf_tokenizer
+from ankh_jax.errors import InputError
 from ankh_jax.io import hf_files, hf_mapping
 from ankh_jax.io.loading import EXPORT_MARKER
 from ankh_jax.model.config import T5Config
@@ -60,10 +61,10 @@ def check_output(output_dir: str) -> None:
     if not where.exists():
         return
     if not where.is_dir():
-        raise ValueError(f"{output_dir}: exists and is not a directory; --output must be a directory")
+        raise InputError(f"{output_dir}: exists and is not a directory; --output must be a directory")
     entries = {p.name for p in where.iterdir()} - {EXPORT_MARKER}
     if entries and (hf_files.CONFIG_FILE not in entries or "model_config.json" in entries):
-        raise ValueError(f"{output_dir}: not empty and not an earlier HuggingFace export (an ankh_jax training "
+        raise InputError(f"{output_dir}: not empty and not an earlier HuggingFace export (an ankh_jax training "
                          f"directory, or files other than a model's); refusing to replace it: choose a new or empty "
                          f"directory")
 
@@ -97,7 +98,7 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
     """Writes an HF model directory (replacing an earlier export there whole); returns the paths written.
     ``flax``: the weights as ``flax_model.msgpack`` (transformers 4.x's Flax T5 classes) instead of safetensors."""
     if flax and max_shard_bytes is not None:
-        raise ValueError("a Flax export is one flax_model.msgpack; sharding applies to safetensors only")
+        raise InputError("a Flax export is one flax_model.msgpack; sharding applies to safetensors only")
     output_dir = display(output_dir)
     check_output(output_dir)
     state = hf_mapping.params_to_hf(params, config, encoder_only=encoder_only)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -17,11 +18,14 @@ import numpy as np
 from ankh_jax.io import CheckpointError
 from ankh_jax.io.hf_mapping import CONFIG_FILE, config_from_hf, lm_head_scale_of, params_from_hf
 from ankh_jax.model.config import T5Config
+from ankh_jax.storage.outputs import honour_umask
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
+# config.json and the indexes: a large model's index is ~100 kB; anything near this is not a model's JSON.
+MAX_JSON_BYTES = 16 * 2**20
 
 __all__ = ["CONFIG_FILE", "SAFETENSORS_FILE", "SAFETENSORS_INDEX", "TORCH_FILE", "TORCH_INDEX", "CheckpointError",
            "load_hf_model", "open_weights", "read_hf_config", "save_hf_weights", "weight_files"]
@@ -29,13 +33,45 @@ __all__ = ["CONFIG_FILE", "SAFETENSORS_FILE", "SAFETENSORS_INDEX", "TORCH_FILE",
 
 def read_hf_config(model_dir: str | os.PathLike) -> dict:
     path = os.path.join(os.fspath(model_dir), CONFIG_FILE)
+    if not os.path.lexists(path):
+        raise CheckpointError(f"{model_dir}: no {CONFIG_FILE}; not a HuggingFace model directory")
+    config = read_model_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(config).__name__}, not an object of T5 settings")
+    return config
+
+
+def require_regular_file(path: str, what: str) -> os.stat_result:
+    """``os.stat`` of ``path`` (through symlinks: HF caches link every file to a blob), which must be a regular
+    file: a device (``/dev/zero``), FIFO or directory is refused before it is opened."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        st = os.stat(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{model_dir}: no {CONFIG_FILE}; not a HuggingFace model directory") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: {what} does not exist (a dangling link?)") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: {what} cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: {what} is not a regular file (a device, FIFO or directory); refusing to "
+                              "read it")
+    return st
+
+
+def read_model_json(path: str) -> object:
+    """A JSON file of a model directory (``config.json``, an index): a regular file of at most
+    :data:`MAX_JSON_BYTES`, parsed; anything else is a :class:`CheckpointError` naming the file."""
+    st = require_regular_file(path, "a model JSON file")
+    if st.st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: {st.st_size} bytes; a model's JSON file is at most {MAX_JSON_BYTES} bytes")
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: more than {MAX_JSON_BYTES} bytes; a model's JSON file is not that large")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a model file") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -91,22 +127,39 @@ def _torch_state_dict(path: str) -> dict:
             for k, v in state.items()}
 
 
+def _index_shards(model_dir: str, index_path: str) -> list[str]:
+    """The weight files an index names: each a relative name inside ``model_dir`` (no absolute path, no ``..``
+    out of it) naming a regular file; errors name the index and the entry."""
+    index = read_model_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: no weight_map (an object of tensor name -> weight file)")
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"{index_path}: weight_map entry {tensor!r} is {name!r}, not a file name")
+        parts = name.replace("\\", "/").split("/")
+        if os.path.isabs(name) or ".." in parts or "\0" in name:
+            raise CheckpointError(f"{index_path}: weight_map entry {tensor!r} names {name!r}, outside the model "
+                                  "directory; an index names files inside it")
+    paths = [os.path.join(model_dir, name) for name in sorted(set(weight_map.values()))]
+    for path in paths:
+        if not os.path.lexists(path):
+            raise CheckpointError(f"{index_path}: shard {os.path.relpath(path, model_dir)} is missing")
+        require_regular_file(path, "a weight file named by the index")
+    return paths
+
+
 def weight_files(model_dir: str) -> list[str]:
-    """The checkpoint's weight files, in the order HF prefers: safetensors (sharded or not), then torch."""
+    """The checkpoint's weight files, in the order HF prefers: safetensors (sharded or not), then torch. Each is a
+    regular file (a symlink to one, as in the HF cache, is fine) inside ``model_dir``."""
     for single, index in ((SAFETENSORS_FILE, SAFETENSORS_INDEX), (TORCH_FILE, TORCH_INDEX)):
-        if os.path.exists(os.path.join(model_dir, single)):
-            return [os.path.join(model_dir, single)]
+        single_path = os.path.join(model_dir, single)
+        if os.path.lexists(single_path):
+            require_regular_file(single_path, "a weight file")
+            return [single_path]
         index_path = os.path.join(model_dir, index)
-        if os.path.exists(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index_path}: no weight_map")
-            files = sorted(set(weight_map.values()))
-            for name in files:
-                if not os.path.exists(os.path.join(model_dir, name)):
-                    raise CheckpointError(f"{index_path}: shard {name} is missing")
-            return [os.path.join(model_dir, name) for name in files]
+        if os.path.lexists(index_path):
+            return _index_shards(model_dir, index_path)
     raise CheckpointError(f"{model_dir}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {TORCH_FILE} or "
                           f"{TORCH_INDEX})")
 
@@ -125,7 +178,10 @@ def open_weights(model_dir: str) -> tuple[dict[str, Callable[[], np.ndarray]], s
             if name in loaders:
                 raise CheckpointError(f"{path}: tensor {name} appears in two weight files")
             loaders[name] = (lambda get=get, name=name: get(name))
-    return loaders, ", ".join(os.path.basename(p) for p in files)
+    if len(files) == 1 and os.path.basename(files[0]) in (SAFETENSORS_FILE, TORCH_FILE):
+        return loaders, os.path.basename(files[0])
+    index = SAFETENSORS_INDEX if files[0].endswith(".safetensors") else TORCH_INDEX
+    return loaders, f"{index} ({len(files)} shards)"
 
 
 def load_hf_model(model_dir: str | os.PathLike, *, encoder_only: bool = False, **config_overrides
@@ -143,7 +199,8 @@ def load_hf_model(model_dir: str | os.PathLike, *, encoder_only: bool = False, *
     config = config_from_hf(hf_config, source=os.path.join(model_dir, CONFIG_FILE), **config_overrides)
     loaders, files = open_weights(model_dir)
     params = params_from_hf(lambda k: loaders[k](), set(loaders), config, encoder_only=encoder_only,
-                            lm_head_scale=lm_head_scale_of(hf_config), source=os.path.join(model_dir, files))
+                            lm_head_scale=lm_head_scale_of(hf_config), source=os.path.join(model_dir, files),
+                            config_source=os.path.join(model_dir, CONFIG_FILE))
     return config, params_layout.normalize(params, config)
 
 
@@ -171,11 +228,13 @@ def save_hf_weights(state: dict[str, np.ndarray], output_dir: str, *, max_shard_
     if len(shards) == 1:
         path = os.path.join(output_dir, SAFETENSORS_FILE)
         save_file(shards[0], path, metadata={"format": "pt"})
+        honour_umask(path)  # safetensors creates its files 0600
         return [path]
     paths, weight_map = [], {}
     for i, shard in enumerate(shards, start=1):
         name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, os.path.join(output_dir, name), metadata={"format": "pt"})
+        honour_umask(os.path.join(output_dir, name))
         weight_map.update({k: name for k in shard})
         paths.append(os.path.join(output_dir, name))
     index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))}, "weight_map": weight_map}

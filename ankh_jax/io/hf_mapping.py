@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ankh_jax.errors import InputError
 from ankh_jax.io import CheckpointError
 from ankh_jax.model.config import T5Config
 
@@ -24,6 +25,8 @@ CONFIG_FILE = "config.json"
 
 # Kinds of tensor: how an ankh_jax array becomes HF's and back.
 _VECTOR, _EMBEDDING, _LINEAR, _QKV, _OUT, _RELPOS = "vector", "embedding", "linear", "qkv", "out", "relpos"
+# Float dtypes numpy knows only through ml_dtypes (kind "V"); every other float dtype has kind "f".
+_FLOAT_EXTENSION_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 # Tensors an HF checkpoint may hold that are copies of `shared.weight` (tied input embeddings).
 _TIED_EMBEDDING_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
@@ -148,7 +151,8 @@ def params_to_hf(params, config: T5Config, *, encoder_only: bool = False) -> dic
 
 
 def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], config: T5Config, *,
-                   encoder_only: bool = False, lm_head_scale: float = 1.0, source: str = "checkpoint") -> dict:
+                   encoder_only: bool = False, lm_head_scale: float = 1.0, source: str = "checkpoint",
+                   config_source: str = "the config") -> dict:
     """ankh_jax params (float32 numpy, unrolled) from HF tensors.
 
     ``get_tensor(key)`` returns one tensor (lazily, so a 7 GB checkpoint is converted one tensor at a time);
@@ -157,6 +161,7 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
     checkpoint holds none (a ``T5EncoderModel``).
     """
     has_decoder = any(k.startswith("decoder.") for k in keys)
+    _check_layers_present(keys, config, source, config_source, decoder=has_decoder and not encoder_only)
     entries = parameter_map(config, encoder_only=encoder_only or not has_decoder)
     wanted = {k for k, _, _ in entries}
     available = set(keys)
@@ -190,6 +195,9 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
     params: dict = {}
     for hf_key, path, kind in entries:
         x = np.asarray(fetch(hf_key))
+        if x.dtype.kind != "f" and x.dtype.name not in _FLOAT_EXTENSION_DTYPES:
+            raise CheckpointError(f"{source}: tensor {hf_key} is stored as {x.dtype}, not as floating point; "
+                                  f"refusing integer or boolean weights")
         expected = _hf_shape(config, hf_key, kind)
         if tuple(x.shape) != expected:
             raise CheckpointError(f"{source}: tensor {hf_key} has shape {tuple(x.shape)}, the config implies "
@@ -200,6 +208,23 @@ def params_from_hf(get_tensor: Callable[[str], np.ndarray], keys: set[str], conf
             x *= np.float32(lm_head_scale)
         _set_path(params, path, x)
     return params
+
+
+def _check_layers_present(keys: set[str], config: T5Config, source: str, config_source: str, *,
+                          decoder: bool) -> None:
+    """The layer counts of the config against the layers the weights hold, before anything is built per layer: a
+    ``config.json`` saying ``num_layers: 10000000`` is refused at once, not after ten million layers' names."""
+    stacks = [("encoder", config.num_encoder_layers, "num_layers")]
+    if decoder:
+        stacks.append(("decoder", config.num_decoder_layers, "num_decoder_layers"))
+    for stack, wanted, field in stacks:
+        prefix = f"{stack}.block."
+        present = {k[len(prefix):].split(".", 1)[0] for k in keys if k.startswith(prefix)}
+        if wanted > len(present):
+            first = next(i for i in range(len(present) + 1) if str(i) not in present)
+            raise CheckpointError(f"{source}: missing tensors for {stack} layers {first}.. ({prefix}{first}.*): "
+                                  f"{config_source} says {field}={wanted}, the weights hold {len(present)} {stack} "
+                                  "layers")
 
 
 def require_finite(x: np.ndarray, what: str) -> None:
@@ -235,7 +260,10 @@ def lm_head_scale_of(hf_config: dict) -> float:
 
 
 def config_from_hf(hf_config: dict, *, source: str = CONFIG_FILE, **overrides) -> T5Config:
-    """A :class:`T5Config` from an HF ``config.json`` dict; T5 variants ankh_jax cannot run are errors."""
+    """A :class:`T5Config` from an HF ``config.json`` dict; T5 variants ankh_jax cannot run are errors, and so is
+    a size that is not an integer in range (named by its ``config.json`` field)."""
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{source}: holds a JSON {type(hf_config).__name__}, not an object of T5 settings")
     model_type = hf_config.get("model_type", "t5")
     if model_type != "t5":
         raise CheckpointError(f"{source}: model_type {model_type!r}; ankh_jax reads T5 (Ankh) models only")
@@ -246,8 +274,9 @@ def config_from_hf(hf_config: dict, *, source: str = CONFIG_FILE, **overrides) -
     fields = {k: v for k, v in hf_config.items() if k != "tie_word_embeddings"}
     try:
         return T5Config.from_hf_dict(fields, **overrides)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
+    except InputError as e:
+        message = str(e).replace("T5Config.num_encoder_layers", "num_layers").replace("T5Config.", "")
+        raise CheckpointError(f"{source}: {message}") from None
 
 
 

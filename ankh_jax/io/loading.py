@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import CheckpointError
 from ankh_jax.io.hf_mapping import CONFIG_FILE as HF_CONFIG_FILE
 from ankh_jax.io.hf_mapping import require_finite
@@ -45,15 +46,15 @@ def model_format(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     check_reachable(path, "model directory")
     if where.exists() and not where.is_dir():
-        raise FileNotFoundError(f"{path}: is a file, not a model directory")
+        raise InputNotFoundError(f"{path}: is a file, not a model directory")
     if not where.is_dir():
-        raise FileNotFoundError(f"{path}: no such model directory")
+        raise InputNotFoundError(f"{path}: no such model directory")
     if (where / ANKH_JAX_CONFIG_FILE).exists():
         return "ankh_jax"
     if (where / HF_CONFIG_FILE).exists():
         require_committed_export(path)
         return "hf"
-    raise FileNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
+    raise InputNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
                             f"HuggingFace model directory ({HF_CONFIG_FILE})")
 
 
@@ -69,7 +70,7 @@ def load(path: str | os.PathLike, *, encoder_only: bool = False, step: int | Non
     path = os.fspath(path)
     if model_format(path) == "hf":
         if step is not None:
-            raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
+            raise InputError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
         if is_remote(path):  # safetensors, torch and the tokenizer read local files: a cached local copy
             path = local_copy(path)
         from ankh_jax.io import flax_msgpack

@@ -19,17 +19,27 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
 from importlib import resources
 
 import gin
 import jax.numpy as jnp
 from gin import config_parser
 
+from ankh_jax.errors import InputError, InputNotFoundError
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 # The gated feed-forward's activation, named as transformers names it (``dense_act_fn``): Ankh's ``gelu_new``
 # (GELU, tanh approximation; ``feed_forward_proj: "gated-gelu"``) and Ankh2's ``silu`` ("gated-silu").
 ACTIVATIONS = ("gelu_new", "silu")
 # The presets' gin files, relative to the shipped configs (``ankh_jax.configs``, the checkout's configs/).
+# The range of each size: far above any Ankh (48 + 24 layers, d_model 1536, d_ff 3840), far below what would
+# exhaust memory before a shape is compared with the weights.
+SIZE_LIMITS = {"vocab_size": (1, 1 << 20), "d_model": (1, 1 << 16), "d_kv": (1, 1 << 12), "d_ff": (1, 1 << 18),
+               "num_heads": (1, 1 << 10), "num_encoder_layers": (0, 1 << 10), "num_decoder_layers": (0, 1 << 10),
+               "relative_attention_num_buckets": (1, 1 << 12), "relative_attention_max_distance": (1, 1 << 24),
+               "attention_chunk_size": (0, 1 << 24), "decoder_start_token_id": (0, 1 << 20),
+               "pad_token_id": (0, 1 << 20), "eos_token_id": (0, 1 << 20)}
 PRESET_GIN_FILES = {"ankh_base": "models/ankh_base.gin", "ankh_large": "models/ankh_large.gin",
                     "ankh2_large": "models/ankh2_large.gin", "tiny": "models/ankh_tiny.gin"}
 
@@ -65,17 +75,30 @@ class T5Config:
 
     def __post_init__(self):
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
-        if self.attention_chunk_size < 0:
-            raise ValueError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
+            raise InputError(f"remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        if isinstance(self.attention_chunk_size, numbers.Integral) and self.attention_chunk_size < 0:
+            raise InputError(f"T5Config.attention_chunk_size must be >= 0 (0: no chunking), got "
                              f"{self.attention_chunk_size}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
+            raise InputError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
         for name in ("dtype", "param_dtype"):
             jnp.dtype(getattr(self, name))  # raises on a bad name
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "relative_attention_num_buckets"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Every size an integer within :data:`SIZE_LIMITS` (a config from a stranger's model directory must not
+        make the loader build ten million layers' names, or allocate a 10^9-wide embedding, before it is
+        refused); the float knobs finite numbers in range."""
+        for name, (low, high) in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"T5Config.{name}={value!r}: must be an integer")
+            if not low <= value <= high:
+                raise InputError(f"T5Config.{name}={value}: must be in {low}..{high}")
+        for name, (low, high) in (("dropout_rate", (0.0, 1.0)), ("layer_norm_epsilon", (0.0, 1.0))):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value < high:
+                raise InputError(f"T5Config.{name}={value!r}: must be a number in [{low}, {high})")
 
     # -- presets (read from configs/models/*.gin) --------------------------------------------------------------
     @classmethod
@@ -128,7 +151,7 @@ class T5Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown T5Config fields {sorted(unknown)}")
+            raise InputError(f"unknown T5Config fields {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
@@ -171,7 +194,7 @@ class T5Config:
         activation = activation_of_hf(d.get("feed_forward_proj", "relu"))
         if d.get("tie_word_embeddings") is True:
             # Ankh's released models have an untied lm_head and no d_model**-0.5 rescale; a tied T5 would need both.
-            raise ValueError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
+            raise InputError("tie_word_embeddings=true: ankh_jax models have an untied lm_head")
         fields = {
             "vocab_size": d["vocab_size"], "d_model": d["d_model"], "d_kv": d["d_kv"], "d_ff": d["d_ff"],
             "num_heads": d["num_heads"], "num_encoder_layers": d["num_layers"],
@@ -204,11 +227,11 @@ def activation_of_hf(feed_forward_proj: str) -> str:
     is gated with ``X``, and ``gated-gelu`` means ``gelu_new``); a T5 ankh_jax cannot run is a ValueError."""
     gated, _, act = str(feed_forward_proj).rpartition("-")
     if gated != "gated":
-        raise ValueError(f"feed_forward_proj={feed_forward_proj!r} is a non-gated (T5 v1.0) feed-forward; ankh_jax "
+        raise InputError(f"feed_forward_proj={feed_forward_proj!r} is a non-gated (T5 v1.0) feed-forward; ankh_jax "
                          f"runs gated T5s only (Ankh, Ankh2: gated-gelu, gated-silu)")
     act = "gelu_new" if act == "gelu" else act
     if act not in ACTIVATIONS:
-        raise ValueError(f"feed_forward_proj={feed_forward_proj!r}: activation {act!r} is not implemented; ankh_jax "
+        raise InputError(f"feed_forward_proj={feed_forward_proj!r}: activation {act!r} is not implemented; ankh_jax "
                          f"runs gated-gelu (gelu_new) and gated-silu T5s")
     return act
 
@@ -239,14 +262,14 @@ def _read_model_gin(name: str) -> tuple[tuple[str, object], ...]:
     configs = resources.files("ankh_jax.configs")
     source = configs.joinpath(name)
     if not source.is_file():
-        raise FileNotFoundError(f"model gin file {name!r} not found in {configs}")
+        raise InputNotFoundError(f"model gin file {name!r} not found in {configs}")
     bindings: dict[str, object] = {}
     for statement in config_parser.ConfigParser(source.read_text(), _LiteralsOnly()):
         if isinstance(statement, config_parser.IncludeStatement):
             bindings.update(_read_model_gin(statement.filename))
         elif isinstance(statement, config_parser.BindingStatement) and statement.selector == "T5Config":
             if statement.scope or isinstance(statement.value, _Reference):
-                raise ValueError(f"{name}: {statement.location.line_content.strip()!r}: a preset's gin file binds "
+                raise InputError(f"{name}: {statement.location.line_content.strip()!r}: a preset's gin file binds "
                                  "unscoped literal T5Config values only")
             bindings[statement.arg_name] = statement.value
     return tuple(bindings.items())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
+from ankh_jax.errors import InputError
 from ankh_jax.storage import atomic
 
 PLOTS_SUBDIR = "plots"
 DPI = 110
 
 
-class PlotInputError(ValueError):
+class PlotInputError(InputError):
     """An input a picture cannot be drawn from (missing file, wrong format); the message names it."""
 
 

@@ -25,6 +25,7 @@ import gin
 import jax
 import numpy as np
 
+from ankh_jax.errors import InputError
 from ankh_jax.io import checkpoints as ckpt_lib
 from ankh_jax.training import flops as flops_lib
 from ankh_jax.training import run_dir
@@ -58,10 +59,6 @@ def _default_input_fn():
     from ankh_jax.data.input_pipeline import make_input
 
     return make_input
-
-
-class InputError(RuntimeError):
-    """The training or validation data cannot be read."""
 
 
 def _first_batch(iterator, where: str) -> dict:
@@ -116,7 +113,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     partitioner = partitioner or Partitioner()
     try:
         data_parallel = partitioner.batch_shards
-    except ValueError as err:
+    except InputError as err:
         raise RunConfigError(f"Partitioner.mesh_shape: {err}") from None
     if global_batch_size % data_parallel:
         raise RunConfigError(f"train.global_batch_size (BATCH_SIZE) = {global_batch_size} is not divisible by the "
@@ -126,7 +123,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
         program = build_program(model_config, partitioner, num_microbatches=num_microbatches,
                                 label_smoothing=label_smoothing, z_loss=z_loss)
         shard_id, num_shards, host_batch = partitioner.host_data_shard(global_batch_size)
-    except ValueError as err:
+    except InputError as err:
         raise RunConfigError(str(err)) from None
     log.info("%s", partitioner.describe())
 
@@ -243,7 +240,7 @@ def _check_sentinels(feature_lengths: Mapping[str, int]) -> None:
     try:
         span_corruption.check_sentinel_budget(inputs_length, knobs["noise_density"], knobs["mean_noise_span_length"],
                                               knobs["merge_adjacent_spans"])
-    except ValueError as err:
+    except InputError as err:
         raise RunConfigError(f"train.feature_lengths['inputs'] (INPUTS_LENGTH) = {inputs_length} with "
                              f"span_corruption.noise_density / mean_noise_span_length: {err}") from None
 
@@ -352,7 +349,7 @@ def _load_hf_params(path: str, config) -> Any:
              if getattr(hf_config, f) != getattr(config, f)}
     if diffs:
         detail = ", ".join(f"{k}: HF {a} vs gin {b}" for k, (a, b) in diffs.items())
-        raise ValueError(f"init_from_hf={path}: the HuggingFace model does not match MODEL_CONFIG ({detail}); "
+        raise InputError(f"init_from_hf={path}: the HuggingFace model does not match MODEL_CONFIG ({detail}); "
                          "use the model gin file that matches it")
     return params
 

@@ -18,6 +18,8 @@ import gin
 import jax.numpy as jnp
 import optax
 
+from ankh_jax.errors import InputError
+
 
 @gin.configurable
 def make_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int = 0, total_steps: int | None = None,
@@ -29,12 +31,12 @@ def make_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int = 0, total
     (peak * sqrt(warmup / step), t5x's default) or ``constant``.
     """
     if peak_learning_rate <= 0:
-        raise ValueError(f"make_schedule.peak_learning_rate must be positive, got {peak_learning_rate}")
+        raise InputError(f"make_schedule.peak_learning_rate must be positive, got {peak_learning_rate}")
     if warmup_steps < 0:
-        raise ValueError(f"make_schedule.warmup_steps must be >= 0, got {warmup_steps}")
+        raise InputError(f"make_schedule.warmup_steps must be >= 0, got {warmup_steps}")
     if decay in ("linear", "cosine"):
         if total_steps is None or total_steps <= warmup_steps:
-            raise ValueError(f"make_schedule: {decay} decay needs total_steps ({total_steps}) > warmup_steps "
+            raise InputError(f"make_schedule: {decay} decay needs total_steps ({total_steps}) > warmup_steps "
                              f"({warmup_steps}); in the pretrain configs these are TRAIN_STEPS and WARMUP_STEPS")
         decay_steps = total_steps - warmup_steps
         if decay == "linear":
@@ -50,7 +52,7 @@ def make_schedule(peak_learning_rate: float = 1e-3, warmup_steps: int = 0, total
     elif decay == "constant":
         after = optax.constant_schedule(peak_learning_rate)
     else:
-        raise ValueError(f"make_schedule.decay: unknown decay {decay!r}; expected linear, cosine, rsqrt or constant")
+        raise InputError(f"make_schedule.decay: unknown decay {decay!r}; expected linear, cosine, rsqrt or constant")
     if warmup_steps == 0:
         return after
     warmup = optax.linear_schedule(init_learning_rate, peak_learning_rate, warmup_steps)
@@ -74,7 +76,7 @@ def make_optimizer(learning_rate: optax.Schedule, name: str = "adafactor", clip_
     elif name == "adamw":
         core = optax.adamw(learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=weight_decay)
     else:
-        raise ValueError(f"make_optimizer.name: unknown optimizer {name!r}; expected adafactor or adamw")
+        raise InputError(f"make_optimizer.name: unknown optimizer {name!r}; expected adafactor or adamw")
     if clip_grad_norm:
         return optax.chain(optax.clip_by_global_norm(clip_grad_norm), core)
     return core
@@ -91,7 +93,7 @@ def make_grouped_optimizer(schedules: Mapping[str, optax.Schedule], labels: Mapp
     """
     if labels is None:
         if len(schedules) != 1:
-            raise ValueError(f"make_grouped_optimizer: {len(schedules)} groups need labels saying which is which")
+            raise InputError(f"make_grouped_optimizer: {len(schedules)} groups need labels saying which is which")
         tx = make_optimizer(next(iter(schedules.values())), **optimizer_kwargs)
     else:
         tx = optax.multi_transform({group: make_optimizer(schedule, **optimizer_kwargs)

@@ -29,6 +29,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ankh_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "model")
@@ -68,7 +70,7 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
     the job in bounded time instead of leaving the rest blocked in a collective.
     """
     if mode not in ("auto", "always", "never"):
-        raise ValueError(f"initialize_distributed.mode={mode!r}: expected auto, always or never")
+        raise InputError(f"initialize_distributed.mode={mode!r}: expected auto, always or never")
     if mode == "never" or jax.distributed.is_initialized():
         return
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
@@ -108,18 +110,18 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
     """Replaces at most one -1 in ``mesh_shape`` by what is left of ``num_devices``; checks the product."""
     shape = [int(s) for s in mesh_shape]
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh_shape {tuple(mesh_shape)} must have {len(MESH_AXES)} entries {MESH_AXES}")
+        raise InputError(f"mesh_shape {tuple(mesh_shape)} must have {len(MESH_AXES)} entries {MESH_AXES}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh_shape {tuple(mesh_shape)}: at most one axis may be -1")
+        raise InputError(f"mesh_shape {tuple(mesh_shape)}: at most one axis may be -1")
     if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh_shape {tuple(mesh_shape)}: sizes must be positive or -1")
+        raise InputError(f"mesh_shape {tuple(mesh_shape)}: sizes must be positive or -1")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
-            raise ValueError(f"mesh_shape {tuple(mesh_shape)} does not divide the {num_devices} devices")
+            raise InputError(f"mesh_shape {tuple(mesh_shape)} does not divide the {num_devices} devices")
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
-        raise ValueError(f"mesh_shape {tuple(shape)} needs {math.prod(shape)} devices, but {num_devices} are "
+        raise InputError(f"mesh_shape {tuple(shape)} needs {math.prod(shape)} devices, but {num_devices} are "
                          f"available")
     return tuple(shape)
 
@@ -240,7 +242,7 @@ class Partitioner:
     def host_data_shard(self, global_batch_size: int) -> tuple[int, int, int]:
         """(shard_id, num_shards, per-host batch size) of this process's slice of the global batch."""
         if global_batch_size % self.batch_shards:
-            raise ValueError(f"global batch size {global_batch_size} is not divisible by the {self.batch_shards} "
+            raise InputError(f"global batch size {global_batch_size} is not divisible by the {self.batch_shards} "
                              f"batch shards of mesh {dict(self.mesh.shape)}")
         indices = self.batch_sharding().addressable_devices_indices_map((global_batch_size, 1))
         starts = sorted({(idx[0].start or 0) for idx in indices.values()})
@@ -248,7 +250,7 @@ class Partitioner:
         lo, hi = starts[0], stops[-1]
         per_host = hi - lo
         if global_batch_size % per_host or lo % per_host:
-            raise ValueError(f"this process's devices hold batch rows {lo}:{hi}, which is not a regular slice of "
+            raise InputError(f"this process's devices hold batch rows {lo}:{hi}, which is not a regular slice of "
                              f"the global batch {global_batch_size}")
         return lo // per_host, global_batch_size // per_host, per_host
 

@@ -84,7 +84,7 @@ def restore_input_position(train_iter, input_states: list[dict] | None, first_sh
     if len(input_states) == now:
         try:
             train_iter.set_state(input_states[first_shard:first_shard + mine])
-        except ValueError as err:
+        except InputError as err:
             raise RunConfigError(f"cannot continue the saved input stream: {err}") from None
         if jax.process_count() != saved_hosts:
             info(f"elastic restart: the checkpoint was written by {saved_hosts} process(es), this run has "

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ankh_jax.errors import InputError
 from ankh_jax.training.losses import cross_entropy_sums
 from ankh_jax.training.partitioning import Partitioner, wait_for_all_processes
 
@@ -134,7 +135,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             def split(x):  # rows j*M + i -> micro-batch i: each device keeps its own rows
                 b = x.shape[0]
                 if b % num_microbatches:
-                    raise ValueError(f"batch {b} not divisible into {num_microbatches} micro-batches")
+                    raise InputError(f"batch {b} not divisible into {num_microbatches} micro-batches")
                 x = x.reshape((b // num_microbatches, num_microbatches) + x.shape[1:])
                 return jnp.swapaxes(x, 0, 1)
 

@@ -135,3 +135,40 @@ def test_an_impossible_run_configuration_is_one_line_before_anything_is_written(
     err = capsys.readouterr().err
     assert named in err and len(err.strip().splitlines()) == 1, err
     assert not model_dir.exists()
+
+
+_BUG_IN_A_STEP = """
+import sys
+from ankh_jax import train
+from ankh_jax.training import program
+
+def jit_train_step(step_fn, layout):
+    def step(*args):
+        raise ValueError("a bug inside the train step")
+    return step
+
+program.jit_train_step = jit_train_step
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_value_error_inside_a_train_step_keeps_its_traceback(tmp_path, repo_root):
+    """A ValueError that is not an InputError is a bug (in ankh_jax, jax, orbax or optax), never "bad input":
+    the traceback is printed and the exit status is 1, not the one-line exit 2 of a user error."""
+    model_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _BUG_IN_A_STEP, *_flags(model_dir)], cwd=repo_root,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "ValueError: a bug inside the train step" in proc.stderr
+    assert "error: a bug inside the train step" not in proc.stderr
+
+
+def test_an_unquoted_gin_string_names_the_binding_and_the_quotes(tmp_path, capsys):
+    """Before: ``SyntaxError: Unable to parse value. (line 3)``, naming neither the binding nor the fix."""
+    model_dir = tmp_path / "run"
+    assert main(FLAGS + [f"--gin.MODEL_DIR={model_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"binding 'MODEL_DIR = {model_dir}'" in err[0], err
+    assert f"""a string needs inner quotes: --gin.MODEL_DIR="'{model_dir}'\"""" in err[0]
+    assert not model_dir.exists()
