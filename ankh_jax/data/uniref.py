@@ -188,11 +188,11 @@ def build(fasta: str | Sequence[str], data_dir: str, *, config: str = "uniref50"
         from ankh_jax.data.uniref_beam import BeamUniref as builder_cls
     else:
         builder_cls = Uniref
+    uniref_inputs.check_fasta_heads(files)
+    uniref_inputs.check_validation_split(files, rules)
     builder = builder_cls(config=config, data_dir=data_dir, rules=rules, fasta_files=files, progress=progress)
     if builder.is_prepared() and not overwrite:
         return builder
-    uniref_inputs.check_fasta_heads(files)
-    uniref_inputs.check_validation_split(files, rules)
     options = None
     if beam_runner:
         from ankh_jax.data.uniref_beam import pipeline_options
