@@ -24,6 +24,7 @@ statistics (counts, length histogram, skipped records and why) are in ``metadata
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -160,6 +161,24 @@ class Uniref(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["build_seconds"] = self.build_seconds
 
 
+class BeamUniref(Uniref, skip_registration=True):
+    """:class:`Uniref` whose splits come from one Apache Beam pipeline (``ankh_jax.data.uniref_beam``, imported
+    here only): the same datasets, the same files."""
+
+    def _split_generators(self, dl_manager, pipeline):
+        from ankh_jax.data import uniref_beam
+
+        files = self.input_files(dl_manager)
+        self._record_metadata(files, pipeline.options.get_all_options().get("runner"))
+        self._stats_path = self.data_path / uniref_beam.STATS_FILE  # in the temporary dir tfds renames when done
+        return uniref_beam.split_pcollections(pipeline, files, self.rules, os.fspath(self._stats_path))
+
+    def collected_stats(self) -> dict:
+        stats = json.loads(self._stats_path.read_text())
+        self._stats_path.unlink()
+        return stats
+
+
 class Uniref50(Uniref):
     """The name ``uniref50`` had before the configs: the ``uniref50`` config of :class:`Uniref`, same files."""
 
@@ -184,10 +203,7 @@ def build(fasta: str | Sequence[str], data_dir: str, *, config: str = "uniref50"
     if num_shards is not None and num_shards < 1:
         raise InputError(f"num_shards must be >= 1, got {num_shards}")
     files = uniref_inputs.resolve_fasta_files(fasta)
-    if beam_runner:
-        from ankh_jax.data.uniref_beam import BeamUniref as builder_cls
-    else:
-        builder_cls = Uniref
+    builder_cls = BeamUniref if beam_runner else Uniref
     uniref_inputs.check_fasta_heads(files)
     uniref_inputs.check_validation_split(files, rules)
     builder = builder_cls(config=config, data_dir=data_dir, rules=rules, fasta_files=files, progress=progress)

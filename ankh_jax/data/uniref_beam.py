@@ -1,4 +1,4 @@
-"""The ``uniref`` builder on Apache Beam: imported only when a build asks for a Beam runner (it imports Beam).
+"""The ``uniref`` builder's Beam pipeline: imported only when a build asks for a Beam runner (it imports Beam).
 
 One pipeline reads the input ONCE and writes every split::
 
@@ -20,7 +20,6 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
-from ankh_jax.data.uniref import Uniref
 from ankh_jax.data.uniref_records import BuildRules, BuildStats, classified_records
 
 STATS_FILE = "beam_build_stats.json"  # written by the pipeline into the build's temporary dir, then folded in
@@ -69,25 +68,14 @@ def _write_stats(stats: BuildStats, path: str) -> None:
     epath.Path(path).write_text(json.dumps(stats.metadata()))
 
 
-class BeamUniref(Uniref, skip_registration=True):
-    """:class:`ankh_jax.data.uniref.Uniref` whose splits come from one Beam pipeline (same datasets, same files)."""
-
-    def _split_generators(self, dl_manager, pipeline):
-        files = self.input_files(dl_manager)
-        self._record_metadata(files, pipeline.options.get_all_options().get("runner"))
-        self._stats_path = str(self.data_path / STATS_FILE)  # the temporary dir tfds renames when done
-        splits = self.rules.splits
-        outputs = (pipeline
-                   | "FastaFiles" >> beam.Create(list(enumerate(files)))
-                   | "SpreadFiles" >> beam.Reshuffle()
-                   | "ReadAndClassify" >> beam.ParDo(ReadAndClassify(self.rules)).with_outputs("stats", *splits))
-        _ = (outputs.stats
-             | "MergeStats" >> beam.CombineGlobally(MergeStats(splits))
-             | "WriteStats" >> beam.Map(_write_stats, self._stats_path))
-        return {split: outputs[split] for split in splits}
-
-    def collected_stats(self) -> dict:
-        path = epath.Path(self._stats_path)
-        stats = json.loads(path.read_text())
-        path.unlink()
-        return stats
+def split_pcollections(pipeline, files: Sequence[str], rules: BuildRules, stats_path: str) -> dict:
+    """``{split: PCollection of (id, example)}`` from one read of ``files``; the merged statistics go to
+    ``stats_path`` (JSON of ``BuildStats.metadata()``) when the pipeline runs."""
+    outputs = (pipeline
+               | "FastaFiles" >> beam.Create(list(enumerate(files)))
+               | "SpreadFiles" >> beam.Reshuffle()
+               | "ReadAndClassify" >> beam.ParDo(ReadAndClassify(rules)).with_outputs("stats", *rules.splits))
+    _ = (outputs.stats
+         | "MergeStats" >> beam.CombineGlobally(MergeStats(rules.splits))
+         | "WriteStats" >> beam.Map(_write_stats, stats_path))
+    return {split: outputs[split] for split in rules.splits}
