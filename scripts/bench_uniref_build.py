@@ -46,10 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="DirectRunner workers (multi_processing)")
     p.add_argument("--num_shards", type=int, default=16, help="TFRecord files per split")
     p.add_argument("--work_dir", default=None, help="where the FASTA and datasets go (default: a temp dir)")
-    bench_common.add_common_args(p, quick_help="20,000 records")
+    bench_common.add_common_args(p, quick_help="20,000 records, 2 shards per split")
     args = p.parse_args(argv)
     if args.quick:
-        args.records = 20_000
+        args.records, args.num_shards = 20_000, 2
     return args
 
 

@@ -221,9 +221,23 @@ def build(fasta: str | Sequence[str], data_dir: str, *, config: str = "uniref50"
                                                    download_mode=mode, beam_runner=None, beam_options=options)
     try:
         builder.download_and_prepare(download_config=download_config)
-    except AssertionError as e:  # tfds's way of saying a split is smaller than the shard count
-        if "number_of_shards" not in str(e):
-            raise
-        raise InputError(f"cannot write {num_shards} shards per split ({e}); lower num_shards or raise "
-                         "validation_fraction") from e
+    except AssertionError as e:  # tfds's way of saying a split is smaller than the shard count, or a duplicate
+        if "number_of_shards" in str(e):
+            raise InputError(f"cannot write {num_shards} shards per split ({e}); lower num_shards or raise "
+                             "validation_fraction") from e
+        if "share the same hashed key" in str(e):
+            raise InputError(f"{_duplicated_id(e)} appears twice in the input ({', '.join(files)}); record ids "
+                             "(a header's first word) must be unique across the files") from e
+        raise
     return builder
+
+
+def _duplicated_id(err: AssertionError) -> str:
+    """The id behind tfds's duplicated-key error (its cause holds the serialized example), or a stand-in."""
+    item = getattr(err.__context__, "item1", None)
+    try:
+        import tensorflow as tf
+
+        return repr(tf.train.Example.FromString(item).features.feature["id"].bytes_list.value[0].decode())
+    except Exception:  # noqa: BLE001 - tfds changed its error: still say what is wrong, without the id
+        return "a record id"

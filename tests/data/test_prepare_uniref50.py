@@ -108,3 +108,14 @@ def test_unknown_config_and_stray_beam_flags_are_one_line(prepare, sample_fasta,
         prepare.main([f"--fasta={sample_fasta}", f"--output_dir={tmp_path}", "--direct_num_workers=2"])
     assert exit_.value.code == 2
     assert "Beam pipeline options need --beam_runner" in capsys.readouterr().err
+
+
+def test_an_id_in_two_files_is_one_line_naming_it(prepare, tmp_path, capsys):
+    (tmp_path / "a.fasta").write_text(">A1\nMKVLAAGG\n>A2\nMKVLAAGG\n")
+    (tmp_path / "b.fasta").write_text(">B1\nMKVLAAGG\n>A1 again\nMKVLAAGG\n")
+    out = tmp_path / "out"
+    assert prepare.main([f"--fasta={tmp_path}/*.fasta", f"--output_dir={out}", "--validation_fraction=0",
+                         "--no_progress"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("prepare_uniref50: error: 'A1' appears twice in the input")
+    assert not (out / "uniref50" / "1.0.0").exists()
