@@ -93,13 +93,12 @@ class Uniref(tfds.core.GeneratorBasedBuilder):
                  progress: bool = False, config=None, **kwargs):
         # Each config is its own dataset on disk: its name (not the builder's) names the directory and the shard
         # files, as the one-dataset ``uniref50`` builder did (see ``_build_data_dir``).
-        config_name = getattr(config, "name", config) or self.BUILDER_CONFIGS[0].name
-        self.name = config_name
+        self.name = getattr(config, "name", config) or self.BUILDER_CONFIGS[0].name
         self.rules = rules or BuildRules()
         self.fasta_files = list(fasta_files) if fasta_files else None
         self.progress = progress
         self.single_pass: SinglePass | None = None
-        self.build_seconds: float | None = None
+        self._bar = None  # the one-process build's progress bar
         super().__init__(config=config, **kwargs)
 
     def _build_data_dir(self, given_data_dir):
@@ -133,13 +132,11 @@ class Uniref(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         files = self.input_files(dl_manager)
         self._record_metadata(files, None)
-        bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(desc="reading FASTA", unit=" records", mininterval=1.0, smoothing=0.1)
-        self.single_pass = SinglePass(files, self.rules, on_record=bar.update if bar is not None else None)
-        self._bar = bar
+            self._bar = tqdm(desc="reading FASTA", unit=" records", mininterval=1.0, smoothing=0.1)
+        self.single_pass = SinglePass(files, self.rules, on_record=None if self._bar is None else self._bar.update)
         return {split: self._generate_examples(split) for split in self.rules.splits}
 
     def _generate_examples(self, split: str):
@@ -157,8 +154,7 @@ class Uniref(tfds.core.GeneratorBasedBuilder):
         start = time.time()
         super()._download_and_prepare(dl_manager, download_config)
         self.info.metadata.update(self.collected_stats())
-        self.build_seconds = round(time.time() - start, 3)
-        self.info.metadata["build_seconds"] = self.build_seconds
+        self.info.metadata["build_seconds"] = round(time.time() - start, 3)
 
 
 class BeamUniref(Uniref, skip_registration=True):
