@@ -193,3 +193,16 @@ def test_pretraining_dataset_is_a_gin_binding(tmp_path, sample_fasta):
     finally:
         gin.clear_config()
 
+
+
+def test_beam_is_imported_only_for_a_beam_build(tmp_path, sample_fasta):
+    """The one-process build, the pretraining task and the command's start never import Apache Beam."""
+    import subprocess
+    import sys
+
+    write_fasta(tmp_path / "p.fasta", [(r.id, r.sequence) for r in load_fasta(sample_fasta)[:60]])
+    code = (f"import sys; from ankh_jax.data import uniref; import ankh_jax.tasks.pretraining; "
+            f"uniref.build({str(tmp_path / 'p.fasta')!r}, {str(tmp_path / 'tfds')!r}, num_shards=1, "
+            "validation_fraction=0.5); print('apache_beam' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
