@@ -23,7 +23,9 @@ Re-running the same command resumes: after a kill it continues from the last fin
 removed once ``results.json`` is written); after a finished run it prints the results and writes nothing. A run
 with another encoder (by weights, not path), task, mode or setting into the same ``MODEL_DIR`` is refused before
 anything is written, and so is a second run while the first holds the directory (``.lock``). Bad input (data,
-gin, paths) is one line on stderr and exit status 2; a non-finite loss, exit status 3.
+gin, paths) is one line on stderr and exit status 2; a non-finite loss, exit status 3. Validation and test
+sequences identical to training ones, and repeated rows, are counted (``results.json`` and ``run.json``, under
+``leakage``) with a warning, or refused with ``--gin.run.strict=True``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 from ankh_jax import flags
 
 PROG = "python -m ankh_jax.finetune"
-GIN_MODULES = ("ankh_jax.downstream.runner",)   # run, HeadConfig, LoraConfig, OptimizerConfig
+GIN_MODULES = ("ankh_jax.downstream.runner",)   # run and its *Config settings
 
 
 def main(argv: list[str] | None = None) -> int:

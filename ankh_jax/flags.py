@@ -169,7 +169,7 @@ def command_errors() -> tuple[type[BaseException], ...]:
     """What a command reports as bad input (one line, exit 2) rather than a traceback: a wrong path, file, record,
     setting or checkpoint (every one a ValueError or FileNotFoundError), and a directory another run holds. Anything
     else is a bug and keeps its traceback."""
-    from ankh_jax.io.dir_lock import DirectoryInUseError
+    from ankh_jax.storage.lock import DirectoryInUseError
 
     return ValueError, FileNotFoundError, DirectoryInUseError
 

@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         encoder_dir = write_random_encoder(os.path.join(work, "encoder"), args.preset, 0, args.layers)
         flags.parse_gin(["downstream/pfam_family.gin"], [
             f"MODEL_DIR = '{model_dir}'", f"ENCODER = '{encoder_dir}'", "run.progress = True",
-            f"pfam_family_task.max_length = {args.max_length}", f"OptimizerConfig.max_epochs = {args.epochs}",
-            f"OptimizerConfig.patience = {args.epochs}", f"run.batch_tokens = {args.batch_tokens}"],
+            f"pfam_family_task.max_length = {args.max_length}", f"StoppingConfig.max_epochs = {args.epochs}",
+            f"StoppingConfig.patience = {args.epochs}", f"EmbeddingCacheConfig.batch_tokens = {args.batch_tokens}"],
             modules=GIN_MODULES)
         results = runner.run()
     rows.append(("head training (frozen), incl. compile", len(data.splits["train"].sequences),

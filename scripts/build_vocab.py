@@ -1,6 +1,6 @@
 """Rebuilds ``ankh_jax/assets/ankh_vocab.model``, the SentencePiece model behind Ankh's seqio vocabulary.
 
-The model is a pure function of the vocabulary in ``ankh_jax/tokenizer.py``, so rebuilding it gives the same bytes
+The model is a pure function of the vocabulary in ``ankh_jax/data/tokenizer.py``, so rebuilding it gives the same bytes
 (``--check`` verifies the shipped file instead of writing it).
 """
 

@@ -23,7 +23,7 @@ import optax
 
 from ankh_jax.data.batching import power_of_two_bucket
 from ankh_jax.data.tokenizer import AnkhTokenizer
-from ankh_jax.downstream.batching import contact_labels
+from ankh_jax.downstream.kinds import contact_labels
 from ankh_jax.downstream.metrics import contact_precision
 from ankh_jax.downstream.task_spec import TaskSpec
 

@@ -239,6 +239,17 @@ def _task(kind, tests, classes=None, metric="accuracy"):
     return TaskData(spec, splits, classes)
 
 
+def _draw(model_dir, data, predict):
+    """What the runner does after training: each test split predicted once, its kind's pictures drawn."""
+    from ankh_jax.plots.finetune_plots import draw_finetune_plots
+
+    def test_plots():
+        predictions = {name[len("test/"):]: predict(data.splits[name]) for name in data.test_names()}
+        return data.spec.label_kind.draw_test_plots(str(model_dir), data, predictions)
+
+    return draw_finetune_plots(str(model_dir), test_plots)
+
+
 def _finetune_metrics(model_dir, runs=1):
     rows = []
     for _ in range(runs):  # a second run in the same directory appends, its steps start again
@@ -251,12 +262,13 @@ def _finetune_metrics(model_dir, runs=1):
 
 
 def test_confusion_matrix_counts_scored_positions_only():
-    from ankh_jax.plots.finetune_plots import confusion_matrix, predicted_classes
+    from ankh_jax.downstream.kinds import get, predicted_classes
+    from ankh_jax.plots.finetune_plots import confusion_matrix
 
-    predicted, true = predicted_classes("residue_class", [np.array([0, 1, 2, 2]), np.array([1, 1])],
+    predicted, true = predicted_classes(get("residue_class"), [np.array([0, 1, 2, 2]), np.array([1, 1])],
                                         [np.array([0, 2, 2, -100]), np.array([1, -100])])
     np.testing.assert_array_equal(confusion_matrix(predicted, true, 3), [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
-    predicted, true = predicted_classes("sequence_binary", [-1.0, 2.0, 0.5], [0, 0, 1])
+    predicted, true = predicted_classes(get("sequence_binary"), [-1.0, 2.0, 0.5], [0, 0, 1])
     np.testing.assert_array_equal(confusion_matrix(predicted, true, 2), [[1, 1], [0, 1]])
 
 
@@ -277,8 +289,6 @@ def test_split_runs_keeps_runs_apart():
 
 
 def test_finetune_plots_per_residue_confusion_matrix(tmp_path, capsys):
-    from ankh_jax.plots.finetune_plots import draw_finetune_plots
-
     rng = np.random.default_rng(3)
     tests = {name: [rng.integers(0, 3, 30) for _ in range(4)] for name in ("CASP12", "CB513", "TS115")}
     data = _task("residue_class", tests, classes=("H", "E", "C"))
@@ -290,7 +300,7 @@ def test_finetune_plots_per_residue_confusion_matrix(tmp_path, capsys):
         seen.append(len(examples.sequences))
         return [np.where(y == 2, 0, y) for y in examples.labels]   # C is always called H
 
-    written = draw_finetune_plots(str(model_dir), data, predict)
+    written = _draw(model_dir, data, predict)
     assert [p.rsplit("/", 1)[-1] for p in written] == ["learning_curves.png", "confusion_matrix.png"]
     for path in written:
         assert_png(pathlib.Path(path))
@@ -299,12 +309,10 @@ def test_finetune_plots_per_residue_confusion_matrix(tmp_path, capsys):
 
 
 def test_finetune_plots_regression_and_contacts(tmp_path, capsys):
-    from ankh_jax.plots.finetune_plots import draw_finetune_plots
-
     regression = _task("sequence_regression", {"fluorescence": [0.5, 1.0, 2.0, 3.5]}, metric="spearman")
     model_dir = tmp_path / "fluorescence"
     _finetune_metrics(model_dir)
-    written = draw_finetune_plots(str(model_dir), regression, lambda ex: [float(y) ** 2 for y in ex.labels])
+    written = _draw(model_dir, regression, lambda ex: [float(y) ** 2 for y in ex.labels])
     assert written[-1].endswith("regression_scatter.png")
     assert_png(pathlib.Path(written[-1]))
 
@@ -319,8 +327,8 @@ def test_finetune_plots_regression_and_contacts(tmp_path, capsys):
         seen.append(len(examples.sequences))
         return [c.astype(np.float32) for c, _ in examples.labels]
 
-    written = draw_finetune_plots(str(model_dir), contact_task, predict)
-    assert seen == [3]  # a few proteins, not the whole test set
+    written = _draw(model_dir, contact_task, predict)
+    assert seen == [5]  # the test set predicted once (the run scores it too); a few proteins drawn
     assert [p.rsplit("/", 1)[-1] for p in written] == ["contact_maps.png"]
     assert_png(model_dir / "plots" / "contact_maps.png")
     assert "learning curves not drawn" in one_error_line(capsys.readouterr().err)
@@ -328,12 +336,12 @@ def test_finetune_plots_regression_and_contacts(tmp_path, capsys):
 
 def test_many_classes_stay_readable(tmp_path, capsys):
     """40 fold-like classes: the confusion matrix keeps the 25 most frequent; the map colours 19 and greys the rest."""
-    from ankh_jax.plots.finetune_plots import MAX_MATRIX_CLASSES, draw_finetune_plots
+    from ankh_jax.plots.finetune_plots import MAX_MATRIX_CLASSES
 
     rng = np.random.default_rng(5)
     labels = list(rng.integers(0, 40, 300))
     data = _task("sequence_class", {"fold": labels}, classes=tuple(f"f{i}" for i in range(40)))
-    written = draw_finetune_plots(str(tmp_path), data, lambda ex: [np.eye(40)[y] for y in ex.labels])
+    written = _draw(tmp_path, data, lambda ex: [np.eye(40)[y] for y in ex.labels])
     assert_png(pathlib.Path(written[-1]))
     assert f"show the {MAX_MATRIX_CLASSES} most frequent" in capsys.readouterr().err
     panel = embedding_map.EmbeddingPanel("many", [str(i) for i in range(300)], rng.normal(size=(300, 5)))
@@ -345,29 +353,32 @@ def test_many_classes_stay_readable(tmp_path, capsys):
 
 
 def test_finetune_plots_never_raise(tmp_path, capsys):
-    from ankh_jax.plots.finetune_plots import draw_finetune_plots
-
     data = _task("sequence_class", {"test": [0, 1]}, classes=("a", "b"))
 
     def broken(examples):
         raise RuntimeError("predict failed")
 
     _finetune_metrics(tmp_path)
-    assert [p.rsplit("/", 1)[-1] for p in draw_finetune_plots(str(tmp_path), data, broken)] == ["learning_curves.png"]
+    assert [p.rsplit("/", 1)[-1] for p in _draw(tmp_path, data, broken)] == ["learning_curves.png"]
     assert "test-set plots not drawn: RuntimeError: predict failed" in one_error_line(capsys.readouterr().err)
 
 
-def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir):
-    """Through the runner: a tiny regression task, one epoch; the plots sit beside results.json."""
+def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir, monkeypatch):
+    """Through the runner: a tiny regression task, one epoch; the plots sit beside results.json. The test split is
+    predicted once (issue 22: once to score it, then again to draw it), and the scatter's Spearman is the score's."""
     import csv
 
     import gin
 
     gin.clear_config()  # the pretraining run above leaves gin locked; importing the runner registers configurables
     from ankh_jax import finetune
+    from ankh_jax.downstream import trainer
 
+    predicted = []  # the size of each split predicted (args: forward, trainable, frozen, examples, source)
+    monkeypatch.setattr(trainer, "predict", lambda *args, real=trainer.predict:
+                        predicted.append(len(args[3].sequences)) or real(*args))
     rng = np.random.default_rng(4)
-    for name, count in (("train", 24), ("validation", 8), ("test", 8)):
+    for name, count in (("train", 24), ("validation", 8), ("test", 6)):
         with open(tmp_path / f"{name}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["primary", "log_fluorescence"])
@@ -379,10 +390,11 @@ def test_finetune_run_writes_its_plots(tmp_path, random_encoder_dir):
         finetune.main(["--gin_file=configs/downstream/fluorescence.gin", f"--gin.MODEL_DIR='{model_dir}'",
                        f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir(0, 1)}'",
                        "--gin.run.progress=False",
-                       "--gin.OptimizerConfig.max_epochs=1"])
+                       "--gin.StoppingConfig.max_epochs=1"])
     finally:
         gin.clear_config()
     assert (model_dir / "results.json").is_file()
+    assert predicted == [8, 6]                     # validation after the one epoch, then the test split once
     assert sorted(p.name for p in (model_dir / "plots").iterdir()) == ["learning_curves.png", "regression_scatter.png"]
     for path in (model_dir / "plots").iterdir():
         assert_png(path)

@@ -4,8 +4,8 @@ A batch is a dict of numpy arrays:
 
 * ``inputs``: float32 [B, T, d] embeddings (frozen mode) or int32 [B, T + 1] token ids with ``</s>`` (full mode);
 * ``mask``: int32 [B, T], 1 on residues;
-* ``labels``: int32 [B] / float32 [B] / float32 [B, n] / int32 [B, T] / int32 [B, T, T] by label kind, ignored
-  entries -100 (integer labels);
+* ``labels``: the label kind's ``label_array`` (``ankh_jax.downstream.kinds``): int32 [B] / float32 [B] /
+  float32 [B, n] / int32 [B, T] / int32 [B, T, T], ignored entries -100 (integer labels);
 * ``weights``: float32 [B], 0 for the empty rows that fill the last batch of a bucket.
 
 T is a bucket length (powers of two from ``min_bucket``), so a whole run compiles a handful of shapes; which
@@ -21,47 +21,11 @@ import numpy as np
 
 from ankh_jax.data.batching import plan_row_batches
 from ankh_jax.data.tokenizer import AnkhTokenizer
-from ankh_jax.downstream.metrics import IGNORE
+from ankh_jax.downstream.kinds import LabelKind
 from ankh_jax.downstream.task_spec import Examples
 
 
-def contact_labels(contacts: np.ndarray, valid: np.ndarray, min_separation: int) -> np.ndarray:
-    """[L, L] int32: 1 contact, 0 not, -100 for pairs with an invalid residue or |i - j| < min_separation."""
-    n = contacts.shape[0]
-    out = contacts.astype(np.int32)
-    idx = np.arange(n)
-    bad = (np.abs(idx[:, None] - idx[None, :]) < min_separation) | ~valid[:, None] | ~valid[None, :]
-    out[bad] = IGNORE
-    return out
-
-
-def _label_array(kind: str, labels: list, rows: int, length: int, num_classes: int | None,
-                 min_separation: int) -> np.ndarray:
-    if kind == "sequence_class":
-        out = np.full(rows, IGNORE, np.int32)
-        out[:len(labels)] = labels
-    elif kind in ("sequence_binary", "sequence_regression"):
-        out = np.zeros(rows, np.float32)
-        out[:len(labels)] = labels
-    elif kind == "sequence_multilabel":
-        out = np.zeros((rows, num_classes), np.float32)
-        if labels:
-            out[:len(labels)] = np.stack(labels)
-    elif kind == "residue_class":
-        out = np.full((rows, length), IGNORE, np.int32)
-        for i, y in enumerate(labels):
-            out[i, :len(y)] = y
-    elif kind == "contact":
-        out = np.full((rows, length, length), IGNORE, np.int32)
-        for i, (contacts, valid) in enumerate(labels):
-            n = len(valid)
-            out[i, :n, :n] = contact_labels(contacts, valid, min_separation)
-    else:
-        raise ValueError(f"no batches for label kind {kind!r}")
-    return out
-
-
-def make_batches(examples: Examples, kind: str, *, batch_size: int, embeddings: Callable[[str], np.ndarray] | None,
+def make_batches(examples: Examples, kind: LabelKind, *, batch_size: int, embeddings: Callable[[str], np.ndarray] | None,
                  num_classes: int | None = None, shuffle_rng: np.random.Generator | None = None,
                  min_bucket: int = 32, max_tokens: int | None = None, min_separation: int = 6
                  ) -> Iterator[tuple[list[int], dict]]:
@@ -91,7 +55,7 @@ def make_batches(examples: Examples, kind: str, *, batch_size: int, embeddings: 
                 inputs[r, :n + 1] = tokenizer.encode(seq, clean=False)
         weights = np.zeros(rows, np.float32)
         weights[:len(idx)] = 1.0
-        labels = _label_array(kind, [examples.labels[i] for i in idx], rows, t, num_classes, min_separation)
+        labels = kind.label_array([examples.labels[i] for i in idx], rows, t, num_classes, min_separation)
         yield idx, {"inputs": inputs, "mask": mask, "labels": labels, "weights": weights}
 
 

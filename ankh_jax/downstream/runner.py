@@ -11,19 +11,21 @@ import functools
 import json
 import os
 import shutil
+import sys
 import time
 
 import gin
 import jax
 import numpy as np
 
+from ankh_jax.downstream import leakage, run_records, trainer
 from ankh_jax.downstream import lora as lora_lib
-from ankh_jax.downstream import objectives, run_records, trainer
-from ankh_jax.downstream.embedding_cache import build_cache
+from ankh_jax.downstream.embedding_cache import EmbeddingCacheConfig, build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
-from ankh_jax.downstream.task_spec import POOLED_KINDS, TaskData, TaskSpec, load_task
-from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.downstream.task_spec import TaskData, TaskSpec, load_task
+from ankh_jax.errors import InputError
 from ankh_jax.plots.finetune_plots import draw_finetune_plots
+from ankh_jax.storage.lock import DirectoryLock
 
 
 @gin.configurable
@@ -80,16 +82,20 @@ def _forward_fns(head, encoder, mode: str, lora_cfg: LoraConfig, residues_only: 
     return forward
 
 
-def _headless_runner(kind: str):
+def _run_without_head(task: TaskSpec, mode: str):
     """The run of a task that trains no ConvBERT head: the lookup (``run_lookup``) or contacts from attention maps
-    (``run_attention_contacts``). Each lives with its task (``ankh_jax.tasks.lookup`` / ``.contacts``), which the
-    task's gin file imports; ankh_jax never imports the tasks, so it is found by its gin name."""
-    name = "run_lookup" if kind == "lookup" else "run_attention_contacts"
+    (``run_attention_contacts``), named by the label kind. Each lives with its task (``ankh_jax.tasks.lookup`` /
+    ``.contacts``), which the task's gin file imports; ankh_jax never imports the tasks, so it is found by its gin
+    name. None when the task trains a head."""
+    kind = task.label_kind
+    where = kind.attention_run if mode == "attention" else kind.run_without_head
+    if where is None:
+        return None
+    module, name = where
     try:
         return gin.get_configurable(name)
     except ValueError:
-        module = "lookup" if kind == "lookup" else "contacts"
-        raise ValueError(f"{name} is not registered: the {kind} task's gin file must `import "
+        raise InputError(f"{name} is not registered: the {task.kind} task's gin file must `import "
                          f"ankh_jax.tasks.{module}`") from None
 
 
@@ -104,37 +110,36 @@ def _print_table(rows: list[tuple[str, dict]], title: str):
 
 @gin.configurable
 def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: str = gin.REQUIRED,
-        mode: str = "frozen", seed: int = 0, embedding_cache: str | None = None, batch_tokens: int = 16384,
-        cache_dtype: str = "float32", embed_dtype: str = "float32", progress: bool = True, log_every: int = 20,
+        mode: str = "frozen", seed: int = 0, strict: bool = False, progress: bool = True, log_every: int = 20,
         head_config: HeadConfig | None = None, optimizer: trainer.OptimizerConfig | None = None,
-        lora: LoraConfig | None = None) -> dict:
+        batching: trainer.BatchingConfig | None = None, stopping: trainer.StoppingConfig | None = None,
+        lora: LoraConfig | None = None, embeddings: EmbeddingCacheConfig | None = None) -> dict:
     """Runs one task end to end and returns what ``results.json`` holds.
 
-    Frozen mode: ``embed_dtype`` is the encoder's compute dtype while embedding (``'bfloat16'`` on TPU),
-    ``cache_dtype`` the HDF5 storage dtype (``'float16'`` halves the cache), ``embedding_cache`` another cache
-    path (default ``MODEL_DIR/embeddings.h5``), ``batch_tokens`` the embedding batch budget.
+    ``strict``: refuse (rather than warn about) splits that share or repeat sequences
+    (``ankh_jax.downstream.leakage``). ``embeddings``: frozen mode's embedding cache (path, batch, dtypes).
     """
-    head_cfg = head_config or HeadConfig()
-    opt_cfg = optimizer or trainer.OptimizerConfig()
-    lora_cfg = lora or LoraConfig()
+    settings = Settings(mode, seed, head_config or HeadConfig(), optimizer or trainer.OptimizerConfig(),
+                        batching or trainer.BatchingConfig(), stopping or trainer.StoppingConfig(),
+                        lora or LoraConfig(), embeddings or EmbeddingCacheConfig(), progress, log_every)
     if mode not in ("frozen", "full", "attention"):
-        raise ValueError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
-    if mode == "attention" and task.kind != "contact":
-        raise ValueError(f"run.mode='attention' is for contact tasks only, not {task.name} ({task.kind})")
+        raise InputError(f"run.mode={mode!r}; expected 'frozen', 'full' or 'attention'")
+    if mode == "attention" and task.label_kind.attention_run is None:
+        raise InputError(f"run.mode='attention' is for contact tasks only, not {task.name} ({task.kind})")
     # Everything is read and checked before the first write: the directory, the data, the encoder, the records.
     run_records.check_model_dir(model_dir)
     started = time.perf_counter()
     data = load_task(task)
     sizes = {k: len(v.sequences) for k, v in data.splits.items()}
-    trains_head = task.kind != "lookup" and mode != "attention"
-    if trains_head and not {"train", "valid"} <= set(data.splits):
-        raise ValueError(f"task {task.name}: training a head needs train and validation splits "
+    leaks = leakage.count_leakage(data.splits)
+    leakage.check(task.name, leaks, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True))
+    headless = _run_without_head(task, mode)
+    if headless is None and not {"train", "valid"} <= set(data.splits):
+        raise InputError(f"task {task.name}: training a head needs train and validation splits "
                          f"(bind {task.name}_task.valid, or a valid_fraction > 0); have {sorted(data.splits)}")
     enc = load_encoder(encoder)
-    identity = json.loads(json.dumps({
-        "task": dataclasses.asdict(task), "mode": mode, "seed": seed, "encoder_fingerprint": enc.fingerprint,
-        "head": dataclasses.asdict(head_cfg), "optimizer": dataclasses.asdict(opt_cfg),
-        "lora": dataclasses.asdict(lora_cfg), "cache_dtype": cache_dtype, "embed_dtype": embed_dtype}))
+    identity = json.loads(json.dumps({"task": dataclasses.asdict(task), "encoder_fingerprint": enc.fingerprint,
+                                      **settings.identity()}))
     run_records.state_of(model_dir, identity)
     with DirectoryLock(model_dir, "fine-tuning"):
         state = run_records.state_of(model_dir, identity)  # again: another run may have written meanwhile
@@ -144,54 +149,86 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
             print(f"{model_dir} already holds the results of this run; nothing to do")
             _print_table(list(results["tests"].items()), f"{task.name}: test results ({mode})")
             return results
-        if state == run_records.FRESH:  # run.json first: a kill from here on leaves a directory that resumes
-            run_records.write_json_atomically(path(run_records.RUN_FILE),
-                                              {"identity": identity, "encoder_source": enc.source})
-        else:
-            print(f"resuming the run in {model_dir}")
-        if not os.path.exists(path(run_records.CONFIG_FILE)):  # the first run's config is the one kept
-            run_records.write_atomically(path(run_records.CONFIG_FILE), gin.operative_config_str()
-                                         if gin.config_is_locked() else gin.config_str())
+        _write_run_records(model_dir, state, identity, enc, data, leaks)
         print(f"task {task.name} ({task.kind}, metric {task.metric}): "
               + ", ".join(f"{k} {v}" for k, v in sizes.items()))
-        run_records.write_json_atomically(path(run_records.LABELS_FILE),
-                                          {"task": task.name, "kind": task.kind, "classes": data.classes})
-        if not trains_head:
-            results = _headless_runner(task.kind)(data, enc, model_dir=model_dir, seed=seed, progress=progress)
+        if headless is not None:
+            results = headless(data, enc, model_dir=model_dir, seed=seed, progress=progress)
         else:
-            results = _train_head(data, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
-                                  batch_tokens, cache_dtype, embed_dtype, progress, log_every)
+            results = _train_head(data, enc, model_dir, settings)
         results.update(task=task.name, kind=task.kind, metric=task.metric, mode=mode, encoder=enc.source,
-                       encoder_fingerprint=enc.fingerprint, split_sizes=sizes, test_proteins="whole",
-                       train_valid_max_length=task.max_length, seconds_total=time.perf_counter() - started)
+                       encoder_fingerprint=enc.fingerprint, split_sizes=sizes, leakage=leaks,
+                       test_proteins="whole", train_valid_max_length=task.max_length,
+                       seconds_total=time.perf_counter() - started)
         run_records.write_json_atomically(path(run_records.RESULTS_FILE), results)
         shutil.rmtree(path(run_records.EPOCH_STATE_DIR), ignore_errors=True)  # only needed to resume
     _print_table([(k, v) for k, v in results["tests"].items()], f"{task.name}: test results ({mode})")
     return results
 
 
-def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, lora_cfg, embedding_cache,
-                batch_tokens, cache_dtype, embed_dtype, progress, log_every) -> dict:
-    spec = data.spec
-    train_labels = data.splits["train"].labels
-    mean = float(np.mean(train_labels)) if spec.kind == "sequence_regression" else None
-    pooling = head_cfg.pooling if spec.kind in POOLED_KINDS else None
-    head = objectives.build_head(data, enc.d_model, nhead=head_cfg.nhead,
-                                 hidden_dim=head_cfg.hidden_dim or enc.d_model // 2, num_layers=head_cfg.num_layers,
-                                 kernel_size=head_cfg.kernel_size, dropout=head_cfg.dropout, pooling=pooling,
-                                 training_labels_mean=mean)
-    key = jax.random.key(seed)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A run's settings besides its task and encoder (``run``'s arguments, grouped)."""
+
+    mode: str
+    seed: int
+    head: HeadConfig
+    optimizer: trainer.OptimizerConfig
+    batching: trainer.BatchingConfig
+    stopping: trainer.StoppingConfig
+    lora: LoraConfig
+    embeddings: EmbeddingCacheConfig
+    progress: bool
+    log_every: int
+
+    def identity(self) -> dict:
+        """The settings that change the result (``run.json``'s identity, with the task and the encoder)."""
+        return {"mode": self.mode, "seed": self.seed, "head": dataclasses.asdict(self.head),
+                "optimizer": dataclasses.asdict(self.optimizer), "batching": dataclasses.asdict(self.batching),
+                "stopping": dataclasses.asdict(self.stopping), "lora": dataclasses.asdict(self.lora),
+                "embeddings": {"compute_dtype": self.embeddings.compute_dtype,
+                               "storage_dtype": self.embeddings.storage_dtype}}
+
+
+def _write_run_records(model_dir: str, state: str, identity: dict, enc, data: TaskData, leaks: dict) -> None:
+    """``run.json`` (first: a kill from here on leaves a directory that resumes), ``config.gin``, ``labels.json``."""
+    path = functools.partial(os.path.join, model_dir)
+    if state == run_records.FRESH:
+        run_records.write_json_atomically(path(run_records.RUN_FILE), {"identity": identity,
+                                                                      "encoder_source": enc.source,
+                                                                      "leakage": leaks})
+    else:
+        print(f"resuming the run in {model_dir}")
+    if not os.path.exists(path(run_records.CONFIG_FILE)):  # the first run's config is the one kept
+        run_records.write_atomically(path(run_records.CONFIG_FILE), gin.operative_config_str()
+                                     if gin.config_is_locked() else gin.config_str())
+    run_records.write_json_atomically(path(run_records.LABELS_FILE),
+                                      {"task": data.spec.name, "kind": data.spec.kind, "classes": data.classes})
+
+
+def _embeddings(data: TaskData, enc, model_dir: str, settings: Settings):
+    """Frozen mode: every split's sequences embedded once into the cache; ``(sequence -> [L, d], seconds)``."""
+    every = [s for split in data.splits.values() for s in split.sequences]
+    t0 = time.perf_counter()
+    cache = settings.embeddings
+    store = build_cache(enc, every, cache.path or os.path.join(model_dir, "embeddings.h5"),
+                        batch_tokens=cache.batch_tokens, storage_dtype=cache.storage_dtype,
+                        compute_dtype=cache.compute_dtype, progress=settings.progress)
+    return store.__getitem__, time.perf_counter() - t0
+
+
+def _train_head(data: TaskData, enc, model_dir: str, settings: Settings) -> dict:
+    spec, kind, head_cfg, lora_cfg = data.spec, data.spec.label_kind, settings.head, settings.lora
+    head_settings = {"input_dim": enc.d_model, "nhead": head_cfg.nhead,
+                     "hidden_dim": head_cfg.hidden_dim or enc.d_model // 2, "num_layers": head_cfg.num_layers,
+                     "kernel_size": head_cfg.kernel_size, "dropout": head_cfg.dropout}
+    head = kind.head(data.num_classes, head_settings, head_cfg.pooling, data.splits["train"].labels)
+    key = jax.random.key(settings.seed)
     dummy = np.zeros((1, 32, enc.d_model), np.float32)
     trainable = {"head": jax.jit(head.init)(key, dummy, np.ones((1, 32), np.int32))["params"]}  # one compile
     frozen, embeddings, timings = None, None, {}
-    if mode == "frozen":
-        every = [s for split in data.splits.values() for s in split.sequences]
-        t0 = time.perf_counter()
-        store = build_cache(enc, every, embedding_cache or os.path.join(model_dir, "embeddings.h5"),
-                            batch_tokens=batch_tokens, storage_dtype=cache_dtype, compute_dtype=embed_dtype,
-                            progress=progress)
-        timings["embed_seconds"] = time.perf_counter() - t0
-        embeddings = store.__getitem__
+    if settings.mode == "frozen":
+        embeddings, timings["embed_seconds"] = _embeddings(data, enc, model_dir, settings)
     elif lora_cfg.rank > 0:
         frozen = enc.params
         trainable["lora"] = lora_lib.init(enc.params, lora_cfg.rank, lora_cfg.targets,
@@ -199,18 +236,17 @@ def _train_head(data: TaskData, enc, model_dir, mode, seed, head_cfg, opt_cfg, l
         print(f"LoRA rank {lora_cfg.rank} on {lora_cfg.targets}: {lora_lib.count(trainable['lora'])} parameters")
     else:
         trainable["encoder"] = enc.params
-    forward = _forward_fns(head, enc, mode, lora_cfg)
-    common = {"kind": spec.kind, "embeddings": embeddings, "num_classes": data.num_classes,
-              "min_separation": spec.min_contact_separation}
-    result = trainer.train(forward, trainable, frozen, data.splits["train"], data.splits["valid"],
-                           metric=spec.metric, cfg=opt_cfg, model_dir=model_dir, seed=seed, progress=progress,
-                           log_every=log_every, **common)
+    forward = _forward_fns(head, enc, settings.mode, lora_cfg)
+    source = trainer.BatchSource(kind, settings.batching, embeddings, data.num_classes,
+                                 spec.min_contact_separation)
+    result = trainer.train(forward, trainable, frozen, data.splits["train"], data.splits["valid"], source=source,
+                           optimizer=settings.optimizer, stopping=settings.stopping, model_dir=model_dir,
+                           seed=settings.seed, progress=settings.progress, log_every=settings.log_every)
     timings["train_seconds"] = result.seconds
-    tests = {}
-    for name in data.test_names():
-        tests[name[len("test/"):]] = trainer.evaluate(forward, result.trainable, frozen, data.splits[name],
-                                                      metric=spec.metric, cfg=opt_cfg, **common)
-    draw_finetune_plots(model_dir, data, lambda examples: trainer.predict(forward, result.trainable, frozen, examples,
-                                                                          cfg=opt_cfg, **common))
+    predictions = {name[len("test/"):]: trainer.predict(forward, result.trainable, frozen, data.splits[name], source)
+                   for name in data.test_names()}  # once: the scores and the pictures both come from these
+    tests = {test: kind.score_outputs(outputs, data.splits[f"test/{test}"].labels)
+             for test, outputs in predictions.items()}
+    draw_finetune_plots(model_dir, lambda: kind.draw_test_plots(model_dir, data, predictions))
     return {"valid_best": result.best_metrics, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "steps": result.steps, "tests": tests, **timings}

@@ -2,20 +2,7 @@
 
 Each module in ``tasks/`` returns a :class:`TaskSpec` from a gin-configurable function (``ssp3_task()``,
 ``deeploc_task()``, ...); :func:`load_task` reads every split into :class:`Examples` with labels encoded for the
-head. Label kinds:
-
-==================  ===============================================  ==========================================
-kind                label cell                                       encoded as
-==================  ===============================================  ==========================================
-sequence_class      a class name or number                           int id (classes in order of first
-                                                                     appearance in training unless given)
-sequence_binary     0/1 (also true/false, 0.0/1.0)                   int 0/1
-sequence_regression a number                                         float
-sequence_multilabel class names joined by ``multilabel_separator``   multi-hot float32 [n]
-residue_class       one letter per residue (``dssp3``)               int [L], -100 where not scored
-contact             [L, 3] Cβ coordinates (+ optional valid mask)    (contact map [L, L] bool, valid [L] bool)
-lookup              a CATH code (``1.10.8.10``)                      the string
-==================  ===============================================  ==========================================
+head. The label kinds, what their cells hold and how they are encoded: ``ankh_jax.downstream.kinds``.
 """
 
 from __future__ import annotations
@@ -23,17 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
-
 from ankh_jax.data.splits import is_validation
 from ankh_jax.data.tokenizer import InvalidSequenceError, clean_sequence
-from ankh_jax.downstream import datasets
+from ankh_jax.downstream import datasets, kinds
 from ankh_jax.downstream.datasets import DataError
-from ankh_jax.downstream.metrics import IGNORE, contact_map
-
-KINDS = ("sequence_class", "sequence_binary", "sequence_regression", "sequence_multilabel", "residue_class",
-         "contact", "lookup")
-POOLED_KINDS = ("sequence_class", "sequence_binary", "sequence_regression", "sequence_multilabel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +36,17 @@ class TaskSpec:
     contact_threshold: float = 8.0    # Å, Cβ-Cβ
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"task {self.name}: kind {self.kind!r} not in {KINDS}")
+        try:
+            kind = kinds.get(self.kind)
+        except kinds.UnknownKindError as err:
+            raise kinds.UnknownKindError(f"task {self.name}: {err}") from None
+        if self.metric != kind.metric:
+            raise kinds.UnknownKindError(f"task {self.name}: metric {self.metric!r} is not defined for label kind "
+                                         f"{self.kind!r} (its metric: {kind.metric!r})")
+
+    @property
+    def label_kind(self) -> kinds.LabelKind:
+        return kinds.get(self.kind)
 
     def source(self, relative: str) -> str:
         return relative if os.path.isabs(relative) or not self.data_dir else os.path.join(self.data_dir, relative)
@@ -67,6 +56,11 @@ class TaskSpec:
 class Examples:
     sequences: list[str]
     labels: list
+    uncropped: list[str] | None = None  # the whole sequences when ``max_length`` cropped some (leakage is counted
+                                        # on these)
+
+    def whole_sequences(self) -> list[str]:
+        return self.sequences if self.uncropped is None else self.uncropped
 
 
 @dataclasses.dataclass
@@ -83,117 +77,28 @@ class TaskData:
         return [n for n in self.splits if n.startswith("test/")]
 
 
-def _class_label(value, where: str) -> str:
-    text = str(value).strip()
-    try:  # 3, 3.0 and "3" are one class
-        f = float(text)
-    except ValueError:
-        return text
-    if not np.isfinite(f):  # a missing value (NaN from pandas / arrow), not a class
-        raise DataError(f"{where}: {value!r} is not a class label")
-    return str(int(f)) if f.is_integer() else text
-
-
-def _binary(value, where: str) -> int:
-    text = str(value).strip().lower()
-    if text in ("1", "1.0", "true", "yes"):
-        return 1
-    if text in ("0", "0.0", "false", "no"):
-        return 0
-    raise DataError(f"{where}: {value!r} is not a binary label (0/1)")
-
-
-def _read_split(spec: TaskSpec, source: str, classes: list[str] | None, grow_classes: bool, crop: bool = True
+def _read_split(spec: TaskSpec, source: str, classes: list[str], grow_classes: bool, crop: bool = True
                 ) -> Examples:
+    kind = spec.label_kind
     columns = [spec.sequence_column, spec.label_column] + ([spec.mask_column] if spec.mask_column else [])
     data = datasets.read_columns(source, columns)
-    sequences, labels = [], []
+    sequences, labels, whole = [], [], []
     for row, raw_seq in enumerate(data[spec.sequence_column], start=1):
-        where = f"{source}: row {row}, column"
         try:
             seq = clean_sequence(str(raw_seq), record=f"row {row}", source=source)
         except InvalidSequenceError as err:
             raise DataError(str(err)) from None
-        value = data[spec.label_column][row - 1]
         mask = data[spec.mask_column][row - 1] if spec.mask_column else None
-        label = _encode(spec, seq, value, mask, classes, grow_classes, f"{where} {spec.label_column!r}",
-                        source, row)
+        label = kind.encode(kinds.Cell(spec, seq, data[spec.label_column][row - 1], mask, classes, grow_classes,
+                                       source, row))
+        whole.append(seq)
         if crop and spec.max_length and len(seq) > spec.max_length:
-            seq, label = _crop(spec, seq, label)
+            seq, label = seq[:spec.max_length], (kind.crop(label, spec.max_length) if kind.crop else label)
         sequences.append(seq)
         labels.append(label)
     if not sequences:
         raise DataError(f"{source}: no rows")
-    return Examples(sequences, labels)
-
-
-def _crop(spec: TaskSpec, seq: str, label):
-    n = spec.max_length
-    if spec.kind == "residue_class":
-        label = label[:n]
-    elif spec.kind == "contact":
-        label = (label[0][:n, :n], label[1][:n])
-    return seq[:n], label
-
-
-def _encode(spec, seq, value, mask, classes, grow, where, source, row):
-    kind = spec.kind
-    if kind == "sequence_class":
-        name = _class_label(value, where)
-        if name not in classes:
-            if not grow:
-                raise DataError(f"{where}: class {name!r} does not occur in training (classes: {classes[:20]})")
-            classes.append(name)
-        return classes.index(name)
-    if kind == "sequence_binary":
-        return _binary(value, where)
-    if kind == "sequence_regression":
-        return datasets.parse_float(value, source=source, row=row, column=spec.label_column)
-    if kind == "sequence_multilabel":
-        names = [_class_label(v, where) for v in str(value).split(spec.multilabel_separator) if v.strip()]
-        hot = np.zeros(len(classes) if not grow else 0, np.float32)
-        for name in names:
-            if name not in classes:
-                if not grow:
-                    raise DataError(f"{where}: label {name!r} does not occur in training")
-                classes.append(name)
-        return tuple(classes.index(n) for n in names) if grow else _multi_hot(names, classes, hot)
-    if kind == "residue_class":
-        letters = "".join(str(value).split())
-        if len(letters) != len(seq):
-            raise DataError(f"{where}: {len(letters)} labels for a sequence of {len(seq)} residues")
-        ids = np.empty(len(seq), np.int32)
-        for pos, letter in enumerate(letters):
-            if letter not in classes:
-                if not grow:
-                    raise DataError(f"{where}: label {letter!r} at position {pos + 1} is not one of {classes}")
-                classes.append(letter)
-            ids[pos] = classes.index(letter)
-        if mask is not None:
-            scored = datasets.parse_float_list(mask, source=source, row=row, column=spec.mask_column)
-            if scored.size != len(seq):
-                raise DataError(f"{source}: row {row}, column {spec.mask_column!r}: {scored.size} values for "
-                                f"{len(seq)} residues")
-            ids[scored == 0] = IGNORE
-        return ids
-    if kind == "contact":
-        coords = datasets.parse_coordinates(value, source=source, row=row, column=spec.label_column,
-                                            length=len(seq))
-        valid = np.isfinite(coords).all(axis=1)
-        if mask is not None:
-            given = datasets.parse_float_list(mask, source=source, row=row, column=spec.mask_column)
-            if given.size != len(seq):
-                raise DataError(f"{source}: row {row}, column {spec.mask_column!r}: {given.size} values for "
-                                f"{len(seq)} residues")
-            valid &= given != 0
-        return contact_map(np.nan_to_num(coords), threshold=spec.contact_threshold), valid
-    return str(value).strip()  # lookup
-
-
-def _multi_hot(names, classes, hot):
-    for n in names:
-        hot[classes.index(n)] = 1.0
-    return hot
+    return Examples(sequences, labels, None if whole == sequences else whole)
 
 
 def load_task(spec: TaskSpec) -> TaskData:
@@ -201,28 +106,39 @@ def load_task(spec: TaskSpec) -> TaskData:
 
     ``spec.max_length`` crops training and validation sequences only: test sets are evaluated whole (contact
     precision at L/k over a protein cropped to 512 residues is not the standard long-range P@L)."""
+    kind = spec.label_kind
     classes = list(spec.classes) if spec.classes is not None else []
-    grow = spec.classes is None and spec.kind in ("sequence_class", "sequence_multilabel", "residue_class")
+    grow = spec.classes is None and kind.uses_classes
     splits: dict[str, Examples] = {}
     if spec.train:
         train = _read_split(spec, spec.source(spec.train), classes, grow)
-        if spec.kind == "sequence_multilabel" and grow:
-            train.labels = [_multi_hot([classes[i] for i in ids], classes, np.zeros(len(classes), np.float32))
-                            for ids in train.labels]
         if spec.valid:
             splits["train"] = train
             splits["valid"] = _read_split(spec, spec.source(spec.valid), classes, False)
         elif spec.valid_fraction > 0:
-            is_valid = [is_validation(s, spec.valid_fraction) for s in train.sequences]
-            def pick(flag: bool) -> Examples:
-                return Examples([s for s, v in zip(train.sequences, is_valid) if v == flag],
-                                [y for y, v in zip(train.labels, is_valid) if v == flag])
-            splits["train"], splits["valid"] = pick(False), pick(True)
+            splits["train"], splits["valid"] = _carve_validation(train, spec.valid_fraction)
             if not splits["valid"].sequences:
                 raise DataError(f"task {spec.name}: valid_fraction={spec.valid_fraction} left no validation rows")
         else:
             splits["train"] = train
     for name, source in spec.tests:  # whole: a metric over cropped test proteins is not the benchmark's metric
         splits[f"test/{name}"] = _read_split(spec, spec.source(source), classes, False, crop=False)
-    uses_classes = spec.kind in ("sequence_class", "sequence_multilabel", "residue_class")
-    return TaskData(spec, splits, tuple(classes) if uses_classes else None)
+    if kind.finish_labels is not None:
+        for split in splits.values():
+            split.labels = kind.finish_labels(split.labels, classes)
+    return TaskData(spec, splits, tuple(classes) if kind.uses_classes else None)
+
+
+def _carve_validation(train: Examples, fraction: float) -> tuple[Examples, Examples]:
+    """(train, valid): a sequence goes to validation when its hash falls below ``fraction`` (so copies of one
+    sequence stay on one side)."""
+    is_valid = [is_validation(s, fraction) for s in train.sequences]
+    whole = train.whole_sequences()
+
+    def pick(flag: bool) -> Examples:
+        keep = [i for i, v in enumerate(is_valid) if v == flag]
+        sequences = [train.sequences[i] for i in keep]
+        uncropped = [whole[i] for i in keep]
+        return Examples(sequences, [train.labels[i] for i in keep], None if uncropped == sequences else uncropped)
+
+    return pick(False), pick(True)

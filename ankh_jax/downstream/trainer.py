@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gin
 import jax
@@ -28,7 +29,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ankh_jax.downstream import batching, objectives, run_records
+from ankh_jax.downstream import batching, run_records
+from ankh_jax.downstream.kinds import LabelKind
 from ankh_jax.downstream.task_spec import Examples
 from ankh_jax.training import optim
 from ankh_jax.training.metrics import MetricsWriter
@@ -48,11 +50,7 @@ class OptimizerConfig:
     schedule: str = "constant"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    batch_size: int = 16
-    grad_accum_steps: int = 1
-    max_epochs: int = 5
-    patience: int = 3                 # epochs without a better validation metric before stopping
-    max_tokens: int | None = 8192     # caps batch rows x bucket length for long sequences
+    grad_accum_steps: int = 1         # batches per update (the update is their mean gradient)
     encoder_learning_rate: float | None = None  # full mode: encoder LR (default: learning_rate)
 
     def learning_rate_schedule(self, total_steps: int, peak: float | None = None) -> optax.Schedule:
@@ -80,6 +78,26 @@ class OptimizerConfig:
             clip_grad_norm=self.max_grad_norm, weight_decay=self.weight_decay, adam_b1=0.9, adam_b2=0.999,
             adam_eps=1e-8)
         return tx, schedule
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class BatchingConfig:
+    """How examples become batches, in training and evaluation: ``batch_size`` sequences per batch, fewer in
+    long buckets when rows x bucket length would exceed ``max_tokens``."""
+
+    batch_size: int = 16
+    max_tokens: int | None = 8192
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StoppingConfig:
+    """When training ends: after ``max_epochs``, or earlier after ``patience`` epochs without a better validation
+    metric (early stopping)."""
+
+    max_epochs: int = 5
+    patience: int = 3
 
 
 class EpochCheckpoints:
@@ -152,20 +170,32 @@ class FineTuneResult:
     seconds: float
 
 
-def _batches(examples, kind, cfg, embeddings, num_classes, rng, min_separation):
-    return batching.make_batches(examples, kind, batch_size=cfg.batch_size, embeddings=embeddings,
-                                 num_classes=num_classes, shuffle_rng=rng, max_tokens=cfg.max_tokens,
-                                 min_separation=min_separation)
+@dataclasses.dataclass(frozen=True)
+class BatchSource:
+    """What turns a split into batches: the label kind, the batching settings, the embeddings (frozen mode; None:
+    token ids, the encoder runs in the step) and the label shapes' parameters."""
+
+    kind: LabelKind
+    batching: BatchingConfig
+    embeddings: Callable[[str], np.ndarray] | None = None
+    num_classes: int | None = None
+    min_separation: int = 6
+
+    def batches(self, examples: Examples, shuffle_rng: np.random.Generator | None = None):
+        return batching.make_batches(examples, self.kind, batch_size=self.batching.batch_size,
+                                     embeddings=self.embeddings, num_classes=self.num_classes,
+                                     shuffle_rng=shuffle_rng, max_tokens=self.batching.max_tokens,
+                                     min_separation=self.min_separation)
 
 
-def predict(forward: Callable, trainable, frozen, examples: Examples, kind: str, cfg: OptimizerConfig, *,
-            embeddings, num_classes, min_separation: int = 6) -> list:
-    """Per-example outputs (see ``objectives.outputs_per_example``) in the order of ``examples``."""
+def predict(forward: Callable, trainable, frozen, examples: Examples, source: BatchSource) -> list:
+    """Per-example outputs (the label kind's ``outputs``) in the order of ``examples``."""
     step = _eval_step(forward)
     out: list = [None] * len(examples.sequences)
-    for idx, batch in _batches(examples, kind, cfg, embeddings, num_classes, None, min_separation):
+    for idx, batch in source.batches(examples):
         logits = np.asarray(step(trainable, frozen, batch))
-        for i, o in zip(idx, objectives.outputs_per_example(kind, logits, batch, len(idx)), strict=True):
+        lengths = [int(batch["mask"][r].sum()) for r in range(len(idx))]
+        for i, o in zip(idx, source.kind.outputs(logits, lengths), strict=True):
             out[i] = o
     return out
 
@@ -179,24 +209,40 @@ def _eval_step(forward):
     return _EVAL_STEPS[forward]
 
 
-def evaluate(forward, trainable, frozen, examples, kind, metric, cfg, **kw) -> dict[str, float]:
-    outputs = predict(forward, trainable, frozen, examples, kind, cfg, **kw)
-    return objectives.score(kind, metric, outputs, examples.labels)
+def evaluate(forward, trainable, frozen, examples: Examples, source: BatchSource) -> dict[str, float]:
+    return source.kind.score_outputs(predict(forward, trainable, frozen, examples, source), examples.labels)
 
 
-def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, kind: str,
-          metric: str, cfg: OptimizerConfig, model_dir: str, embeddings=None, num_classes=None, seed: int = 0,
-          min_separation: int = 6, log_every: int = 20, progress: bool = True, log=print) -> FineTuneResult:
-    """Trains ``trainable`` and returns the best one (by validation). Continues after the epoch saved in
-    ``MODEL_DIR/last_epoch`` when there is one (the caller checks it belongs to the same run), and keeps the
-    rows of ``metrics.jsonl`` up to that epoch only."""
-    steps_per_epoch = batching.count_batches(train_set, batch_size=cfg.batch_size, max_tokens=cfg.max_tokens)
-    total_updates = max(1, steps_per_epoch * cfg.max_epochs // cfg.grad_accum_steps)
-    tx, schedule = cfg.build(total_updates, trainable)
-    opt_state = tx.init(trainable)
+@dataclasses.dataclass
+class _LoopState:
+    """Where training stands: what an epoch's end saves (``last_epoch/``) and a resumed run restores."""
 
+    trainable: Any
+    opt_state: Any
+    key: Any                          # the dropout key
+    step: int = 0
+    epoch: int = 0
+    best: dict | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    done: bool = False
+
+    def meta(self, rng_np: np.random.Generator) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "done": self.done, "numpy_rng": rng_np.bit_generator.state,
+                "key": np.asarray(jax.random.key_data(self.key)).tolist()}
+
+    def restore(self, meta: dict, rng_np: np.random.Generator) -> None:
+        self.epoch, self.step, self.best, self.best_epoch = meta["epoch"], meta["step"], meta["best"], \
+            meta["best_epoch"]
+        self.bad_epochs, self.done = meta["bad_epochs"], meta["done"]
+        rng_np.bit_generator.state = meta["numpy_rng"]
+        self.key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
+
+
+def _make_train_step(forward: Callable, loss_fn: Callable, tx: optax.GradientTransformation):
     def loss_of(t, f, batch, rng):
-        return objectives.loss_fn(kind, forward(t, f, batch, rng, False), batch)
+        return loss_fn(forward(t, f, batch, rng, False), batch)
 
     @jax.jit
     def train_step(t, opt, f, batch, rng):
@@ -204,76 +250,84 @@ def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: 
         updates, opt = tx.update(grads, opt, t)
         return optax.apply_updates(t, updates), opt, loss, optax.global_norm(grads)
 
+    return train_step
+
+
+def _train_epoch(train_step, state: _LoopState, frozen, batches, *, learning_rate: Callable[[int], float],
+                 log_every: int, mlog: MetricsWriter) -> None:
+    """One pass over ``batches``; a row in ``metrics.jsonl`` every ``log_every`` steps (and the first)."""
+    t_epoch, first_step = time.perf_counter(), state.step
+    for _, batch in batches:
+        state.key, sub = jax.random.split(state.key)
+        state.trainable, state.opt_state, loss, gnorm = train_step(state.trainable, state.opt_state, frozen,
+                                                                   batch, sub)
+        state.step += 1
+        if state.step % log_every == 0 or state.step == 1:
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {state.step} (epoch {state.epoch + 1})")
+            rate = (state.step - first_step) / (time.perf_counter() - t_epoch)
+            mlog.write_row({"step": state.step, "epoch": state.epoch + 1, "loss": loss, "grad_norm": float(gnorm),
+                            "learning_rate": learning_rate(state.step), "steps_per_s": rate})
+            mlog.advance(1, loss=f"{loss:.4f}")
+        else:
+            mlog.advance(1)
+
+
+def train(forward: Callable, trainable, frozen, train_set: Examples, valid_set: Examples, *, source: BatchSource,
+          optimizer: OptimizerConfig, stopping: StoppingConfig, model_dir: str, seed: int = 0, log_every: int = 20,
+          progress: bool = True, log=print) -> FineTuneResult:
+    """Trains ``trainable`` and returns the best one (by validation). Continues after the epoch saved in
+    ``MODEL_DIR/last_epoch`` when there is one (the caller checks it belongs to the same run), and keeps the
+    rows of ``metrics.jsonl`` up to that epoch only."""
+    steps_per_epoch = batching.count_batches(train_set, batch_size=source.batching.batch_size,
+                                             max_tokens=source.batching.max_tokens)
+    tx, schedule = optimizer.build(max(1, steps_per_epoch * stopping.max_epochs // optimizer.grad_accum_steps),
+                                   trainable)
+    train_step = _make_train_step(forward, source.kind.loss, tx)
     best_dir = os.path.abspath(os.path.join(model_dir, run_records.BEST_DIR))
     checkpointer = ocp.StandardCheckpointer()
     epochs = EpochCheckpoints(model_dir)
     rng_np = np.random.default_rng(seed)
-    key = jax.random.key(seed)
-    best, best_epoch, bad_epochs, step, done, epoch = None, -1, 0, 0, False, 0
-    saved = epochs.restore_latest(trainable, opt_state)
+    state = _LoopState(trainable, tx.init(trainable), jax.random.key(seed))
+    saved = epochs.restore_latest(state.trainable, state.opt_state)
     recover_checkpoint(best_dir)
     if saved is not None:
-        trainable, opt_state, meta = saved
-        trainable, opt_state = jax.tree_util.tree_map(jnp.asarray, (trainable, opt_state))
-        epoch, step, best, best_epoch = meta["epoch"], meta["step"], meta["best"], meta["best_epoch"]
-        bad_epochs, done = meta["bad_epochs"], meta["done"]
-        rng_np.bit_generator.state = meta["numpy_rng"]
-        key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
-        if best_epoch == epoch:  # best/ may not have been replaced yet when the run died
-            replace_checkpoint(checkpointer, best_dir, trainable)
-        log(f"resuming after epoch {epoch} (step {step}) from {epochs.directory}")
+        state.trainable, state.opt_state = jax.tree_util.tree_map(jnp.asarray, saved[:2])
+        state.restore(saved[2], rng_np)
+        if state.best_epoch == state.epoch:  # best/ may not have been replaced yet when the run died
+            replace_checkpoint(checkpointer, best_dir, state.trainable)
+        log(f"resuming after epoch {state.epoch} (step {state.step}) from {epochs.directory}")
     # Rows after the restored step are the epoch that was cut short (and maybe a partial line): dropped.
-    mlog = MetricsWriter(model_dir, total_steps=steps_per_epoch * cfg.max_epochs, start_step=step,
+    mlog = MetricsWriter(model_dir, total_steps=steps_per_epoch * stopping.max_epochs, start_step=state.step,
                          tensorboard=False, progress=progress, progress_desc="train")
     start = time.perf_counter()
-    epochs_run = epoch
     try:
-        for epoch in range(epochs_run + 1, cfg.max_epochs + 1):
-            if done:
-                break
-            losses, t_epoch, first_step = [], time.perf_counter(), step
-            for _, batch in _batches(train_set, kind, cfg, embeddings, num_classes, rng_np, min_separation):
-                key, sub = jax.random.split(key)
-                trainable, opt_state, loss, gnorm = train_step(trainable, opt_state, frozen, batch, sub)
-                step += 1
-                if step % log_every == 0 or step == 1:
-                    loss = float(loss)
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss} at step {step} (epoch {epoch})")
-                    losses.append(loss)
-                    rate = (step - first_step) / (time.perf_counter() - t_epoch)
-                    mlog.write_row({"step": step, "epoch": epoch, "loss": loss, "grad_norm": float(gnorm),
-                                    "learning_rate": float(schedule(step // cfg.grad_accum_steps)),
-                                    "steps_per_s": rate})
-                    mlog.advance(1, loss=f"{loss:.4f}")
-                else:
-                    mlog.advance(1)
-            scores = evaluate(forward, trainable, frozen, valid_set, kind, metric, cfg, embeddings=embeddings,
-                              num_classes=num_classes, min_separation=min_separation)
-            watched = next(iter(scores.values()))
-            improved = best is None or watched > next(iter(best.values()))
-            mlog.write_row({"step": step, "epoch": epoch, "split": "valid", **scores, "best": improved,
-                            "epoch_seconds": time.perf_counter() - t_epoch})
-            log(f"epoch {epoch}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        while state.epoch < stopping.max_epochs and not state.done:
+            t_epoch = time.perf_counter()
+            _train_epoch(train_step, state, frozen, source.batches(train_set, rng_np), log_every=log_every,
+                         mlog=mlog, learning_rate=lambda step: float(schedule(step // optimizer.grad_accum_steps)))
+            state.epoch += 1
+            scores = evaluate(forward, state.trainable, frozen, valid_set, source)
+            improved = state.best is None or next(iter(scores.values())) > next(iter(state.best.values()))
+            mlog.write_row({"step": state.step, "epoch": state.epoch, "split": "valid", **scores,
+                            "best": improved, "epoch_seconds": time.perf_counter() - t_epoch})
+            log(f"epoch {state.epoch}: valid " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
                 + (" (best)" if improved else ""))
             if improved:
-                best, best_epoch, bad_epochs = scores, epoch, 0
+                state.best, state.best_epoch, state.bad_epochs = scores, state.epoch, 0
             else:
-                bad_epochs += 1
-                done = bad_epochs >= cfg.patience
-            epochs.save(epoch, trainable, opt_state, {
-                "epoch": epoch, "step": step, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "done": done, "numpy_rng": rng_np.bit_generator.state,
-                "key": np.asarray(jax.random.key_data(key)).tolist()})
+                state.bad_epochs += 1
+                state.done = state.bad_epochs >= stopping.patience
+            epochs.save(state.epoch, state.trainable, state.opt_state, state.meta(rng_np))
             if improved:
-                replace_checkpoint(checkpointer, best_dir, trainable)
-            epochs_run = epoch
-            if done:
-                log(f"early stopping: no better validation {next(iter(scores))} for {bad_epochs} epochs")
+                replace_checkpoint(checkpointer, best_dir, state.trainable)
+            if state.done:
+                log(f"early stopping: no better validation {next(iter(scores))} for {state.bad_epochs} epochs")
     finally:
         mlog.close()
         epochs.close()
-    restored = checkpointer.restore(best_dir, target=jax.tree_util.tree_map(np.asarray, trainable))
+    restored = checkpointer.restore(best_dir, target=jax.tree_util.tree_map(np.asarray, state.trainable))
     checkpointer.close()
-    return FineTuneResult(jax.tree_util.tree_map(jnp.asarray, restored), best, best_epoch, epochs_run, step,
-                       time.perf_counter() - start)
+    return FineTuneResult(jax.tree_util.tree_map(jnp.asarray, restored), state.best, state.best_epoch, state.epoch,
+                          state.step, time.perf_counter() - start)

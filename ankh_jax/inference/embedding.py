@@ -23,6 +23,7 @@ import numpy as np
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
 from ankh_jax.model.config import T5Config
+from ankh_jax.model.fingerprint import embedding_fingerprint
 
 POOLINGS = ("none", "mean")
 DTYPES = ("float32", "bfloat16")
@@ -218,20 +219,7 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
 # The command line (the HDF5 output itself: ankh_jax.io.embeddings_h5)
 # ----------------------------------------------------------------------------------------------------------------
 
-def output_fingerprint(config: T5Config, encoder_params, *, pooling: str, dtype: str, max_length: int | None,
-                       prefix_id: int | None = None) -> str:
-    """What an output's numbers depend on: the encoder's weights (plain, either layout: hashed unrolled), the
-    settings of this run and the config fields that are not visible in the weights' shapes."""
-    from ankh_jax.model import params_layout
-    from ankh_jax.model.fingerprint import weights_fingerprint
-
-    return weights_fingerprint(params_layout.unrolled_on_host(encoder_params, config), f"pooling={pooling}",
-                               f"dtype={dtype}", f"max_length={max_length}",
-                               f"relative_attention_max_distance={config.relative_attention_max_distance}",
-                               f"layer_norm_epsilon={config.layer_norm_epsilon}",
-                               # Only when not Ankh's defaults, so earlier outputs keep their fingerprint.
-                               *([] if config.activation == "gelu_new" else [f"activation={config.activation}"]),
-                               *([] if prefix_id is None else [f"prefix_id={prefix_id}"]))
+output_fingerprint = embedding_fingerprint  # what an output's numbers depend on (ankh_jax.model.fingerprint)
 
 
 def enable_compilation_cache(directory: str | None) -> str | None:

@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -42,6 +40,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ankh_jax.io import CheckpointError
+from ankh_jax.storage import atomic
+from ankh_jax.storage.paths import as_path, move_tree, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class Checkpointer:
                  async_save: bool = True):
         if save_interval_steps <= 0:
             raise ValueError(f"save_interval_steps must be positive, got {save_interval_steps}")
-        self.model_dir = os.path.abspath(model_dir)
-        self.directory = os.path.join(self.model_dir, CHECKPOINT_SUBDIR)
+        self.model_dir = as_path(model_dir)
+        self.directory = self.model_dir / CHECKPOINT_SUBDIR
         self.save_interval_steps = save_interval_steps
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=async_save)
@@ -186,10 +186,10 @@ class Checkpointer:
                 fallback = f"falling back to step {older}" if older is not None else "no older checkpoint left"
                 report(f"checkpoint at step {step} in {self.directory} is unreadable "
                        f"({type(err).__name__}: {_first_line(err)}); moved to "
-                       f"{os.path.join(self.model_dir, UNREADABLE_SUBDIR)}; {fallback}")
+                       f"{self.model_dir / UNREADABLE_SUBDIR}; {fallback}")
                 self._move_aside(step)
-        set_aside = os.path.join(self.model_dir, UNREADABLE_SUBDIR)
-        if steps or (os.path.isdir(set_aside) and os.listdir(set_aside)):
+        set_aside = self.model_dir / UNREADABLE_SUBDIR
+        if steps or (set_aside.is_dir() and any(set_aside.iterdir())):
             raise CheckpointError(
                 f"no readable checkpoint in {self.directory}: every checkpoint was set aside in {set_aside}. "
                 f"Not starting again from step 0 on top of them; to start afresh, delete or move {set_aside}")
@@ -233,14 +233,13 @@ class Checkpointer:
 
     def _move_aside(self, step: int) -> None:
         if jax.process_index() == 0:
-            src = os.path.join(self.directory, str(step))
-            dst_root = os.path.join(self.model_dir, UNREADABLE_SUBDIR)
-            os.makedirs(dst_root, exist_ok=True)
-            dst = os.path.join(dst_root, str(step))
-            if os.path.exists(dst):
-                shutil.rmtree(dst)
-            if os.path.exists(src):
-                shutil.move(src, dst)
+            src = self.directory / str(step)
+            dst_root = self.model_dir / UNREADABLE_SUBDIR
+            dst_root.mkdir(parents=True, exist_ok=True)
+            dst = dst_root / str(step)
+            remove_tree(dst)
+            if src.exists():
+                move_tree(src, dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"ankh_jax_move_aside_{step}")
@@ -295,16 +294,11 @@ class PreemptionWatcher:
 
 
 # -- loading for inference / export -------------------------------------------------------------------------------
-def write_model_config(model_dir: str, config: Any) -> None:
+def write_model_config(model_dir, config: Any) -> None:
     """``MODEL_DIR/model_config.json`` (process 0 only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json())
-    os.replace(tmp, path)
+    atomic.write_text(as_path(model_dir) / MODEL_CONFIG_FILE, config.to_json())
 
 
 def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -> tuple[Any, dict]:
@@ -315,12 +309,11 @@ def load_params(model_dir: str, step: int | None = None, sharding: Any = None) -
     """
     from ankh_jax.model.config import T5Config
 
-    config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
-    with open(config_path) as f:
-        config = T5Config.from_json(f.read())
-    directory = os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR)
+    config_path = as_path(model_dir) / MODEL_CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{model_dir} is not an ankh_jax model directory: {MODEL_CONFIG_FILE} is missing")
+    config = T5Config.from_json(config_path.read_text())
+    directory = as_path(model_dir) / CHECKPOINT_SUBDIR
     # Handlers named up front so reading metadata does not warn about the items we leave unread.
     manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
@@ -372,10 +365,9 @@ def _verify_params(params: Any, meta: dict, where: str) -> None:
 
 def read_meta(model_dir: str, step: int) -> dict:
     """The JSON metadata (step, input state, fingerprint) saved with a checkpoint."""
-    path = os.path.join(model_dir, CHECKPOINT_SUBDIR, str(step), "meta", "metadata")
+    path = as_path(model_dir) / CHECKPOINT_SUBDIR / str(step) / "meta" / "metadata"
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint at step {step} in {os.path.join(model_dir, CHECKPOINT_SUBDIR)}: "
+        raise CheckpointError(f"checkpoint at step {step} in {as_path(model_dir) / CHECKPOINT_SUBDIR}: "
                               f"item meta is unreadable ({type(err).__name__}: {_first_line(err)})") from None

@@ -13,7 +13,7 @@ file replaced at each flush would copy it over and over).
 One model. The output and the sidecar record a fingerprint of the encoder's weights plus every setting that
 changes the numbers (``ankh_jax.model.fingerprint``), not the model's path: a re-run resumes only on an exact
 match, so a training directory trained further or an HF directory replaced in place is refused (a symlink or a
-copy of the same model resumes). ``OUT.partial/`` is also held with an exclusive lock (``ankh_jax.io.dir_lock``):
+copy of the same model resumes). ``OUT.partial/`` is also held with an exclusive lock (``ankh_jax.storage.lock``):
 a second run on the same output is refused naming the first.
 
 Ids: ``/`` is stored as ``%2F`` and an id ``.`` (which HDF5 takes for the group itself) as ``%2E``; ``%`` is
@@ -31,7 +31,7 @@ import shutil
 
 import numpy as np
 
-from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.storage.lock import DirectoryLock
 
 FORMAT_VERSION = 2
 PARTIAL_SUFFIX = ".partial"

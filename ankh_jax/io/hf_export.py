@@ -18,7 +18,10 @@ import sys
 
 from ankh_jax.data.tokenizer import write_hf_tokenizer
 from ankh_jax.io import hf_files, hf_mapping
+from ankh_jax.io.loading import EXPORT_MARKER
 from ankh_jax.model.config import T5Config
+from ankh_jax.storage.atomic import upload, write_marker
+from ankh_jax.storage.paths import as_path, check_reachable, display, is_remote
 
 _CARD = """---
 library_name: transformers
@@ -51,11 +54,14 @@ writes `tie_word_embeddings: true`, which transformers 4 reads as a tied head: r
 
 def check_output(output_dir: str) -> None:
     """Refuses (ValueError) an output that is a file, or a non-empty directory that is not an earlier export."""
-    if not os.path.lexists(output_dir):
+    if is_remote(output_dir):
+        check_reachable(output_dir, "--output")
+    where = as_path(output_dir)
+    if not where.exists():
         return
-    if not os.path.isdir(output_dir):
+    if not where.is_dir():
         raise ValueError(f"{output_dir}: exists and is not a directory; --output must be a directory")
-    entries = set(os.listdir(output_dir))
+    entries = {p.name for p in where.iterdir()} - {EXPORT_MARKER}
     if entries and (hf_files.CONFIG_FILE not in entries or "model_config.json" in entries):
         raise ValueError(f"{output_dir}: not empty and not an earlier HuggingFace export (an ankh_jax training "
                          f"directory, or files other than a model's); refusing to replace it: choose a new or empty "
@@ -92,9 +98,12 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
     ``flax``: the weights as ``flax_model.msgpack`` (transformers 4.x's Flax T5 classes) instead of safetensors."""
     if flax and max_shard_bytes is not None:
         raise ValueError("a Flax export is one flax_model.msgpack; sharding applies to safetensors only")
-    output_dir = os.path.abspath(output_dir)
+    output_dir = display(output_dir)
     check_output(output_dir)
     state = hf_mapping.params_to_hf(params, config, encoder_only=encoder_only)
+    if is_remote(output_dir):
+        return _export_to_object_storage(config, state, output_dir, encoder_only=encoder_only, source=source,
+                                         max_shard_bytes=max_shard_bytes, flax=flax)
     parent, name = os.path.split(output_dir)
     staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
     if os.path.lexists(staging):
@@ -108,6 +117,27 @@ def export(config: T5Config, params, output_dir: str, *, encoder_only: bool = Fa
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return [os.path.join(output_dir, os.path.basename(p)) for p in written]
+
+
+def _export_to_object_storage(config: T5Config, state: dict, output_dir: str, **options) -> list[str]:
+    """Object storage has no directory rename: the export is built in a local folder, then committed with a
+    marker (``loading.EXPORT_MARKER``): "incomplete" first, every file uploaded, objects of an earlier export that
+    this one does not have deleted, "complete" last. A reader refuses the directory in between, so a kill at any
+    moment leaves either the earlier export, this one, or a directory that says it is unfinished."""
+    import tempfile
+
+    name = output_dir.rstrip("/").rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix="ankh_jax_export_") as staging:
+        written = _write_files(config, state, staging, name=name, **options)
+        names = sorted(os.path.basename(p) for p in written)
+        write_marker(output_dir, EXPORT_MARKER, {"complete": False, "pid": os.getpid()})
+        for file in names:
+            upload(os.path.join(staging, file), f"{output_dir}/{file}")
+    for stale in as_path(output_dir).iterdir():
+        if stale.name not in names and stale.name != EXPORT_MARKER:
+            stale.unlink()
+    write_marker(output_dir, EXPORT_MARKER, {"complete": True, "files": names})
+    return [f"{output_dir}/{file}" for file in names]
 
 
 def _write_files(config: T5Config, state: dict, output_dir: str, *, name: str, encoder_only: bool, source: str,

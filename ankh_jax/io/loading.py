@@ -15,23 +15,43 @@ from __future__ import annotations
 
 import os
 
+from ankh_jax.io import CheckpointError
 from ankh_jax.io.hf_mapping import CONFIG_FILE as HF_CONFIG_FILE
 from ankh_jax.io.hf_mapping import require_finite
 from ankh_jax.model.config import T5Config
+from ankh_jax.storage.atomic import read_marker
+from ankh_jax.storage.paths import as_path, check_reachable, is_remote
+from ankh_jax.storage.remote_copy import local_copy
 
 ANKH_JAX_CONFIG_FILE = "model_config.json"  # written by ankh_jax.io.checkpoints into a training directory
+# An export to object storage uploads its files one by one (no directory rename there), between two writes of
+# this marker: {"complete": false} first, {"complete": true, "files": [...]} last (ankh_jax.io.hf_export).
+EXPORT_MARKER = ".ankh_jax_export.json"
+
+
+def require_committed_export(path: str | os.PathLike) -> None:
+    """Refuses a directory an ankh_jax export into is still writing (or died writing): its files may be from two
+    exports. A directory without the marker (any HuggingFace model, a local export) is read as it is."""
+    marker = read_marker(path, EXPORT_MARKER)
+    if marker is not None and not marker.get("complete"):
+        raise CheckpointError(f"{os.fspath(path)}: an export into it has not finished ({EXPORT_MARKER} says "
+                              "incomplete), so its files may be from two exports; re-run that export")
 
 
 def model_format(path: str | os.PathLike) -> str:
-    """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error."""
+    """``'ankh_jax'`` (training directory), ``'hf'`` (HuggingFace directory); anything else is an error. ``path``
+    may be local or ``gs://``."""
+    where = as_path(path)
     path = os.fspath(path)
-    if os.path.exists(path) and not os.path.isdir(path):
+    check_reachable(path, "model directory")
+    if where.exists() and not where.is_dir():
         raise FileNotFoundError(f"{path}: is a file, not a model directory")
-    if not os.path.isdir(path):
+    if not where.is_dir():
         raise FileNotFoundError(f"{path}: no such model directory")
-    if os.path.exists(os.path.join(path, ANKH_JAX_CONFIG_FILE)):
+    if (where / ANKH_JAX_CONFIG_FILE).exists():
         return "ankh_jax"
-    if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
+    if (where / HF_CONFIG_FILE).exists():
+        require_committed_export(path)
         return "hf"
     raise FileNotFoundError(f"{path}: neither an ankh_jax training directory ({ANKH_JAX_CONFIG_FILE}) nor a "
                             f"HuggingFace model directory ({HF_CONFIG_FILE})")
@@ -50,6 +70,8 @@ def load(path: str | os.PathLike, *, encoder_only: bool = False, step: int | Non
     if model_format(path) == "hf":
         if step is not None:
             raise ValueError(f"{path} is a HuggingFace directory: it has no steps (step={step})")
+        if is_remote(path):  # safetensors, torch and the tokenizer read local files: a cached local copy
+            path = local_copy(path)
         from ankh_jax.io import flax_msgpack
         from ankh_jax.io.hf_files import load_hf_model
 

@@ -2,7 +2,7 @@
 
 Every parameter is created through ``nn.with_logical_partitioning`` and every large activation passes through
 ``nn.with_logical_constraint``; both are no-ops until a trainer installs axis rules, after which the same model
-shards by rules alone (see ``ankh_jax/partitioning.py``).
+shards by rules alone (see ``ankh_jax/training/partitioning.py``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
+
+from ankh_jax.storage import atomic
 
 PLOTS_SUBDIR = "plots"
 DPI = 110
@@ -24,18 +25,14 @@ def pyplot():
 
 
 def save_figure(fig, path: str) -> str:
-    """Writes ``fig`` to ``path`` through a temporary file and a rename: a reader (or a kill) never sees half a
-    PNG, and a redraw replaces the old picture in one step."""
+    """Writes ``fig`` to ``path`` (local or ``gs://``) through a temporary file (``storage.atomic``): a reader
+    (or a kill) never sees half a PNG, and a redraw replaces the old picture in one step."""
     plt = pyplot()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.png"
     try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic.local_file(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -1,12 +1,13 @@
 """Pictures of a fine-tuning run, written to ``MODEL_DIR/plots/`` beside ``results.json``.
 
 * ``learning_curves.png``: training loss, the validation metric per epoch (best epoch marked), learning rate;
-* per task kind, on the test sets: ``confusion_matrix.png`` (classification; per residue for Q3/Q8, each state's
-  accuracy on its row), ``regression_scatter.png`` (predicted against true, with Spearman),
-  ``contact_maps.png`` (predicted contact probability above, true contacts below, for a few test proteins).
+* on the test sets: ``confusion_matrix.png`` (classification; per residue for Q3/Q8, each state's accuracy on its
+  row), ``regression_scatter.png`` (predicted against true, with Spearman), ``contact_maps.png`` (predicted
+  contact probability above, true contacts below, for a few test proteins).
 
-:func:`draw_finetune_plots` is what the runner calls: it takes a ``predict(examples) -> outputs`` function (the
-per-example outputs of ``ankh_jax.downstream.trainer.predict``) and never raises.
+The pictures take plain arrays: which one a task gets, and how its predictions become those arrays, is its label
+kind's ``plot`` (``ankh_jax.downstream.kinds``), from the test predictions the run has already scored. Nothing here
+knows a task or a label kind. :func:`draw_finetune_plots` is what the runner calls, and never raises.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ankh_jax.downstream import metrics
-from ankh_jax.io.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,
@@ -27,8 +26,8 @@ from ankh_jax.plots.common import (
     pyplot,
     save_figure,
 )
+from ankh_jax.storage.jsonl import read_jsonl
 
-CLASSIFICATION_KINDS = ("sequence_class", "sequence_binary", "residue_class")
 MAX_TEST_PANELS = 4
 CONTACT_PROTEINS = 3
 ANNOTATE_UP_TO = 12   # classes; larger confusion matrices are drawn without numbers in the cells
@@ -94,29 +93,12 @@ def plot_learning_curves(model_dir: str) -> str:
 
 
 def confusion_matrix(predicted, true, num_classes: int) -> np.ndarray:
-    """``[true, predicted]`` counts over the scored positions (``true != -100``)."""
+    """``[true, predicted]`` counts over the scored positions (``true >= 0``; -100 marks the unscored)."""
     p, y = np.asarray(predicted).ravel(), np.asarray(true).ravel()
-    scored = y != metrics.IGNORE
+    scored = y >= 0
     counts = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(counts, (y[scored].astype(np.int64), p[scored].astype(np.int64)), 1)
     return counts
-
-
-def predicted_classes(kind: str, outputs: list, labels: list) -> tuple[np.ndarray, np.ndarray]:
-    """``(predicted, true)`` class ids, one per scored sequence or residue."""
-    if kind == "sequence_binary":
-        return np.array([o > 0 for o in outputs], np.int64), np.asarray(labels, np.int64)
-    if kind == "sequence_class":
-        return np.array([int(np.argmax(o)) for o in outputs]), np.asarray(labels, np.int64)
-    if kind == "residue_class":
-        return np.concatenate(outputs), np.concatenate(labels)
-    raise ValueError(f"no classes for label kind {kind!r}")
-
-
-def _class_names(data) -> list[str]:
-    if data.spec.kind == "sequence_binary":
-        return ["0", "1"]
-    return [str(c) for c in data.classes]
 
 
 def most_frequent_block(counts: np.ndarray, names: list[str], limit: int) -> tuple[np.ndarray, list[str],
@@ -133,17 +115,26 @@ def most_frequent_block(counts: np.ndarray, names: list[str], limit: int) -> tup
     return np.concatenate([block, other[:, None]], axis=1), rows, [*rows, "other"]
 
 
-def plot_confusion_matrices(model_dir: str, data, predictions: dict[str, list]) -> str:
-    kind, names = data.spec.kind, _class_names(data)
+def first_test_sets(task: str, predictions: dict) -> dict:
+    """The first :data:`MAX_TEST_PANELS` test sets of ``predictions`` (one line names the ones left out)."""
+    tests = list(predictions)
+    if len(tests) > MAX_TEST_PANELS:
+        note(f"task {task}: plotting the first {MAX_TEST_PANELS} of {len(tests)} test sets "
+             f"(skipped {', '.join(tests[MAX_TEST_PANELS:])})")
+    return {test: predictions[test] for test in tests[:MAX_TEST_PANELS]}
+
+
+def plot_confusion_matrices(model_dir: str, task: str, panels: dict[str, tuple], names: list[str],
+                            score: str = "accuracy") -> str:
+    """One confusion matrix per test set: ``panels`` is ``{test: (predicted, true)}`` class ids; ``score`` names
+    the overall accuracy in the titles (``Q3`` for secondary structure)."""
     if len(names) > MAX_MATRIX_CLASSES:
-        note(f"task {data.spec.name}: {len(names)} classes; the confusion matrices show the "
+        note(f"task {task}: {len(names)} classes; the confusion matrices show the "
              f"{MAX_MATRIX_CLASSES} most frequent in each test set")
     plt = pyplot()
     size = max(4.5, 0.45 * min(len(names), MAX_MATRIX_CLASSES + 1) + 2.5)
-    fig, axes = plt.subplots(1, len(predictions), figsize=(size * len(predictions), size), squeeze=False)
-    per_state = kind == "residue_class" and len(names) in (3, 8)
-    for ax, (test, outputs) in zip(axes[0], predictions.items(), strict=True):
-        predicted, true = predicted_classes(kind, outputs, data.splits[f"test/{test}"].labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    for ax, (test, (predicted, true)) in zip(axes[0], panels.items(), strict=True):
         full = confusion_matrix(predicted, true, len(names))
         counts, row_names, column_names = most_frequent_block(full, names, MAX_MATRIX_CLASSES)
         rows = counts.sum(axis=1, keepdims=True)
@@ -157,7 +148,6 @@ def plot_confusion_matrices(model_dir: str, data, predictions: dict[str, list]) 
         ax.set_yticks(range(len(row_names)),
                       [f"{n}  {fractions[i, i]:.2f} of {rows[i, 0]}" for i, n in enumerate(row_names)])
         total = np.trace(full) / max(full.sum(), 1)
-        score = f"Q{len(names)}" if per_state else "accuracy"
         shown = f" ({len(row_names)} most frequent of {len(names)} classes)" if len(row_names) < len(names) else ""
         ax.set_title(f"{test}: {score} {total:.3f}{shown}")
         ax.set_xlabel("predicted")
@@ -166,16 +156,15 @@ def plot_confusion_matrices(model_dir: str, data, predictions: dict[str, list]) 
     return save_figure(fig, os.path.join(model_dir, PLOTS_SUBDIR, "confusion_matrix.png"))
 
 
-def plot_regression(model_dir: str, data, predictions: dict[str, list]) -> str:
+def plot_regression(model_dir: str, panels: dict[str, tuple]) -> str:
+    """Predicted against true per test set: ``panels`` is ``{test: (true, predicted, spearman)}``."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(predictions), figsize=(5 * len(predictions), 4.8), squeeze=False)
-    for ax, (test, outputs) in zip(axes[0], predictions.items(), strict=True):
-        true = np.asarray(data.splits[f"test/{test}"].labels, np.float64)
-        predicted = np.asarray(outputs, np.float64)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8), squeeze=False)
+    for ax, (test, (true, predicted, rho)) in zip(axes[0], panels.items(), strict=True):
+        true, predicted = np.asarray(true, np.float64), np.asarray(predicted, np.float64)
         ax.scatter(true, predicted, s=6, alpha=0.5, linewidths=0)
         lo, hi = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
         ax.plot([lo, hi], [lo, hi], "--", color="grey", linewidth=1, label="predicted = true")
-        rho = metrics.spearman(predicted, true) if len(true) > 1 else float("nan")
         ax.set_title(f"{test}: Spearman {rho:.3f} (n={len(true)})")
         ax.set_xlabel("true")
         ax.set_ylabel("predicted")
@@ -184,12 +173,13 @@ def plot_regression(model_dir: str, data, predictions: dict[str, list]) -> str:
     return save_figure(fig, os.path.join(model_dir, PLOTS_SUBDIR, "regression_scatter.png"))
 
 
-def plot_contact_maps(model_dir: str, test: str, outputs: list, labels: list, min_separation: int) -> str:
+def plot_contact_maps(model_dir: str, test: str, proteins: list[tuple], min_separation: int) -> str:
+    """Predicted (above) and true (below) contact maps: ``proteins`` is ``[(probability [L, L], contacts [L, L],
+    valid [L], long-range precision at L/5)]``."""
     plt = pyplot()
-    fig, axes = plt.subplots(2, len(outputs), figsize=(4 * len(outputs), 8), squeeze=False)
-    for k, (prob, (contacts, valid)) in enumerate(zip(outputs, labels, strict=True)):
+    fig, axes = plt.subplots(2, len(proteins), figsize=(4 * len(proteins), 8), squeeze=False)
+    for k, (prob, contacts, valid, precision) in enumerate(proteins):
         length = prob.shape[0]
-        precision = metrics.contact_precision([prob], [contacts], [valid], fractions=(5,))["L/5"]
         axes[0, k].imshow(prob, cmap="Greys", vmin=0, vmax=1)
         axes[0, k].set_title(f"{test} #{k + 1} (L={length}): predicted\nlong-range precision L/5 {precision:.2f}")
         shown = np.where(np.outer(valid, valid), contacts.astype(np.float64), np.nan)
@@ -204,38 +194,15 @@ def plot_contact_maps(model_dir: str, test: str, outputs: list, labels: list, mi
     return save_figure(fig, os.path.join(model_dir, PLOTS_SUBDIR, "contact_maps.png"))
 
 
-def plot_test_predictions(model_dir: str, data, predict: Callable[[object], list]) -> list[str]:
-    """The per-kind pictures of the test sets (predictions from ``predict``)."""
-    from ankh_jax.downstream.task_spec import Examples
-
-    kind = data.spec.kind
-    tests = [name[len("test/"):] for name in data.test_names()]
-    if not tests:
-        note(f"task {data.spec.name}: no test set; no test-set plots")
-        return []
-    if kind not in (*CLASSIFICATION_KINDS, "sequence_regression", "contact"):
-        note(f"task {data.spec.name}: no test-set plot for label kind {kind}")
-        return []
-    if kind == "contact":
-        examples = data.splits[f"test/{tests[0]}"]
-        few = Examples(examples.sequences[:CONTACT_PROTEINS], examples.labels[:CONTACT_PROTEINS])
-        return [plot_contact_maps(model_dir, tests[0], predict(few), few.labels, data.spec.min_contact_separation)]
-    if len(tests) > MAX_TEST_PANELS:
-        note(f"task {data.spec.name}: plotting the first {MAX_TEST_PANELS} of {len(tests)} test sets "
-             f"(skipped {', '.join(tests[MAX_TEST_PANELS:])})")
-        tests = tests[:MAX_TEST_PANELS]
-    predictions = {test: predict(data.splits[f"test/{test}"]) for test in tests}
-    if kind == "sequence_regression":
-        return [plot_regression(model_dir, data, predictions)]
-    return [plot_confusion_matrices(model_dir, data, predictions)]
-
-
-def draw_finetune_plots(model_dir: str, data, predict: Callable[[object], list]) -> list[str]:
-    """Learning curves and the task kind's test-set pictures under ``MODEL_DIR/plots/``; returns the paths
-    written. Never raises: whatever cannot be drawn is named in one line on stderr, and the run goes on."""
+def draw_finetune_plots(model_dir: str, draw_test_plots: Callable[[], list[str]] | None = None) -> list[str]:
+    """Learning curves, then ``draw_test_plots()`` (the task's test-set pictures), under ``MODEL_DIR/plots/``;
+    returns the paths written. Never raises: whatever cannot be drawn is named in one line on stderr, and the run
+    goes on."""
     written = []
-    for what, draw in (("learning curves", lambda: [plot_learning_curves(model_dir)]),
-                       ("test-set plots", lambda: plot_test_predictions(model_dir, data, predict))):
+    steps = [("learning curves", lambda: [plot_learning_curves(model_dir)])]
+    if draw_test_plots is not None:
+        steps.append(("test-set plots", draw_test_plots))
+    for what, draw in steps:
         try:
             written += draw()
         except ImportError as e:

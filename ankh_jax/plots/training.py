@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-from ankh_jax.io.jsonl import read_jsonl
 from ankh_jax.plots.common import (
     PLOTS_SUBDIR,
     PlotInputError,
@@ -19,21 +18,23 @@ from ankh_jax.plots.common import (
     pyplot,
     save_figure,
 )
+from ankh_jax.storage.jsonl import read_jsonl
+from ankh_jax.storage.paths import as_path
 
 METRICS_FILE = "metrics.jsonl"  # ankh_jax.training.metrics.METRICS_FILE (not imported: it pulls in jax)
 TRAINING_PNG = "training.png"
 
 
 def training_plot_path(model_dir: str) -> str:
-    return os.path.join(model_dir, PLOTS_SUBDIR, TRAINING_PNG)
+    return os.fspath(as_path(model_dir) / PLOTS_SUBDIR / TRAINING_PNG)
 
 
 def load_training_rows(model_dir: str) -> tuple[list[dict], list[dict]]:
     """``(train_rows, eval_rows)`` of ``MODEL_DIR/metrics.jsonl``; :class:`PlotInputError` if there are none."""
-    if not os.path.isdir(model_dir):
+    if not as_path(model_dir).is_dir():
         raise PlotInputError(f"{model_dir}: no such directory")
-    path = os.path.join(model_dir, METRICS_FILE)
-    if not os.path.isfile(path):
+    path = as_path(model_dir) / METRICS_FILE
+    if not path.is_file():
         raise PlotInputError(f"{model_dir}: no {METRICS_FILE} (not a training directory, or no step logged yet)")
     rows, bad = read_jsonl(path)
     if bad:
@@ -66,7 +67,7 @@ def plot_training(model_dir: str, output: str | None = None) -> str:
     _single_curve(axes[1, 1], train, "target_tokens_per_s",
                   "throughput (target tokens/s)" + (f", last MFU {mfu[-1]:.1%}" if mfu else ""), positive=True)
     last = max(r["step"] for r in train + evals)
-    fig.suptitle(f"{os.path.basename(os.path.abspath(model_dir))}: step {last}")
+    fig.suptitle(f"{as_path(model_dir).name}: step {last}")
     for ax in axes.ravel():
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

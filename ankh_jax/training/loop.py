@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -113,13 +112,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
                       num_microbatches=num_microbatches)
     if input_fn is None or input_fn is _default_input_fn():  # Ankh's objective: span corruption of the inputs
         _check_sentinels(feature_lengths)
-    if "://" in model_dir:
-        raise RunConfigError(f"MODEL_DIR {model_dir}: a URL; MODEL_DIR must be a directory path that every host "
-                             "sees (NFS / Filestore, or the bucket mounted with gcsfuse at the same path on every "
-                             "host): the lock and the metrics files are plain files")
-    model_dir = os.path.abspath(os.path.expanduser(model_dir))
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise RunConfigError(f"MODEL_DIR {model_dir} is a file, not a directory")
+    model_dir = run_dir.resolve_model_dir(model_dir)  # a local path or gs://BUCKET/run
     partitioner = partitioner or Partitioner()
     try:
         data_parallel = partitioner.batch_shards
@@ -164,8 +157,7 @@ def train(*, model_dir: str = gin.REQUIRED, model_config=gin.REQUIRED, task_name
     # -- state ----------------------------------------------------------------------------------------------
     run_dir.check_model_dir_config(model_dir, model_config)
     # What MODEL_DIR holds, as process 0 sees it before anyone writes, so every host takes the same branches.
-    exists, has_checkpoints = run_dir.agreed(os.path.isdir(model_dir),
-                                      os.path.isdir(os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)))
+    exists, has_checkpoints = run_dir.agreed(*run_dir.model_dir_state(model_dir))
     # The lock is taken here if MODEL_DIR exists (restoring may move checkpoints aside), else at the first write.
     locked = exists
     lock = run_dir.lock_model_dir(model_dir) if locked else None

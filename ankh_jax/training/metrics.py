@@ -10,7 +10,6 @@ describes one consistent run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,7 +20,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ankh_jax.io.jsonl import read_jsonl
+from ankh_jax.errors import InputError
+from ankh_jax.storage.jsonl import JsonlWriter, line_count, read_jsonl
+from ankh_jax.storage.mirror import LocalMirror
+from ankh_jax.storage.paths import as_path
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -38,60 +40,49 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def read_metrics(model_dir: str) -> list[dict]:
-    """The rows of ``metrics.jsonl``. A last line cut short by a crash mid-write is dropped (with a warning); a
-    damaged line elsewhere is an error naming it."""
-    path = os.path.join(model_dir, METRICS_FILE)
-    if not os.path.exists(path):
+def read_metrics(model_dir) -> list[dict]:
+    """The rows of ``metrics.jsonl`` (local or ``gs://``). A last line cut short by a crash mid-write is dropped
+    (with a warning); a damaged line elsewhere is an error naming it."""
+    path = as_path(model_dir) / METRICS_FILE
+    if not path.exists():
         return []
     rows, bad = read_jsonl(path)
     if bad:
-        with open(path, "rb") as f:
-            last = sum(1 for _ in f)
+        last = line_count(path)
         if bad != [last]:
-            raise ValueError(f"{path}: line {bad[0]} is not a JSON object")
+            raise InputError(f"{path}: line {bad[0]} is not a JSON object")
         log.warning("%s: dropped an incomplete last line %d (a crash while writing it)", path, last)
     return rows
 
 
 class MetricsWriter:
-    def __init__(self, model_dir: str, *, total_steps: int, start_step: int = 0, tensorboard: bool = True,
+    def __init__(self, model_dir, *, total_steps: int, start_step: int = 0, tensorboard: bool = True,
                  progress: bool = True, progress_desc: str | None = None):
         self.enabled = jax.process_index() == 0
-        self.model_dir = model_dir
-        self.path = os.path.join(model_dir, METRICS_FILE)
+        self.model_dir = as_path(model_dir)
+        self.path = self.model_dir / METRICS_FILE
         self.total_steps = total_steps
         self._tb = {}
+        self._tb_mirror: LocalMirror | None = None
         self._bar = None
         if not self.enabled:
             return
-        os.makedirs(model_dir, exist_ok=True)
-        self._truncate_after(start_step)
+        self._rows = JsonlWriter(self.path)
+        # Rows beyond the restored step (and a partial last line) are dropped, so the file is one run.
+        self._rows.keep(lambda r: r.get("step", 0) <= start_step, read_metrics(self.model_dir))
         if tensorboard:
             from tensorboardX import SummaryWriter
 
+            # Event files grow by appending: written locally, mirrored whole to gs:// (storage.mirror).
+            self._tb_mirror = LocalMirror(self.model_dir / TENSORBOARD_SUBDIR)
             for kind in ("train", "eval"):
-                self._tb[kind] = SummaryWriter(os.path.join(model_dir, TENSORBOARD_SUBDIR, kind),
+                self._tb[kind] = SummaryWriter(os.path.join(self._tb_mirror.directory, kind),
                                                purge_step=start_step + 1 if start_step else None)
         if progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              file=sys.stderr, mininterval=1.0, smoothing=0.1, desc=progress_desc)
-
-    def _truncate_after(self, step: int) -> None:
-        """Rows beyond the restored step (and a partial last line) are dropped, so the file is one run."""
-        if not os.path.exists(self.path):
-            return
-        rows = read_metrics(self.model_dir)
-        kept = [r for r in rows if r.get("step", 0) <= step]
-        with open(self.path, "rb") as f:
-            intact = f.read().endswith(b"\n") or os.path.getsize(self.path) == 0
-        if len(kept) != len(rows) or not intact:
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(tmp, self.path)
 
     def advance(self, steps: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
@@ -111,6 +102,7 @@ class MetricsWriter:
                 if k not in ("step", "kind") and isinstance(v, (int, float)) and math.isfinite(v):
                     tb.add_scalar(k, v, step)
             tb.flush()
+            self._tb_mirror.sync()
 
     def write_text(self, tag: str, markdown: str, step: int) -> None:
         """A TensorBoard text summary (markdown) on the train writer: ``tag`` in the Text tab at ``step``."""
@@ -118,13 +110,13 @@ class MetricsWriter:
         if self.enabled and tb is not None:
             tb.add_text(tag, markdown, step)
             tb.flush()
+            self._tb_mirror.sync()
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Appends ``row`` (plain JSON values, with an int ``"step"``) as one line, whole."""
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._rows.append(row)
 
     def log_line(self, text: str) -> None:
         if not self.enabled:
@@ -146,6 +138,9 @@ class MetricsWriter:
         for tb in self._tb.values():
             tb.close()
         self._tb = {}
+        if self._tb_mirror is not None:
+            self._tb_mirror.close()
+            self._tb_mirror = None
 
 
 def gin_config_markdown(config_str: str) -> str:

@@ -5,14 +5,16 @@ operative gin config, and the closing summary."""
 from __future__ import annotations
 
 import logging
-import os
 
 import gin
 import jax
 import numpy as np
 
+from ankh_jax.errors import InputError
 from ankh_jax.io import checkpoints as ckpt_lib
-from ankh_jax.io.dir_lock import DirectoryInUseError, DirectoryLock
+from ankh_jax.storage import atomic
+from ankh_jax.storage.lock import DirectoryInUseError, DirectoryLock
+from ankh_jax.storage.paths import as_path, check_reachable
 from ankh_jax.training.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ ARCH_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_encode
                "relative_attention_num_buckets", "relative_attention_max_distance", "activation")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(InputError):
     """The run's configuration is invalid or does not fit what MODEL_DIR holds; nothing was written."""
 
 
@@ -35,7 +37,23 @@ def agreed(*flags: bool) -> tuple[bool, ...]:
     return tuple(bool(x) for x in np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))))
 
 
-def lock_model_dir(model_dir: str) -> DirectoryLock | None:
+def resolve_model_dir(model_dir: str):
+    """MODEL_DIR as a path (a local path made absolute, or a ``gs://`` URL), checked before anything runs: a URL's
+    bucket must exist, a local path must not be a file."""
+    path = as_path(model_dir)
+    check_reachable(path, "MODEL_DIR")
+    if path.exists() and not path.is_dir():
+        raise RunConfigError(f"MODEL_DIR {path} is a file, not a directory")
+    return path
+
+
+def model_dir_state(model_dir) -> tuple[bool, bool]:
+    """(MODEL_DIR exists, it has a checkpoints folder), as this process sees it."""
+    path = as_path(model_dir)
+    return path.is_dir(), (path / ckpt_lib.CHECKPOINT_SUBDIR).is_dir()
+
+
+def lock_model_dir(model_dir) -> DirectoryLock | None:
     """Process 0 locks MODEL_DIR (creating it) and gets the lock; every process learns the outcome, so all stop
     together (a collective: every process calls it once)."""
     lock, error = None, ""
@@ -86,11 +104,10 @@ def restore_input_position(train_iter, input_states: list[dict] | None, first_sh
 
 
 def check_model_dir_config(model_dir: str, config) -> None:
-    path = os.path.join(model_dir, ckpt_lib.MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = as_path(model_dir) / ckpt_lib.MODEL_CONFIG_FILE
+    if not path.is_file():
         return
-    with open(path) as f:
-        saved = type(config).from_json(f.read())
+    saved = type(config).from_json(path.read_text())
     diffs = [f for f in ARCH_FIELDS if getattr(saved, f) != getattr(config, f)]
     if diffs:
         raise RunConfigError(f"{model_dir} holds a different model ({', '.join(diffs)} differ from MODEL_CONFIG); "
@@ -100,11 +117,7 @@ def check_model_dir_config(model_dir: str, config) -> None:
 def write_operative_config(model_dir: str) -> None:
     if jax.process_index() != 0:
         return
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = os.path.join(model_dir, "config.gin.tmp")
-    with open(tmp, "w") as f:
-        f.write(gin.operative_config_str())
-    os.replace(tmp, os.path.join(model_dir, "config.gin"))
+    atomic.write_text(as_path(model_dir) / "config.gin", gin.operative_config_str())
 
 
 def info(text: str) -> None:
@@ -119,12 +132,13 @@ def warn(text: str) -> None:
         print(f"WARNING: {text}", flush=True)
 
 
-def print_summary(model_dir: str, step: int) -> None:
+def print_summary(model_dir, step: int) -> None:
     if jax.process_index() != 0:
         return
+    model_dir = as_path(model_dir)
     print(f"\nTrained to step {step}.\n"
-          f"  checkpoints:  {os.path.join(model_dir, ckpt_lib.CHECKPOINT_SUBDIR)}\n"
-          f"  metrics:      {os.path.join(model_dir, METRICS_FILE)}\n"
-          f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, TENSORBOARD_SUBDIR)}\n"
-          f"  gin config:   {os.path.join(model_dir, 'config.gin')}\n"
+          f"  checkpoints:  {model_dir / ckpt_lib.CHECKPOINT_SUBDIR}\n"
+          f"  metrics:      {model_dir / METRICS_FILE}\n"
+          f"  TensorBoard:  tensorboard --logdir {model_dir / TENSORBOARD_SUBDIR}\n"
+          f"  gin config:   {model_dir / 'config.gin'}\n"
           f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)

@@ -88,3 +88,69 @@ def test_unreadable_cache_is_moved_aside_and_rebuilt(tmp_path, random_encoder_di
     np.testing.assert_array_equal(store["MKVLAAGG"], embed_sequences(enc.config, enc.params, ["MKVLAAGG"])[0])
     store.close()
     assert "unreadable" in messages[0] and (tmp_path / "embeddings.h5.unreadable").exists()
+
+
+def test_cache_and_embed_outputs_share_one_fingerprint(random_encoder_dir):
+    """Issue 22: the cache hashed the encoder's fingerprint string plus settings, embed hashed the weights plus
+    settings and config fields: two identities for the same numbers. Now both are model.fingerprint's."""
+    from ankh_jax.downstream.embedding_cache import cache_attrs
+    from ankh_jax.inference.embedding import output_fingerprint
+    from ankh_jax.model.fingerprint import embedding_fingerprint
+
+    enc = load_encoder(random_encoder_dir(0))
+    assert output_fingerprint is embedding_fingerprint
+    same = embedding_fingerprint(enc.config, enc.params, pooling="none", dtype="float32", max_length=None)
+    assert cache_attrs(enc, "float32", "float32")["fingerprint"] == same
+    assert len({same, cache_attrs(enc, "bfloat16", "float32")["fingerprint"],
+                cache_attrs(enc, "float32", "float16")["fingerprint"]}) == 3
+
+
+def test_a_killed_cache_build_keeps_the_file_and_its_finished_parts(tmp_path, random_encoder_dir, monkeypatch):
+    """Issue 22: the cache was opened with mode "a" and written in place. Now a run killed mid-way leaves the file
+    byte-identical and its finished batches as parts; the rerun embeds only the rest, every sequence once, with
+    the values of an uninterrupted run."""
+    from ankh_jax.downstream import embedding_cache
+    from ankh_jax.io.embeddings_h5 import partial_dir
+
+    enc = load_encoder(random_encoder_dir(0))
+    path = str(tmp_path / "embeddings.h5")
+    build_cache(enc, ["MKVLAAGG"], path, progress=False).close()
+    before = (tmp_path / "embeddings.h5").read_bytes()
+    seqs = ["MKVLAAGG", "GSHMSLFDFFKNK", "WWYYAACC", "PPKKLLM"]
+    real = embedding_cache._embed
+
+    def dies_after_two(*args, **kwargs):
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 2:
+                raise KeyboardInterrupt  # what a kill looks like to the code after it
+            yield item
+
+    monkeypatch.setattr(embedding_cache, "_embed", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(enc, seqs, path, progress=False, flush_seconds=0.0)
+    assert (tmp_path / "embeddings.h5").read_bytes() == before
+    assert len(list((tmp_path / "embeddings.h5.partial").glob("part-*.h5"))) == 2
+    monkeypatch.setattr(embedding_cache, "_embed", real)
+    messages = []
+    store = build_cache(enc, seqs, path, progress=False, log=messages.append)
+    assert messages[0].startswith("embedding 1 sequences") and "3 cached" in messages[0]
+    for s, e in zip(seqs, embed_sequences(enc.config, enc.params, seqs), strict=True):
+        np.testing.assert_allclose(store[s], e, rtol=1e-5, atol=1e-6)
+    store.close()
+    assert not (tmp_path / "embeddings.h5.partial").exists() and partial_dir(path).endswith(".partial")
+
+
+def test_a_cache_of_the_earlier_format_is_refused_untouched(tmp_path, random_encoder_dir):
+    """Caches written in place before (no format version, no ids) cannot be resumed by the crash-safe writer."""
+    import h5py
+
+    from ankh_jax.downstream.embedding_cache import CacheMismatchError
+
+    path = tmp_path / "embeddings.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["fingerprint"] = "sha256:0"
+        f.create_dataset("0" * 40, data=np.zeros((3, 4), np.float32))
+    before = path.read_bytes()
+    with pytest.raises(CacheMismatchError, match=r"embeddings.h5: an embedding cache of another ankh_jax version"):
+        build_cache(load_encoder(random_encoder_dir(0)), ["MKV"], str(path), progress=False)
+    assert path.read_bytes() == before and not (tmp_path / "embeddings.h5.partial").exists()

@@ -25,7 +25,7 @@ def test_pfam_family_frozen_beats_majority_baseline(tmp_path, capsys, random_enc
     model_dir = tmp_path / "pfam"
     finetune.main(["--gin_file=configs/downstream/pfam_family.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.ENCODER='{random_encoder_dir()}'",
-                   "--gin.run.progress=False", "--gin.OptimizerConfig.max_epochs=5",
+                   "--gin.run.progress=False", "--gin.StoppingConfig.max_epochs=5",
                    "--gin.pfam_family_task.max_length=128"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracy = results["tests"]["pfam_family"]["accuracy"]
@@ -74,8 +74,8 @@ def test_per_residue_function_of_neighbours_is_learned(tmp_path, random_encoder_
     finetune.main(["--gin_file=configs/downstream/ssp3.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
                    "--gin.run.progress=False",
-                   "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.OptimizerConfig.max_epochs=8",
-                   "--gin.OptimizerConfig.patience=8", "--gin.HeadConfig.dropout=0.0",
+                   "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.StoppingConfig.max_epochs=8",
+                   "--gin.StoppingConfig.patience=8", "--gin.HeadConfig.dropout=0.0",
                    "--gin.HeadConfig.num_layers=2"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracies = [results["tests"][name]["accuracy"] for name in ("CASP12", "CASP14", "CB513", "TS115")]

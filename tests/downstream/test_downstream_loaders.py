@@ -185,3 +185,31 @@ def test_non_finite_labels_and_masks_are_refused_naming_file_and_row(tmp_path):
     write_csv(tmp_path / "ssp.csv", ["input", "dssp3", "disorder"], [["MKV", "HEC", "1 nan 1"]])
     with pytest.raises(DataError, match=r"ssp.csv: row 1, column 'disorder': value 2 is not a finite number"):
         load_task(ssp3_task(data_dir=str(tmp_path), train="ssp.csv", valid="ssp.csv", tests=()))
+
+
+def test_leakage_is_counted_on_whole_sequences_with_known_answers(tmp_path):
+    """Issue 24: training rows cropped by max_length still match the whole test protein they came from; a carved
+    validation split never shares a sequence with training (the hash sends copies to one side)."""
+    from ankh_jax.downstream.leakage import count_leakage, findings
+
+    long = "MKV" * 20                                             # 60 residues, cropped to 32 in training
+    train = [[long, "a"], ["GSHMSL", "b"], ["GSHMSL", "b"], ["GSHMSL", "b"], ["WWYY", "a"]]
+    write_csv(tmp_path / "train.csv", ["sequence", "label"], train)
+    write_csv(tmp_path / "valid.csv", ["sequence", "label"], [["WWYY", "a"], ["PPPP", "b"]])
+    write_csv(tmp_path / "test.csv", ["sequence", "label"], [[long, "a"], ["KKKK", "b"], ["KKKK", "b"]])
+    spec = pfam_family_task(data_dir=str(tmp_path), train="train.csv", valid="valid.csv", test="test.csv",
+                            max_length=32)
+    data = load_task(spec)
+    assert data.splits["train"].sequences[0] == long[:32]
+    report = count_leakage(data.splits)
+    assert report == {"train": {"rows": 5, "duplicates": 2},
+                      "valid": {"rows": 2, "duplicates": 0, "in_train": 1},
+                      "test/pfam_family": {"rows": 3, "duplicates": 1, "in_train": 1}}
+    assert len(findings(report)) == 4
+    rows = [[seq, "x"] for seq in ("ACDE", "FGHI", "KLMN", "PQRS", "TVWY", "AAAA", "CCCC", "DDDD") for _ in range(3)]
+    write_csv(tmp_path / "deeploc.csv", ["sequence", "label"], rows)
+    carved = load_task(deeploc_task(data_dir=str(tmp_path), train="deeploc.csv", valid=None, test="deeploc.csv",
+                                    sequence_column="sequence", label_column="label", valid_fraction=0.5))
+    report = count_leakage(carved.splits)
+    assert report["valid"]["in_train"] == 0 and report["valid"]["rows"] > 0
+    assert report["train"]["duplicates"] + report["valid"]["duplicates"] == 16  # 24 rows, 8 distinct

@@ -60,9 +60,9 @@ def test_full_mode_trains_lora_and_head_only_or_everything(tmp_path, rank, rando
     model_dir = tmp_path / "run"
     finetune.main(["--gin_file=configs/downstream/solubility.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'", "--gin.run.mode='full'",
-                   f"--gin.LoraConfig.rank={rank}", "--gin.OptimizerConfig.max_epochs=1",
+                   f"--gin.LoraConfig.rank={rank}", "--gin.StoppingConfig.max_epochs=1",
                    "--gin.OptimizerConfig.grad_accum_steps=2",
-                   "--gin.OptimizerConfig.batch_size=8", "--gin.run.progress=False"])
+                   "--gin.BatchingConfig.batch_size=8", "--gin.run.progress=False"])
     results = json.loads((model_dir / "results.json").read_text())
     assert results["mode"] == "full"
     saved = ocp.StandardCheckpointer().restore(str(model_dir / "best"))
@@ -171,7 +171,7 @@ def test_contact_protocol_from_embeddings_runs_and_scores(tmp_path, random_encod
     finetune.main(["--gin_file=configs/downstream/contacts.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
                    "--gin.run.progress=False",
-                   "--gin.OptimizerConfig.max_epochs=2"])
+                   "--gin.StoppingConfig.max_epochs=2"])
     results = json.loads((model_dir / "results.json").read_text())
     assert set(results["tests"]["proteinnet"]) == {"precision_L/5", "precision_L/1"}
     assert results["test_proteins"] == "whole"

@@ -19,7 +19,7 @@ from ankh_jax import embed
 from ankh_jax.data.fasta import load_fasta, write_fasta
 from ankh_jax.inference import embedding
 from ankh_jax.io import embeddings_h5, hf_export
-from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.storage.lock import DirectoryLock
 
 # Padding and batch composition change float32 rounding only: a resumed run batches differently.
 REL_TOL = 1e-5

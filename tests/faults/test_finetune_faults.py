@@ -20,7 +20,7 @@ import pytest
 
 from ankh_jax import finetune
 from ankh_jax.downstream import run_records, trainer
-from ankh_jax.io.dir_lock import DirectoryLock
+from ankh_jax.storage.lock import DirectoryLock
 from ankh_jax.training.metrics import read_metrics
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
@@ -64,8 +64,8 @@ def _write_csv(path, rows):
 def _flags(model_dir, data_dir, *extra):
     return ["--gin_file=configs/downstream/fluorescence.gin", f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.DATA_DIR='{data_dir}'", f"--gin.ENCODER='{ENCODER}'", "--gin.run.progress=False",
-            "--gin.OptimizerConfig.max_epochs=3", "--gin.OptimizerConfig.patience=5",
-            "--gin.OptimizerConfig.batch_size=8", "--gin.run.log_every=1", *extra]
+            "--gin.StoppingConfig.max_epochs=3", "--gin.StoppingConfig.patience=5",
+            "--gin.BatchingConfig.batch_size=8", "--gin.run.log_every=1", *extra]
 
 
 def _one_line_error(capsys) -> str:
@@ -171,7 +171,7 @@ def test_finished_run_is_never_retrained_or_mixed_with_another(tmp_path, data_di
 
     for extra, named in (([f"--gin.ENCODER='{random_encoder_dir(1, 1)}'"], "encoder_fingerprint"),
                          (["--gin.run.mode='full'"], "mode: 'frozen' in run.json, 'full' now"),
-                         (["--gin.OptimizerConfig.max_epochs=4"], "optimizer.max_epochs: 3 in run.json, 4 now")):
+                         (["--gin.StoppingConfig.max_epochs=4"], "stopping.max_epochs: 3 in run.json, 4 now")):
         assert finetune.main(_flags(model_dir, data_dir, *extra)) == 2
         assert named in _one_line_error(capsys)
         assert _snapshot(model_dir) == done                          # config.gin included
@@ -236,3 +236,45 @@ def test_a_misspelled_macro_on_the_command_line_is_an_error(tmp_path, data_dir, 
     err = _one_line_error(capsys)
     assert "ENCODR" in err and "did you mean ENCODER" in err
     assert not model_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def leaking_data_dir(tmp_path_factory, data_dir):
+    """Issue 24: the test CSV is 12 training rows verbatim; training repeats 3 of its rows (27 rows, 24 distinct);
+    validation is clean."""
+    root = tmp_path_factory.mktemp("leaking")
+    with open(data_dir / "train.csv", newline="") as f:
+        train = list(csv.reader(f))[1:]
+    with open(data_dir / "validation.csv", newline="") as f:
+        valid = list(csv.reader(f))[1:]
+    _write_csv(root / "train.csv", train + train[:3])
+    _write_csv(root / "validation.csv", valid)
+    _write_csv(root / "test.csv", train[5:17])
+    return root
+
+
+def test_leaking_splits_are_counted_in_results_and_run_json_and_warned(tmp_path, leaking_data_dir, capsys):
+    """Fine-tuning with a test CSV equal to 12 training rows, and duplicated training rows, ran silently."""
+    model_dir = tmp_path / "run"
+    assert finetune.main(_flags(model_dir, leaking_data_dir, "--gin.StoppingConfig.max_epochs=1")) == 0
+    expected = {"train": {"rows": 27, "duplicates": 3},
+                "valid": {"rows": 8, "duplicates": 0, "in_train": 0},
+                "test/fluorescence": {"rows": 12, "duplicates": 0, "in_train": 12}}
+    assert json.loads((model_dir / "results.json").read_text())["leakage"] == expected
+    assert json.loads((model_dir / "run.json").read_text())["leakage"] == expected
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "leak" in line]
+    assert len(warnings) == 1 and "test/fluorescence: 12 of 12 sequences identical to training ones" in warnings[0] \
+        and "train: 3 of 27 rows repeat an earlier sequence" in warnings[0], warnings
+
+
+def test_strict_refuses_leaking_splits_in_one_line_before_anything_is_written(tmp_path, leaking_data_dir,
+                                                                               data_dir, capsys):
+    model_dir = tmp_path / "run"
+    assert finetune.main(_flags(model_dir, leaking_data_dir, "--gin.run.strict=True")) == 2
+    line = _one_line_error(capsys)
+    assert "test/fluorescence: 12 of 12 sequences identical to training ones" in line and "run.strict" in line
+    assert not model_dir.exists()
+    # Clean splits pass the strict check (the run itself is not needed to show that: it fails later, on purpose,
+    # on a missing encoder, which is checked after the splits).
+    assert finetune.main(_flags(model_dir, data_dir, "--gin.run.strict=True", "--gin.ENCODER='/nonexistent'")) == 2
+    assert "no such model directory" in _one_line_error(capsys)

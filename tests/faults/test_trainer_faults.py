@@ -78,7 +78,7 @@ def test_checkpoints_all_set_aside_never_restart_from_zero(finished, tmp_path, c
 def test_a_second_trainer_on_the_same_model_dir_is_refused_naming_the_first(finished, tmp_path, capsys, repo_root):
     model_dir = tmp_path / "run"
     shutil.copytree(finished, model_dir)
-    hold = ("import sys, time; from ankh_jax.io.dir_lock import DirectoryLock; "
+    hold = ("import sys, time; from ankh_jax.storage.lock import DirectoryLock; "
             "lock = DirectoryLock(sys.argv[1], 'ankh_jax.train').acquire(); print('locked', flush=True); time.sleep(300)")
     holder = subprocess.Popen(
         [sys.executable, "-c", hold, str(model_dir)], cwd=repo_root, env=dict(os.environ, PYTHONPATH=str(repo_root)), stdout=subprocess.PIPE,

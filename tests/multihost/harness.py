@@ -66,10 +66,18 @@ class Job:
             time.sleep(0.1)
 
 
+def host_dirs(log_dir: str, i: int) -> dict[str, str]:
+    """Process ``i``'s own working directory, HOME, TMPDIR and data directory (``private_dirs``)."""
+    base = os.path.join(os.path.abspath(log_dir), f"host_{i}")
+    return {name: os.path.join(base, name) for name in ("cwd", "home", "tmp", "data")}
+
+
 def start(args: Sequence[str], *, num_processes: int, devices_per_process: int, log_dir: str,
-          env: dict | None = None) -> Job:
+          env: dict | None = None, private_dirs: bool = False) -> Job:
     """``python <args...>`` (e.g. ``["-m", "ankh_jax.train", ...]``) on ``num_processes`` processes forming one
-    JAX job."""
+    JAX job. With ``private_dirs`` the processes share no directory, as the hosts of a Cloud TPU slice do not:
+    each runs in its own working directory with its own HOME, TMPDIR and data directory (:func:`host_dirs`),
+    so whatever they share must go through object storage."""
     port = free_port()
     os.makedirs(log_dir, exist_ok=True)
     procs, logs = [], []
@@ -85,9 +93,16 @@ def start(args: Sequence[str], *, num_processes: int, devices_per_process: int, 
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "3",
         })
+        cwd = REPO
+        if private_dirs:
+            own = host_dirs(log_dir, i)
+            for folder in own.values():
+                os.makedirs(folder, exist_ok=True)
+            penv.update(HOME=own["home"], TMPDIR=own["tmp"], ANKH_JAX_DATA_DIR=own["data"])
+            cwd = own["cwd"]
         log_path = os.path.join(log_dir, f"process_{i}.log")
         with open(log_path, "w") as log:
-            procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=penv,
+            procs.append(subprocess.Popen([sys.executable, *args], cwd=cwd, env=penv,
                                           stdout=log, stderr=subprocess.STDOUT))
         logs.append(log_path)
     return Job(procs, logs)

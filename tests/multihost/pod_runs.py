@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from harness import Job, start
 
+from ankh_jax.storage.paths import as_path
+
 BASE_FLAGS = [
     "--gin_file=configs/pretrain_tiny_cpu.gin",
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=12", "--gin.WARMUP_STEPS=2",
@@ -26,11 +28,20 @@ def flags(model_dir, *extra) -> list[str]:
     return BASE_FLAGS + [f"--gin.MODEL_DIR='{model_dir}'", *extra]
 
 
-def launch(model_dir, *extra, processes: int = 2, devices: int = 4, script: str | None = None) -> Job:
-    """The real entry point on ``processes`` processes x ``devices`` fake devices (or ``python -c script``)."""
+def launch(model_dir, *extra, processes: int = 2, devices: int = 4, script: str | None = None,
+           log_dir: str | None = None) -> Job:
+    """The real entry point on ``processes`` processes x ``devices`` fake devices (or ``python -c script``).
+
+    A ``gs://`` MODEL_DIR runs the hosts with no directory in common (``harness.start(private_dirs=True)``): each
+    has its own working directory, HOME, TMPDIR and data directory, and names the gin file as an installed
+    config; ``log_dir`` is then required."""
     args = ["-c", script] if script else ["-m", "ankh_jax.train"]
-    return start([*args, *flags(model_dir, *extra)], num_processes=processes, devices_per_process=devices,
-                 log_dir=f"{model_dir}_logs")
+    private = os.fspath(model_dir).startswith("gs://")
+    run_flags = flags(model_dir, *extra)
+    if private:
+        run_flags = [f.replace("--gin_file=configs/", "--gin_file=") for f in run_flags]
+    return start([*args, *run_flags], num_processes=processes, devices_per_process=devices,
+                 log_dir=log_dir or f"{model_dir}_logs", private_dirs=private)
 
 
 def run(model_dir, *extra, **kw) -> Job:
@@ -41,14 +52,13 @@ def run(model_dir, *extra, **kw) -> Job:
 
 
 def rows(model_dir, kind: str = "train") -> dict[int, dict]:
-    path = os.path.join(model_dir, "metrics.jsonl")
+    """The ``kind`` rows of MODEL_DIR's metrics.jsonl (local or gs://) by step; a step written twice fails."""
     out: dict[int, dict] = {}
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            if row["kind"] == kind:
-                assert row["step"] not in out, f"step {row['step']} written twice: two writers?"
-                out[row["step"]] = row
+    for line in as_path(model_dir).joinpath("metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["kind"] == kind:
+            assert row["step"] not in out, f"step {row['step']} written twice: two writers?"
+            out[row["step"]] = row
     return out
 
 
@@ -60,15 +70,14 @@ def last_step(model_dir) -> int:
 
 
 def meta(model_dir, step: int) -> dict:
-    with open(os.path.join(model_dir, "checkpoints", str(step), "meta", "metadata")) as f:
-        return json.load(f)
+    return json.loads((as_path(model_dir) / "checkpoints" / str(step) / "meta" / "metadata").read_text())
 
 
 def state(model_dir, step: int | None = None):
     """(params, opt_state) of a checkpoint as numpy, read on this (single) process."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    directory = as_path(model_dir) / "checkpoints"
     with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                item_handlers={"params": ocp.StandardCheckpointHandler(),
                                               "opt_state": ocp.StandardCheckpointHandler()}) as manager:

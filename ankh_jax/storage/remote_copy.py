@@ -1,0 +1,60 @@
+"""A local copy of a ``gs://`` folder, for readers that need local files (safetensors memory-maps its file,
+``torch.load`` and the tokenizer read paths).
+
+:func:`local_copy` mirrors every object under the URL into ``$ANKH_JAX_HOME/remote/<bucket>/<key>/`` and returns
+that folder. Each object is fetched to a temporary name and renamed, and the copy records every object's
+generation (``.remote_copy.json``), so a second call downloads only objects that changed, a changed object is
+never mixed with an old copy, and a kill mid-download leaves nothing half-written under a real name. Processes
+sharing the machine take turns (a file lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ankh_jax.storage.home import ankh_jax_home
+from ankh_jax.storage.paths import PathLike, bucket_and_key, filesystem
+
+MANIFEST = ".remote_copy.json"
+
+
+def local_copy(url: PathLike) -> str:
+    """The local mirror of the ``gs://`` folder ``url`` (see the module docstring)."""
+    import filelock
+
+    url = os.fspath(url).rstrip("/")
+    bucket, key = bucket_and_key(url)
+    target = os.path.join(ankh_jax_home(), "remote", bucket, *[p for p in key.split("/") if p])
+    os.makedirs(target, exist_ok=True)
+    fs = filesystem()
+    with filelock.FileLock(os.path.join(target, ".remote_copy.lock")):
+        fs.invalidate_cache(url)
+        objects = {info["name"][len(f"{bucket}/{key}/"):]: info for info in fs.find(url, detail=True).values()
+                   if info.get("type") != "directory"}
+        manifest_path = os.path.join(target, MANIFEST)
+        try:
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            manifest = {}
+        for name, info in sorted(objects.items()):
+            version = str(info.get("generation") or info.get("md5Hash") or info.get("size"))
+            local = os.path.join(target, *name.split("/"))
+            if manifest.get(name) == version and os.path.isfile(local):
+                continue
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            tmp = f"{local}.download-{os.getpid()}"
+            fs.get_file(f"{url}/{name}", tmp)
+            os.replace(tmp, local)
+            manifest[name] = version
+        for name in set(manifest) - set(objects):  # deleted remotely: gone here too
+            manifest.pop(name)
+            local = os.path.join(target, *name.split("/"))
+            if os.path.isfile(local):
+                os.remove(local)
+        tmp = f"{manifest_path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(manifest, f)
+        os.replace(tmp, manifest_path)
+    return target
