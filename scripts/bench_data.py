@@ -45,14 +45,14 @@ def parse_args(argv=None):
 
 
 def build_dataset(data_dir: str, copies: int) -> None:
-    from ankh_jax.data import uniref50
+    from ankh_jax.data import uniref
     from ankh_jax.data.fasta import load_fasta, write_fasta
 
     records = load_fasta(os.path.join(REPO, "data", "sample_proteins.fasta"))
     os.makedirs(data_dir, exist_ok=True)
     fasta = os.path.join(data_dir, "bench.fasta")
     write_fasta(fasta, ((f"{r.id}#{c}", r.sequence) for c in range(copies) for r in records))
-    uniref50.build(fasta, data_dir, num_shards=4, validation_fraction=0.01)
+    uniref.build(fasta, data_dir, num_shards=4, validation_fraction=0.01)
 
 
 def timed(it, seconds: float, count_examples) -> tuple[float, float, int]:

@@ -1,18 +1,21 @@
-"""seqio tasks for pretraining Ankh on UniRef50 (importing this module registers them).
+"""seqio tasks for pretraining Ankh (importing this module registers them).
 
-* ``uniref50_ankh``: splits ``train`` and ``validation`` of the TFDS ``uniref50`` dataset
-  (``ankh_jax.data.uniref50``), tokenised, randomly cropped to the inputs length, corrupted with Ankh's 1-gram span
-  masking (``ankh_jax.data.span_corruption``; knobs by gin: ``span_corruption.noise_density = 0.15`` ...), then
-  ``</s>`` appended.
+* ``uniref50_ankh``: splits ``train`` and ``validation`` of the pretraining dataset (UniRef50 unless gin says
+  otherwise, below), tokenised, randomly cropped to the inputs length, corrupted with Ankh's 1-gram span masking
+  (``ankh_jax.data.span_corruption``; knobs by gin: ``span_corruption.noise_density = 0.15`` ...), then ``</s>``
+  appended. The name stays ``uniref50_ankh`` whatever the dataset (configs and checkpoints name it).
 * ``uniref50_ankh_validation``: the same pipeline over the ``validation`` split only, for eval configs that name
   a task rather than a split.
 
-Where the data comes from (resolved when the data is first read, so a gin binding applies even though this module
-registers the tasks at import time):
+Which data (resolved when the data is first read, so a gin binding applies even though this module registers the
+tasks at import time), by :func:`pretraining_data`:
 
-1. ``uniref50_data_dir.data_dir = "/path"`` in gin (or ``set_data_dir``): a tfds data dir holding
-   ``uniref50/1.0.0`` built by ``scripts/prepare_uniref50.py``. Missing -> an error naming the path and the command.
-2. Otherwise the dataset built from the shipped sample (``ankh_jax.sample_data``: the checkout's
+1. ``pretraining_data.dataset``: a config of the ``uniref`` TFDS builder (``ankh_jax.data.uniref``):
+   ``'uniref50'`` (default), ``'uniref90'``, ``'uniref100'`` or ``'bfd'``.
+2. ``pretraining_data.data_dir = "/path"`` (or ``gs://...``; the older spelling ``uniref50_data_dir.data_dir`` and
+   ``set_data_dir`` still work): a tfds data dir holding ``<dataset>/1.0.0`` built by
+   ``scripts/prepare_uniref50.py``. Missing -> an error naming the path and the command.
+3. No data dir and UniRef50: the dataset built from the shipped sample (``ankh_jax.sample_data``: the checkout's
    ``data/sample_proteins.fasta``, 1,446 real proteins; 8 shards per split, 5% validation), built on first use
    under a file lock (concurrent processes wait for one build) and reused afterwards, in :func:`default_data_dir`:
    ``$ANKH_JAX_DATA_DIR``, else ``build/tfds`` of a checkout, else ``$ANKH_JAX_HOME/tfds`` (default
@@ -29,9 +32,9 @@ import filelock
 import gin
 import seqio
 
-from ankh_jax.data import span_corruption, uniref50
+from ankh_jax.data import span_corruption, uniref
 from ankh_jax.data.tokenizer import seqio_vocabulary
-from ankh_jax.errors import InputNotFoundError
+from ankh_jax.errors import InputError
 
 TASK = "uniref50_ankh"
 VALIDATION_TASK = "uniref50_ankh_validation"
@@ -62,12 +65,10 @@ def default_data_dir() -> str:
     return os.path.join(home, "tfds")
 
 
-def _dataset_dir(data_dir: str) -> str:
-    return os.path.join(data_dir, uniref50.NAME, str(uniref50.Uniref50.VERSION))
+def _is_built(data_dir: str, dataset: str = "uniref50") -> bool:
+    from etils import epath
 
-
-def _is_built(data_dir: str) -> bool:
-    return os.path.isfile(os.path.join(_dataset_dir(data_dir), "dataset_info.json"))
+    return (epath.Path(uniref.dataset_dir(data_dir, dataset)) / "dataset_info.json").exists()
 
 
 def ensure_sample_dataset(data_dir: str) -> str:
@@ -75,41 +76,58 @@ def ensure_sample_dataset(data_dir: str) -> str:
     if _is_built(data_dir):
         return data_dir
     if not os.path.isfile(SAMPLE_FASTA):
-        raise InputNotFoundError(f"no UniRef50 dataset in {data_dir} and no shipped sample at {SAMPLE_FASTA} to "
-                                "build one from; run scripts/prepare_uniref50.py and bind uniref50_data_dir.data_dir")
+        raise InputError(f"no UniRef50 dataset in {data_dir} and no shipped sample at {SAMPLE_FASTA} to build one "
+                         "from; run scripts/prepare_uniref50.py and bind pretraining_data.data_dir")
     os.makedirs(data_dir, exist_ok=True)
     # One builder at a time across processes (the hosts of a local multi-process run build it together).
     with filelock.FileLock(os.path.join(data_dir, ".uniref50_sample.lock")):
         if not _is_built(data_dir):
-            uniref50.build(SAMPLE_FASTA, data_dir, num_shards=SAMPLE_NUM_SHARDS,
-                           validation_fraction=SAMPLE_VALIDATION_FRACTION)
+            uniref.build(SAMPLE_FASTA, data_dir, num_shards=SAMPLE_NUM_SHARDS,
+                         validation_fraction=SAMPLE_VALIDATION_FRACTION)
     return data_dir
 
 
 @gin.configurable
-def uniref50_data_dir(data_dir: str | None = None) -> str:
-    """The tfds data dir the tasks read (see the module docstring); builds the sample dataset when defaulted."""
-    chosen = data_dir or _explicit_data_dir
+def uniref50_data_dir(data_dir: str | None = None) -> str | None:
+    """The older spelling of ``pretraining_data.data_dir`` (configs written before UniRef90/100 bind it)."""
+    return data_dir
+
+
+@gin.configurable
+def pretraining_data(dataset: str = "uniref50", data_dir: str | None = None) -> tuple[str, str]:
+    """``(dataset, tfds data dir)`` the tasks read (see the module docstring); builds the sample when defaulted."""
+    uniref.check_config_name(dataset)
+    chosen = data_dir or uniref50_data_dir() or _explicit_data_dir
     if chosen is None:
-        return ensure_sample_dataset(default_data_dir())
-    if not _is_built(chosen):
-        raise InputNotFoundError(
-            f"no UniRef50 dataset at {_dataset_dir(chosen)} (missing dataset_info.json); build it with "
-            f"`python scripts/prepare_uniref50.py --fasta=uniref50.fasta.gz --output_dir={chosen}`")
-    return chosen
+        if dataset != "uniref50":
+            raise InputError(f"pretraining_data.dataset = {dataset!r} needs pretraining_data.data_dir: build it with "
+                             f"`python scripts/prepare_uniref50.py --config={dataset} --fasta=... --output_dir=DIR`")
+        return dataset, ensure_sample_dataset(default_data_dir())
+    if not _is_built(chosen, dataset):
+        raise InputError(
+            f"no {dataset} dataset at {uniref.dataset_dir(chosen, dataset)} (missing dataset_info.json); build it "
+            f"with `python scripts/prepare_uniref50.py --config={dataset} --fasta={dataset}.fasta.gz "
+            f"--output_dir={chosen}`")
+    return dataset, chosen
 
 
-class UniRef50Source(seqio.TfdsDataSource):
-    """``seqio.TfdsDataSource`` over ``uniref50`` whose data dir is resolved on use, not at registration."""
+class PretrainingSource(seqio.TfdsDataSource):
+    """``seqio.TfdsDataSource`` whose dataset and data dir are resolved on use (:func:`pretraining_data`), not at
+    registration."""
 
     def __init__(self, splits=("train", "validation")):
-        super().__init__(tfds_name=f"{uniref50.NAME}:{uniref50.Uniref50.VERSION}", splits=splits, read_only=True)
+        super().__init__(tfds_name=f"uniref/uniref50:{uniref.DATASET_VERSION}", splits=splits, read_only=True)
+        self._loaders: dict[tuple[str, str], seqio.utils.LazyTfdsLoader] = {}
 
     @property
     def tfds_dataset(self):
-        loader = self._tfds_dataset
-        loader.override_data_dir(uniref50_data_dir())
-        return loader
+        dataset, data_dir = pretraining_data()
+        key = (dataset, data_dir)
+        if key not in self._loaders:
+            self._loaders[key] = seqio.utils.LazyTfdsLoader(
+                f"uniref/{dataset}:{uniref.DATASET_VERSION}", data_dir=data_dir,
+                split_map=self._tfds_dataset._split_map, read_only=True)
+        return self._loaders[key]
 
 
 def output_features() -> dict[str, seqio.Feature]:
@@ -129,7 +147,7 @@ PREPROCESSORS = (
 def _register(name: str, splits) -> None:
     if name in seqio.TaskRegistry.names():
         return
-    seqio.TaskRegistry.add(name, source=UniRef50Source(splits), preprocessors=list(PREPROCESSORS),
+    seqio.TaskRegistry.add(name, source=PretrainingSource(splits), preprocessors=list(PREPROCESSORS),
                            output_features=output_features(), metric_fns=[])
 
 

@@ -62,7 +62,7 @@ class EpochDatasetFactory:
         source = self.task.source
         if cfg["split"] not in source.splits:
             raise InputError(f"task {cfg['task_name']!r} has no split {cfg['split']!r} (it has {list(source.splits)})")
-        loader = getattr(source, "tfds_dataset", None)  # UniRef50Source resolves (and checks) its data dir here
+        loader = getattr(source, "tfds_dataset", None)  # PretrainingSource resolves (and checks) its data here
         files = loader.files(cfg["split"]) if loader is not None else None
         if files is not None and len(files) < cfg["num_shards"]:
             raise InputError(

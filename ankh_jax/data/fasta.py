@@ -37,6 +37,8 @@ def open_lines(path: str | os.PathLike) -> BinaryIO:
     """Opens a plain or gzip-compressed file for reading lines as bytes (gzip is recognised by its magic bytes,
     not the name); a directory or an unreadable path is a :class:`FastaFormatError` naming it."""
     path = os.fspath(path)
+    if "://" in path:  # gs://, through ankh_jax.storage
+        return _open_remote(path)
     if os.path.isdir(path):
         raise FastaFormatError(f"{path}: is a directory, not a FASTA file")
     try:
@@ -51,6 +53,17 @@ def open_lines(path: str | os.PathLike) -> BinaryIO:
     if magic == b"\x1f\x8b":
         return gzip.open(path, "rb")
     return open(path, "rb")
+
+
+def _open_remote(path: str) -> BinaryIO:
+    from ankh_jax.storage.paths import as_path
+
+    remote = as_path(path)  # gs:// through the one path layer; another scheme is one line
+    if not remote.exists():
+        raise InputNotFoundError(f"{path}: no such FASTA file")
+    with remote.open("rb") as f:
+        magic = f.read(2)
+    return gzip.GzipFile(fileobj=remote.open("rb"), mode="rb") if magic == b"\x1f\x8b" else remote.open("rb")
 
 
 def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:

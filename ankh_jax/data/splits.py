@@ -11,7 +11,12 @@ from __future__ import annotations
 import hashlib
 
 
+def validation_score(key: str) -> float:
+    """The number in [0, 1) that the rule compares with the fraction (see the module docstring)."""
+    digest = hashlib.sha1(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def is_validation(key: str, fraction: float) -> bool:
     """True when ``key`` belongs to the validation split of this ``fraction`` (see the module docstring)."""
-    digest = hashlib.sha1(key.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+    return validation_score(key) < fraction

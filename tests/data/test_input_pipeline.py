@@ -9,6 +9,7 @@ import pytest
 from ankh_jax.data.fasta import load_fasta
 from ankh_jax.data.input_pipeline import make_input
 from ankh_jax.data.tokenizer import AnkhTokenizer
+from ankh_jax.errors import InputError
 
 TOK = AnkhTokenizer()
 SMALL = {"inputs": 64, "targets": 27}
@@ -157,7 +158,7 @@ def test_missing_data_dir_is_a_clear_error(sample_tfds_dir, tmp_path):
     with gin.unlock_config():
         gin.bind_parameter("uniref50_data_dir.data_dir", str(tmp_path / "nowhere"))
     try:
-        with pytest.raises(FileNotFoundError, match=r"nowhere.*prepare_uniref50\.py"):
+        with pytest.raises(InputError, match=r"nowhere.*prepare_uniref50\.py"):
             next(make(sample_tfds_dir))
     finally:
         gin.clear_config()
