@@ -19,7 +19,7 @@ from ankh_jax import flags
 PROG = "python -m ankh_jax.train"
 # Every configurable a pretraining gin file may reference.
 GIN_MODULES = ("ankh_jax.model.config", "ankh_jax.io.checkpoints", "ankh_jax.training.optim",
-               "ankh_jax.training.partitioning", "ankh_jax.training.loop")
+               "ankh_jax.training.partitioning", "ankh_jax.training.run_config", "ankh_jax.training.loop")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,13 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     if not flags.configure(PROG, args, modules=GIN_MODULES):
         return flags.EXIT_BAD_INPUT
 
-    from ankh_jax.training.loop import InputError, NonFiniteLossError, train
+    from ankh_jax.training.loop import NonFiniteLossError, train
     from ankh_jax.training.partitioning import initialize_distributed
 
     initialize_distributed()
     try:
         result = train()
-    except (InputError, *flags.command_errors()) as err:
+    except flags.command_errors() as err:
         return flags.report(PROG, err)
     except NonFiniteLossError as err:
         print(f"{PROG}: error: non-finite loss at {flags.one_line(err)}", file=sys.stderr)

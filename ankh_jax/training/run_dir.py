@@ -81,7 +81,7 @@ def restore_input_position(train_iter, input_states: list[dict] | None, first_sh
           f"{jax.process_count()}, and it holds {len(input_states)} data shard position(s) where this run reads {now} "
           f"data shards. Parameters and optimizer state continue exactly (resharded); the data shards differ, so "
           f"every shard restarts at the beginning of epoch {epoch}, the earliest epoch a saved shard was in "
-          f"(examples of that epoch already trained on are seen again). Fix train.num_data_shards to keep the "
+          f"(examples of that epoch already trained on are seen again). Fix DataConfig.num_data_shards to keep the "
           f"data position across host counts")
 
 
@@ -128,3 +128,9 @@ def print_summary(model_dir: str, step: int) -> None:
           f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, TENSORBOARD_SUBDIR)}\n"
           f"  gin config:   {os.path.join(model_dir, 'config.gin')}\n"
           f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)
+
+
+def profile_dir(model_dir: str) -> str:
+    """Where ``jax.profiler`` traces go: the run's TensorBoard folder (the trace lands in its
+    ``plugins/profile/<time>/``, which TensorBoard's Profile tab reads)."""
+    return os.path.join(model_dir, TENSORBOARD_SUBDIR)
