@@ -22,11 +22,11 @@ from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.inference.embedding import (
     DTYPES,
     POOLINGS,
-    enable_compilation_cache,
     iter_embeddings,
     output_fingerprint,
 )
 from ankh_jax.io.embeddings_h5 import FORMAT_VERSION
+from ankh_jax.storage.home import enable_compilation_cache
 
 
 def parse_args(argv=None) -> argparse.Namespace:

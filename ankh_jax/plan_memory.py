@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     if not flags.configure(PROG, args, modules=GIN_MODULES):
         return flags.EXIT_BAD_INPUT
 
+    from ankh_jax.storage.home import enable_compilation_cache
+
+    enable_compilation_cache()  # a second plan of the same program loads it instead of compiling
     settings, data = ProgramConfig(), DataConfig()  # the trainer's own settings, as gin binds them
     config = settings.model_config
     batch = args.batch or data.global_batch_size

@@ -48,20 +48,37 @@ def train(model_dir: str = gin.REQUIRED, program: ProgramConfig | None = None, d
           evaluation: EvalConfig | None = None) -> TrainResult:
     """Pretrains (or continues pretraining) an Ankh model; each setting left None is its dataclass as gin binds it
     (configs/runs/pretrain.gin)."""
-    program_cfg, data = program or ProgramConfig(), data or DataConfig()
-    loop, checkpointing, evaluation = loop or LoopConfig(), checkpointing or CheckpointConfig(), evaluation or EvalConfig()
-    for cfg in (program_cfg, loop, checkpointing, evaluation):
-        cfg.check()
-    data.check(program_cfg.num_microbatches)
-    if data.input_fn is None or data.input_fn is _default_input_fn():  # Ankh's objective: span corruption
-        _check_sentinels(data.feature_lengths)
-    model_dir = _checked_model_dir(model_dir)
-    built, shard = _build(program_cfg, data)
-    inputs = _make_inputs(data, evaluation, shard)
-    result = _run(model_dir, built, inputs, (loop, checkpointing, evaluation), shard)
+    settings = checked_settings(program, data, loop, checkpointing, evaluation)
+    model_dir, built, shard, inputs = prepare(model_dir, settings)
+    result = _run(model_dir, built, inputs, settings[2:], shard)
     if result.stopped_by == "finished":
         run_dir.print_summary(model_dir, result.step)
     return result
+
+
+def checked_settings(program: ProgramConfig | None = None, data: DataConfig | None = None,
+                     loop: LoopConfig | None = None, checkpointing: CheckpointConfig | None = None,
+                     evaluation: EvalConfig | None = None) -> tuple:
+    """``(program, data, loop, checkpointing, evaluation)``, each None replaced by its gin-bound dataclass, all
+    checked (one line naming the binding on a bad value)."""
+    settings = (program or ProgramConfig(), data or DataConfig(), loop or LoopConfig(),
+                checkpointing or CheckpointConfig(), evaluation or EvalConfig())
+    program, data = settings[:2]
+    program.check()
+    data.check(program.num_microbatches)
+    for cfg in settings[2:]:
+        cfg.check()
+    if data.input_fn is None or data.input_fn is _default_input_fn():  # Ankh's objective: span corruption
+        _check_sentinels(data.feature_lengths)
+    return settings
+
+
+def prepare(model_dir: str, settings: tuple) -> tuple[str, TrainProgram, dict, RunInputs]:
+    """Everything before the first write: MODEL_DIR's path, the program (mesh, model, optimizer, layout), this
+    host's data shard and its input iterators (a missing data path or split fails here)."""
+    model_dir = _checked_model_dir(model_dir)
+    built, shard = _build(settings[0], settings[1])
+    return model_dir, built, shard, _make_inputs(settings[1], settings[4], shard)
 
 
 def _checked_model_dir(model_dir: str) -> str:

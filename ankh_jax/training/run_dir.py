@@ -134,3 +134,22 @@ def profile_dir(model_dir: str) -> str:
     """Where ``jax.profiler`` traces go: the run's TensorBoard folder (the trace lands in its
     ``plugins/profile/<time>/``, which TensorBoard's Profile tab reads)."""
     return os.path.join(model_dir, TENSORBOARD_SUBDIR)
+
+
+def check_writable(model_dir: str) -> str:
+    """Whether this host can write MODEL_DIR, leaving nothing behind: a probe file created and removed in it, or,
+    when it does not exist yet, in the nearest existing folder above it. Returns what was probed; raises
+    :class:`RunConfigError` naming the folder."""
+    probe_dir = model_dir
+    while not os.path.exists(probe_dir) and os.path.dirname(probe_dir) != probe_dir:
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        raise RunConfigError(f"MODEL_DIR {model_dir}: cannot be created, {probe_dir} is a file")
+    probe = os.path.join(probe_dir, f".ankh_jax_preflight_{os.getpid()}_{jax.process_index()}")
+    try:
+        with open(probe, "w") as f:
+            f.write("probe")
+        os.remove(probe)
+    except OSError as err:
+        raise RunConfigError(f"MODEL_DIR {model_dir}: cannot write in {probe_dir} ({err.strerror})") from None
+    return probe_dir

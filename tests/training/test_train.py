@@ -290,3 +290,31 @@ def test_rates_count_training_steps_only():
     assert timer.steps == 3
     assert timer.busy_seconds() < 0.1
     assert timer.wall_seconds() >= 0.3
+
+
+def test_checkpoint_of_the_size_rule_layout_is_converted_on_resume(tmp_path, capsys):
+    """A run whose Adafactor kept optax's layout (unfactored [embed, heads, kv] kernels, as before the logical
+    rule) resumes under the logical rule: the state is converted (and said so), never reset, and training goes on
+    with the factored statistics saved from then on."""
+    model_dir = tmp_path / "run"
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=4", "--gin.make_optimizer.adafactor_factored_by='size'")) == 0
+    old = load_params(str(model_dir))[1]
+    capsys.readouterr()
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=5", "--gin.LoopConfig.profile_steps=(5, 5)")) == 0
+    out = capsys.readouterr().out
+    assert "resumed from the checkpoint at step 4" in out and "converted them to the logical-axes factors" in out
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["4", "5"]
+    from ankh_jax.io.checkpoints import CHECKPOINT_SUBDIR, Checkpointer, tree_shapes
+
+    ckpt = Checkpointer(str(model_dir), save_interval_steps=1)
+    shapes = tree_shapes(ckpt.manager.item_metadata(5)["opt_state"])
+    ckpt.close()
+    query = [k for k in shapes if "encoder/layers_0/attention/query/kernel" in k]
+    assert {shapes[k] for k in query} == {(64,), (4, 16), (1,)}, {k: shapes[k] for k in query}  # v_row, v_col, v
+    assert (model_dir / CHECKPOINT_SUBDIR).is_dir()
+    new = load_params(str(model_dir))[1]
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), old, new)
+    assert 0 < max(jax.tree_util.tree_leaves(moved)) < 0.1  # one ordinary step from step 4's parameters
+    # LoopConfig.profile_steps: a jax.profiler trace of step 5 where TensorBoard's Profile tab reads it.
+    traces = list((model_dir / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
