@@ -149,14 +149,7 @@ def main(argv=None) -> int:
         print(f"DOES NOT FIT: the compiler refused batch {batch}")
         return 1
     state_bytes = sum(_per_device_bytes(x) for x in jax.tree_util.tree_leaves(program.layout.abstract_state()))
-    table = [("train state (params + optimizer), exact", state_bytes),
-             ("arguments (state + batch)", result["arguments"]), ("outputs", result["outputs"]),
-             ("donated / aliased", -result["aliased"]), ("temporaries (activations, grads, ...)", result["temporaries"])]
-    width = max(len(r[0]) for r in table) + 2
-    print(f"\n{'per device':<{width}}{'GiB':>10}\n" + "-" * (width + 10))
-    for name, value in table:
-        print(f"{name:<{width}}{value / GIB:>10.2f}")
-    print("-" * (width + 10) + f"\n{'peak estimate':<{width}}{result['peak'] / GIB:>10.2f}")
+    _print_table(state_bytes, result)
     limit = args.hbm_gib * GIB
     fits = result["peak"] < limit
     print(f"\n{'FITS' if fits else 'DOES NOT FIT'} under {args.hbm_gib:g} GiB per device "
@@ -181,6 +174,17 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     return 0 if fits else 1
+
+
+def _print_table(state_bytes: int, result: dict) -> None:
+    table = [("train state (params + optimizer), exact", state_bytes),
+             ("arguments (state + batch)", result["arguments"]), ("outputs", result["outputs"]),
+             ("donated / aliased", -result["aliased"]), ("temporaries (activations, grads, ...)", result["temporaries"])]
+    width = max(len(r[0]) for r in table) + 2
+    print(f"\n{'per device':<{width}}{'GiB':>10}\n" + "-" * (width + 10))
+    for name, value in table:
+        print(f"{name:<{width}}{value / GIB:>10.2f}")
+    print("-" * (width + 10) + f"\n{'peak estimate':<{width}}{result['peak'] / GIB:>10.2f}")
 
 
 def optimizer_floats_per_param(state_bytes: int, devices: int, params: int) -> float:

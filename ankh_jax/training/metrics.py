@@ -209,13 +209,13 @@ _SUMS = ("loss_sum", "z_loss_sum", "correct_sum", "weight_sum", "input_nonpad", 
 
 
 @jax.jit
-def _accumulate(acc: dict, metrics: dict, step: jax.Array) -> dict:
+def _accumulate(acc: dict, metrics: dict) -> dict:
     out = {k: acc[k] + metrics[k].astype(acc[k].dtype) for k in _SUMS}
     fresh = (acc["first_bad_step"] < 0) & ~metrics["finite"]
     loss = metrics["loss_sum"] / jnp.maximum(metrics["weight_sum"], 1.0)
     out.update(grad_norm_sq=acc["grad_norm_sq"] + jnp.square(metrics["grad_norm"]), steps=acc["steps"] + 1,
                learning_rate=metrics["learning_rate"],
-               first_bad_step=jnp.where(fresh, step, acc["first_bad_step"]),
+               first_bad_step=jnp.where(fresh, metrics["step"], acc["first_bad_step"]),
                bad_loss=jnp.where(fresh, loss, acc["bad_loss"]),
                bad_grad_norm=jnp.where(fresh, metrics["grad_norm"], acc["bad_grad_norm"]))
     return out
@@ -236,8 +236,9 @@ class TrainMetricsAccumulator:
     def __init__(self):
         self.acc: dict | None = None
 
-    def add(self, metrics: dict, step: jax.Array) -> None:
-        self.acc = _accumulate(_zeros() if self.acc is None else self.acc, metrics, step)
+    def add(self, metrics: dict) -> None:
+        """Adds one step's metrics (the train step's dict, with the step's number as ``"step"``)."""
+        self.acc = _accumulate(_zeros() if self.acc is None else self.acc, metrics)
 
     def fetch(self) -> dict:
         """The sums so far as Python numbers (waits for the steps added so far)."""

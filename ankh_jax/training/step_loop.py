@@ -76,7 +76,7 @@ class StepLoop:
                 profile.before(step + 1)
                 state, metrics = self.program.train_step(state, self.program.partitioner.make_global_batch(local),
                                                          self.rng)
-                self.acc.add(metrics, state.step)
+                self.acc.add(metrics)
                 step += 1
                 writer.advance(1)
                 if step == first:  # compiled and ran once: time from here

@@ -163,6 +163,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             "weight_sum": sums["weight"], "grad_norm": grad_norm,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+            "step": state.step + 1,
             # How full the rows are (padding is token 0): the packing measurement.
             "input_nonpad": jnp.sum(batch["encoder_input_tokens"] != 0, dtype=jnp.float32),
             "input_slots": jnp.asarray(batch["encoder_input_tokens"].size, jnp.float32),
