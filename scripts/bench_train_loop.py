@@ -11,7 +11,7 @@ CPU devices, fed the same few host batches, cycled (the input pipeline is not me
 * bare: the trainer's jitted train step (``build_program``) in a plain Python loop over the same batches, each
   made a global array first as the trainer does, after one warm-up step; timed until the last step is done.
 
-The sides alternate (trainer, bare, bare, trainer, ...) so the machine's drift falls on both. Overhead is
+Run it from the checkout being measured (its ``configs/`` are the ones read). The sides alternate (trainer, bare, bare, trainer, ...) so the machine's drift falls on both. Overhead is
 1 - trainer / bare. Works on the commits before the loop stopped waiting for every step too (``--tag=before``).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,7 +76,7 @@ def _new_api() -> bool:
 
 
 def _flags(steps: int, model_dir: str) -> list[str]:
-    common = [f"--gin_file={GIN_FILE}", f"--gin.INPUTS_LENGTH={INPUTS}", f"--gin.BATCH_SIZE={BATCH}",
+    common = [f"--gin_file={GIN_FILE}", "--gin_search_paths=configs", f"--gin.INPUTS_LENGTH={INPUTS}", f"--gin.BATCH_SIZE={BATCH}",
               f"--gin.TRAIN_STEPS={steps}", "--gin.WARMUP_STEPS=1", f"--gin.MODEL_DIR='{model_dir}'"]
     if _new_api():
         return common + ["--gin.DataConfig.input_fn=@prefetched_input", f"--gin.LoopConfig.log_every_steps={steps}",
@@ -113,7 +114,7 @@ def bare_rate(steps: int) -> float:
 
     gin.clear_config()
     flags.parse_gin([GIN_FILE], [b.partition("--gin.")[2].replace("=", " = ", 1) for b in _flags(steps, "/unused")
-                                 if b.startswith("--gin.")], modules=GIN_MODULES)
+                                 if b.startswith("--gin.")], ["configs"], modules=GIN_MODULES)
     partitioner = Partitioner()
     if _new_api():
         from ankh_jax.training.run_config import ProgramConfig
@@ -168,8 +169,13 @@ def main() -> None:
             ["bare jitted step", round(bare, 3), [round(x, 3) for x in measured["bare"]]],
             ["loop overhead", f"{100 * overhead:.1f}%", ""]]
     print(format_table(head, rows))
+    import ankh_jax
+
+    measured_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.dirname(ankh_jax.__file__)),
+                              capture_output=True, text=True, check=False).stdout.strip()
     write_result("bench_train_loop", "cpu", head=head, rows=rows, settings=vars(args), quick=args.quick,
-                 out_dir=args.out_dir, overhead=overhead, batch=BATCH, inputs_length=INPUTS)
+                 out_dir=args.out_dir, overhead=overhead, batch=BATCH, inputs_length=INPUTS,
+                 measured_ankh_jax_commit=measured_commit)  # the checkout whose ankh_jax ran (may differ from the script's)
 
 
 if __name__ == "__main__":
