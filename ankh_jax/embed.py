@@ -23,11 +23,11 @@ from ankh_jax.errors import InputError
 from ankh_jax.inference.embedding import (
     DTYPES,
     POOLINGS,
-    enable_compilation_cache,
     iter_embeddings,
     output_fingerprint,
 )
 from ankh_jax.io.embeddings_h5 import FORMAT_VERSION
+from ankh_jax.storage.home import enable_compilation_cache
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if not flags.configure(PROG, args, modules=GIN_MODULES):
         return flags.EXIT_BAD_INPUT
     from ankh_jax.downstream.runner import run
+    from ankh_jax.storage.home import enable_compilation_cache
+
+    enable_compilation_cache()  # every command shares $ANKH_JAX_HOME/xla_cache
 
     try:
         run()

@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ankh_jax import flags
+    from ankh_jax.storage.home import enable_compilation_cache
+
+    enable_compilation_cache()  # every command shares $ANKH_JAX_HOME/xla_cache
 
     try:
         summary = run(args)

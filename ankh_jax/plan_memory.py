@@ -4,7 +4,8 @@
         [--mesh=1,-1,1] [--batch=1024] [--hbm_gib=32] [--find_max_batch [--max_compiles=5]] [--json=OUT.json]
         [--gin.NAME=VALUE ...]
 
-It reads the model, optimizer, mesh, batch and lengths from the same gin files as ``python -m ankh_jax.train``,
+It reads the model, optimizer, mesh, batch and lengths from the same gin files as ``python -m ankh_jax.train``
+(``ProgramConfig`` and ``DataConfig``, as the trainer does),
 builds the trainer's program with :func:`ankh_jax.training.program.build_program` (the very jitted step the trainer
 runs, not a copy), lowers it on abstract state, batch and rng key, compiles it for the target and prints
 ``compiled.memory_analysis()`` per device: arguments (parameters, optimizer state, batch), outputs, temporaries,
@@ -43,7 +44,7 @@ def _add_arguments(parser):
     parser.add_argument("--target", default=None, help="tpu:<generation>:<topology> or cpu:<devices> (default cpu:64)")
     parser.add_argument("--devices", type=int, default=None, help="same as --target=cpu:N (kept for old commands)")
     parser.add_argument("--mesh", default=None, help="data,fsdp,model (overrides Partitioner.mesh_shape)")
-    parser.add_argument("--batch", type=int, default=None, help="global batch (overrides train.global_batch_size)")
+    parser.add_argument("--batch", type=int, default=None, help="global batch (overrides DataConfig.global_batch_size)")
     parser.add_argument("--hbm_gib", type=float, default=32.0, help="device memory to compare against")
     parser.add_argument("--find_max_batch", action="store_true")
     parser.add_argument("--max_compiles", type=int, default=5, help="compiles --find_max_batch may spend")
@@ -108,14 +109,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
-    import copy
-
-    import gin
     import jax
 
     from ankh_jax.train import GIN_MODULES
     from ankh_jax.training.partitioning import Partitioner
     from ankh_jax.training.program import build_program
+    from ankh_jax.training.run_config import DataConfig, ProgramConfig
 
     if args.mesh:
         bindings.append(f"Partitioner.mesh_shape = ({args.mesh},)")
@@ -124,47 +123,43 @@ def main(argv=None) -> int:
     if not flags.configure(PROG, args, modules=GIN_MODULES):
         return flags.EXIT_BAD_INPUT
 
-    def query(name):
-        return copy.deepcopy(gin.query_parameter(name))  # deepcopy evaluates macros and @references
+    from ankh_jax.storage.home import enable_compilation_cache
 
-    config = query("train.model_config")
-    batch = args.batch or query("train.global_batch_size")
-    lengths = dict(query("train.feature_lengths"))
+    enable_compilation_cache()  # a second plan of the same program loads it instead of compiling
+    settings, data = ProgramConfig(), DataConfig()  # the trainer's own settings, as gin binds them
+    config = settings.model_config
+    batch = args.batch or data.global_batch_size
+    lengths = dict(data.feature_lengths)
     if "targets" not in lengths:
         from ankh_jax.data.span_corruption import targets_length_for
 
         lengths["targets"] = targets_length_for(lengths["inputs"])
     devices = target_devices(target)
     partitioner = Partitioner(devices=devices)
-    program = build_program(config, partitioner, num_microbatches=query("train.num_microbatches"),
-                            label_smoothing=query("train.label_smoothing"), z_loss=query("train.z_loss"))
+    program = build_program(settings, partitioner)
     print(f"target {target}: {len(devices)} {devices[0].device_kind} devices")
     print(f"model: d_model {config.d_model}, {config.num_encoder_layers}+{config.num_decoder_layers} layers, "
           f"{config.num_params() / 1e9:.3f}B params, compute {config.dtype}, params {config.param_dtype}, "
           f"scan_layers={config.scan_layers}, remat={config.remat_policy}")
     print(f"{partitioner.describe()}; global batch {batch} x {lengths['inputs']} inputs / {lengths['targets']} "
-          f"targets, {query('train.num_microbatches')} micro-batch(es)")
+          f"targets, {settings.num_microbatches} micro-batch(es)")
     result, seconds = compile_step(program, batch, lengths)
     print(f"lowered and compiled the trainer's train step in {seconds:.0f} s")
     if result.get("refused"):
         print(f"DOES NOT FIT: the compiler refused batch {batch}")
         return 1
     state_bytes = sum(_per_device_bytes(x) for x in jax.tree_util.tree_leaves(program.layout.abstract_state()))
-    table = [("train state (params + optimizer), exact", state_bytes),
-             ("arguments (state + batch)", result["arguments"]), ("outputs", result["outputs"]),
-             ("donated / aliased", -result["aliased"]), ("temporaries (activations, grads, ...)", result["temporaries"])]
-    width = max(len(r[0]) for r in table) + 2
-    print(f"\n{'per device':<{width}}{'GiB':>10}\n" + "-" * (width + 10))
-    for name, value in table:
-        print(f"{name:<{width}}{value / GIB:>10.2f}")
-    print("-" * (width + 10) + f"\n{'peak estimate':<{width}}{result['peak'] / GIB:>10.2f}")
+    _print_table(state_bytes, result)
     limit = args.hbm_gib * GIB
     fits = result["peak"] < limit
     print(f"\n{'FITS' if fits else 'DOES NOT FIT'} under {args.hbm_gib:g} GiB per device "
           f"({100 * result['peak'] / limit:.0f}% used)")
+    opt_floats = optimizer_floats_per_param(state_bytes, len(devices), config.num_params())
+    print(f"optimizer state: {opt_floats:.3f} floats per parameter (state bytes x devices / (4 x params) - 1)")
     report = {"target": target, "devices": len(devices), "device_kind": devices[0].device_kind,
               "mesh": dict(partitioner.mesh.shape), "gin_files": args.gin_file, "bindings": bindings,
-              "params": config.num_params(), "lengths": lengths, "state_bytes": state_bytes, "runs": [result]}
+              "params": config.num_params(), "lengths": lengths, "state_bytes": state_bytes,
+              "optimizer_floats_per_param": opt_floats, "runs": [result]}
     if args.find_max_batch:
         found = _find_max_batch(program, batch, lengths, limit, partitioner.batch_shards, report["runs"],
                                 max_compiles=args.max_compiles)
@@ -179,6 +174,23 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     return 0 if fits else 1
+
+
+def _print_table(state_bytes: int, result: dict) -> None:
+    table = [("train state (params + optimizer), exact", state_bytes),
+             ("arguments (state + batch)", result["arguments"]), ("outputs", result["outputs"]),
+             ("donated / aliased", -result["aliased"]), ("temporaries (activations, grads, ...)", result["temporaries"])]
+    width = max(len(r[0]) for r in table) + 2
+    print(f"\n{'per device':<{width}}{'GiB':>10}\n" + "-" * (width + 10))
+    for name, value in table:
+        print(f"{name:<{width}}{value / GIB:>10.2f}")
+    print("-" * (width + 10) + f"\n{'peak estimate':<{width}}{result['peak'] / GIB:>10.2f}")
+
+
+def optimizer_floats_per_param(state_bytes: int, devices: int, params: int) -> float:
+    """The optimizer state's size in float32s per parameter, from the per-device train state (parameters are
+    float32; a replicated leaf counts once per device, as it costs)."""
+    return state_bytes * devices / (4 * params) - 1
 
 
 def _find_max_batch(program, batch: int, lengths: dict, limit: float, quantum: int, runs: list,

@@ -61,8 +61,9 @@ def default_data_dir() -> str:
     checkout = os.path.dirname(SAMPLE_DATA)
     if os.path.isfile(os.path.join(checkout, "pyproject.toml")):
         return os.path.join(checkout, "build", "tfds")
-    home = os.environ.get("ANKH_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
-    return os.path.join(home, "tfds")
+    from ankh_jax.storage.home import ankh_jax_home
+
+    return os.path.join(ankh_jax_home(), "tfds")
 
 
 def _is_built(data_dir: str, dataset: str = "uniref50") -> bool:

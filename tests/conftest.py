@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The commands' persistent compilation cache (ankh_jax.storage.home) stays off unless a test turns it on.
+os.environ.setdefault("ANKH_JAX_COMPILATION_CACHE", "")
 
 import pathlib
 

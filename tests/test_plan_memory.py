@@ -39,7 +39,7 @@ def test_paper_configs_parse_and_their_train_step_compiles(config, params, tmp_p
     assert report["state_bytes"] < 4 * report["params"] / 8 * 1.5
     plan_memory.parse_args([f"--gin_file=configs/{config}"])
     flags.parse_gin([f"configs/{config}"], ["MODEL_DIR = '/unused'"], modules=GIN_MODULES)
-    full = copy.deepcopy(gin.query_parameter("train.model_config"))
+    full = copy.deepcopy(gin.query_parameter("ProgramConfig.model_config"))
     assert full.num_params() == params and full.scan_layers and full.remat_policy == "full"
     gin.clear_config()
 

@@ -22,8 +22,8 @@ from ankh_jax.training.metrics import read_metrics
 TRAIN_FLAGS = [
     "--gin_file=configs/pretrain_tiny_cpu.gin",
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1",
-    "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=4", "--gin.train.eval_every_steps=2",
-    "--gin.train.eval_steps=1", "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+    "--gin.LoopConfig.log_every_steps=1", "--gin.CheckpointConfig.every_steps=4", "--gin.EvalConfig.every_steps=2",
+    "--gin.EvalConfig.steps=1", "--gin.LoopConfig.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
 ]
 README_TRAIN_SCALARS = {"loss", "accuracy", "learning_rate", "grad_norm", "target_tokens_per_s", "mfu"}
 

@@ -32,8 +32,8 @@ NUM_SAMPLE_PROTEINS = 1446
 TRAIN_FLAGS = [
     "--gin_file=pretrain_tiny_cpu.gin", "--gin.MODEL_DIR='run'",
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=5", "--gin.WARMUP_STEPS=2",
-    "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=5", "--gin.train.eval_every_steps=5",
-    "--gin.train.eval_steps=1", "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+    "--gin.LoopConfig.log_every_steps=1", "--gin.CheckpointConfig.every_steps=5", "--gin.EvalConfig.every_steps=5",
+    "--gin.EvalConfig.steps=1", "--gin.LoopConfig.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
 ]
 
 

@@ -15,7 +15,6 @@ how the output survives a kill and never mixes two models. TensorFlow is never i
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -221,18 +220,3 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
 # ----------------------------------------------------------------------------------------------------------------
 
 output_fingerprint = embedding_fingerprint  # what an output's numbers depend on (ankh_jax.model.fingerprint)
-
-
-def enable_compilation_cache(directory: str | None) -> str | None:
-    """Points jax's persistent compilation cache at ``directory`` (default under ANKH_JAX_HOME; '' = off)."""
-    if directory is None:
-        home = os.environ.get("ANKH_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
-        directory = os.path.join(home, "xla_cache")
-    if not directory:
-        return None
-    import jax
-
-    os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    return directory

@@ -372,3 +372,15 @@ def read_meta(model_dir: str, step: int) -> dict:
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint at step {step} in {as_path(model_dir) / CHECKPOINT_SUBDIR}: "
                               f"item meta is unreadable ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def saved_opt_state_shapes(checkpointer: Checkpointer) -> dict[str, tuple[int, ...]] | None:
+    """:func:`tree_shapes` of the newest checkpoint's optimizer state, read from its metadata (None: no
+    checkpoint, or unreadable metadata, which :meth:`Checkpointer.restore_latest` then reports)."""
+    steps = checkpointer.all_steps()
+    if not steps:
+        return None
+    try:
+        return tree_shapes(checkpointer.manager.item_metadata(steps[-1])["opt_state"])
+    except Exception:  # noqa: BLE001 - damage is restore_latest's to report
+        return None

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ankh_jax.errors import InputError
@@ -168,55 +169,87 @@ def _plain(v: Any) -> Any:
 
 
 class Timer:
-    """Training time and counts between log steps.
+    """Training time between log steps, without waiting for any step.
 
-    ``busy_seconds`` adds up only the time spent in training steps (reading the batch, the step itself), so
-    rates and MFU do not fall when an eval or a checkpoint save happens in the interval (t5x reports both kinds);
-    ``wall_seconds`` is everything since the last reset, for the ETA. Steps added with ``count=False`` (the
-    compiling first step) are left out of the rates.
+    The host dispatches steps ahead of the devices, so a step's own duration is never observed. An interval starts
+    right after a sync with the devices (a log step's metrics fetch); its training time is the wall time to the next
+    such sync, less what was :meth:`exclude` d (evals, checkpoint saves, plots: each measured after a sync), so
+    rates and MFU do not fall when an eval happens in the interval (t5x reports both kinds). ``wall_seconds``
+    includes everything, for the ETA.
     """
 
     def __init__(self):
-        self.reset()
+        self.restart()
 
-    def reset(self) -> None:
+    def restart(self) -> None:
         self.start = time.perf_counter()
         self.steps = 0
-        self.tokens = 0.0
-        self.busy = 0.0
+        self.excluded = 0.0
 
-    def add(self, tokens: float, seconds: float, count: bool = True) -> None:
-        if count:
-            self.steps += 1
-            self.tokens += tokens
-            self.busy += seconds
+    def step(self) -> None:
+        self.steps += 1
+
+    def exclude(self, seconds: float) -> None:
+        self.excluded += seconds
 
     def busy_seconds(self) -> float:
-        return max(self.busy, 1e-9)
+        return max(self.wall_seconds() - self.excluded, 1e-9)
 
     def wall_seconds(self) -> float:
         return max(time.perf_counter() - self.start, 1e-9)
 
 
+_SUMS = ("loss_sum", "z_loss_sum", "correct_sum", "weight_sum", "input_nonpad", "input_slots", "target_nonpad",
+         "target_slots")
+
+
+@jax.jit
+def _accumulate(acc: dict, metrics: dict) -> dict:
+    out = {k: acc[k] + metrics[k].astype(acc[k].dtype) for k in _SUMS}
+    fresh = (acc["first_bad_step"] < 0) & ~metrics["finite"]
+    loss = metrics["loss_sum"] / jnp.maximum(metrics["weight_sum"], 1.0)
+    out.update(grad_norm_sq=acc["grad_norm_sq"] + jnp.square(metrics["grad_norm"]), steps=acc["steps"] + 1,
+               learning_rate=metrics["learning_rate"],
+               first_bad_step=jnp.where(fresh, metrics["step"], acc["first_bad_step"]),
+               bad_loss=jnp.where(fresh, loss, acc["bad_loss"]),
+               bad_grad_norm=jnp.where(fresh, metrics["grad_norm"], acc["bad_grad_norm"]))
+    return out
+
+
+def _zeros() -> dict:
+    acc = {k: jnp.zeros((), jnp.float32) for k in _SUMS + ("grad_norm_sq", "learning_rate", "bad_loss",
+                                                          "bad_grad_norm")}
+    acc.update(steps=jnp.zeros((), jnp.int32), first_bad_step=jnp.full((), -1, jnp.int32))
+    return acc
+
+
 class TrainMetricsAccumulator:
-    """Token-weighted sums of the train metrics between log steps (the loss is exact over the interval)."""
+    """Sums of the train metrics between log steps, kept on the devices: adding a step's metrics dispatches one
+    tiny jitted sum and never waits; :meth:`fetch` (at log, checkpoint and eval steps) is the only transfer. The
+    first non-finite step's number, loss and gradient norm are kept too, so the check at the next fetch names it."""
 
     def __init__(self):
-        self.sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-        self.last: dict = {}
-        self.grad_norm_sq = 0.0
-        self.steps = 0
+        self.acc: dict | None = None
 
     def add(self, metrics: dict) -> None:
-        for k in self.sums:
-            self.sums[k] += float(metrics[k])
-        self.grad_norm_sq += float(metrics["grad_norm"]) ** 2
-        self.steps += 1
-        self.last = metrics
+        """Adds one step's metrics (the train step's dict, with the step's number as ``"step"``)."""
+        self.acc = _accumulate(_zeros() if self.acc is None else self.acc, metrics)
 
-    def summary(self) -> dict:
-        w = max(self.sums["weight_sum"], 1.0)
-        return {"loss": self.sums["loss_sum"] / w, "accuracy": self.sums["correct_sum"] / w,
-                "z_loss": self.sums["z_loss_sum"] / w, "learning_rate": float(self.last["learning_rate"]),
-                "grad_norm": float(np.sqrt(self.grad_norm_sq / max(self.steps, 1))),
-                "target_tokens": self.sums["weight_sum"]}
+    def fetch(self) -> dict:
+        """The sums so far as Python numbers (waits for the steps added so far)."""
+        return {k: v.item() for k, v in jax.device_get(self.acc).items()} if self.acc is not None else {}
+
+    def reset(self) -> None:
+        self.acc = None
+
+    @staticmethod
+    def summary(host: dict) -> dict:
+        """Token-weighted means over the interval (the loss is exact over it), and how full the rows were: the
+        non-padding share of the input and target tokens."""
+        w = max(host["weight_sum"], 1.0)
+        return {"loss": host["loss_sum"] / w, "accuracy": host["correct_sum"] / w, "z_loss": host["z_loss_sum"] / w,
+                "learning_rate": host["learning_rate"],
+                "grad_norm": float(np.sqrt(host["grad_norm_sq"] / max(host["steps"], 1))),
+                "target_tokens": host["weight_sum"],
+                "input_fill": host["input_nonpad"] / max(host["input_slots"], 1.0),
+                "target_fill": host["target_nonpad"] / max(host["target_slots"], 1.0)}

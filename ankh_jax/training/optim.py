@@ -64,10 +64,34 @@ def make_optimizer(learning_rate: optax.Schedule, name: str = "adafactor", clip_
                    weight_decay: float = 0.0, adafactor_decay_rate: float = 0.8,
                    adafactor_multiply_by_parameter_scale: bool = True,
                    adafactor_clipping_threshold: float | None = 1.0, adafactor_momentum: float | None = None,
-                   adafactor_min_dim_size_to_factor: int = 128, adam_b1: float = 0.9, adam_b2: float = 0.999,
-                   adam_eps: float = 1e-8) -> optax.GradientTransformation:
-    """``adafactor`` (Ankh's pretraining optimizer) or ``adamw``; gradients are clipped to a global norm first."""
-    if name == "adafactor":
+                   adafactor_min_dim_size_to_factor: int = 128, adafactor_factored_by: str = "logical_axes",
+                   adam_b1: float = 0.9, adam_b2: float = 0.999, adam_eps: float = 1e-8,
+                   param_axes: tuple | None = None) -> optax.GradientTransformation:
+    """``adafactor`` (Ankh's pretraining optimizer) or ``adamw``; gradients are clipped to a global norm first.
+
+    adafactor_factored_by: ``logical_axes`` (t5x's rule, :mod:`ankh_jax.training.adafactor`; needs
+    ``param_axes``) or ``size`` (optax's ``adafactor``: the two largest axes, when the second has
+    ``adafactor_min_dim_size_to_factor``; the layout of checkpoints written before the logical rule).
+    param_axes: ``(logical PartitionSpecs, abstract params)`` of the model (the trainer's ``build_program`` passes
+    them). With them, the returned transformation carries ``factor_rules`` (one
+    :class:`~ankh_jax.training.adafactor.FactorRule` per parameter, None for adamw), which the state's sharding
+    follows; without them, Adafactor is optax's.
+    """
+    if adafactor_factored_by not in ("logical_axes", "size"):
+        raise ValueError(f"make_optimizer.adafactor_factored_by={adafactor_factored_by!r}: expected "
+                         "'logical_axes' or 'size'")
+    rules = None
+    if name == "adafactor" and param_axes is not None:
+        from ankh_jax.training import adafactor
+
+        rules = adafactor.factor_rules(*param_axes, adafactor_min_dim_size_to_factor,
+                                       by_logical_axes=adafactor_factored_by == "logical_axes")
+        core = adafactor.adafactor(
+            rules, learning_rate, decay_rate=adafactor_decay_rate,
+            multiply_by_parameter_scale=adafactor_multiply_by_parameter_scale,
+            clipping_threshold=adafactor_clipping_threshold, momentum=adafactor_momentum,
+            weight_decay_rate=weight_decay or None)
+    elif name == "adafactor":
         core = optax.adafactor(
             learning_rate=learning_rate, min_dim_size_to_factor=adafactor_min_dim_size_to_factor,
             decay_rate=adafactor_decay_rate, multiply_by_parameter_scale=adafactor_multiply_by_parameter_scale,
@@ -77,9 +101,20 @@ def make_optimizer(learning_rate: optax.Schedule, name: str = "adafactor", clip_
         core = optax.adamw(learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=weight_decay)
     else:
         raise InputError(f"make_optimizer.name: unknown optimizer {name!r}; expected adafactor or adamw")
-    if clip_grad_norm:
-        return optax.chain(optax.clip_by_global_norm(clip_grad_norm), core)
-    return core
+    tx = optax.chain(optax.clip_by_global_norm(clip_grad_norm), core) if clip_grad_norm else core
+    if param_axes is None:
+        return tx
+    return WithFactorRules(tx.init, tx.update, rules)
+
+
+class WithFactorRules(optax.GradientTransformation):
+    """A transformation and the Adafactor :class:`~ankh_jax.training.adafactor.FactorRule` s its state follows
+    (``factor_rules``: the params' tree, or None when the optimizer keeps no factored statistics)."""
+
+    def __new__(cls, init, update, factor_rules):
+        self = super().__new__(cls, init, update)
+        self.factor_rules = factor_rules
+        return self
 
 
 def make_grouped_optimizer(schedules: Mapping[str, optax.Schedule], labels: Mapping[str, str] | None = None, *,

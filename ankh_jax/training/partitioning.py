@@ -211,16 +211,20 @@ class Partitioner:
                  for path, leaf in flat_shapes]
         return jax.tree_util.tree_unflatten(treedef, specs)
 
-    def optimizer_state_specs(self, abstract_opt_state: Any, abstract_params: Any, param_specs: Any) -> Any:
+    def optimizer_state_specs(self, abstract_opt_state: Any, abstract_params: Any, param_specs: Any,
+                              factor_rules: Any = None) -> Any:
         """Mesh specs for an optax state, derived from the parameter each leaf belongs to.
 
         Leaves shaped like their parameter (momenta, unfactored second moments) take its spec; Adafactor's
-        factored row/column statistics take it with the reduced axis dropped; anything else (step counts,
-        optax's empty states) is replicated.
+        factored row/column statistics take it with the averaged axes dropped (``factor_rules``, the
+        :class:`~ankh_jax.training.adafactor.FactorRule` per parameter, says which; without it, optax's
+        two-largest-axes rule is assumed); anything else (step counts, optax's empty states) is replicated.
         """
         params_flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
         specs_flat = jax.tree_util.tree_leaves(param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-        by_path = {tuple(path): (leaf.shape, spec) for (path, leaf), spec in zip(params_flat, specs_flat)}
+        rules_flat = jax.tree_util.tree_leaves(factor_rules) if factor_rules is not None else [None] * len(specs_flat)
+        by_path = {tuple(path): (leaf.shape, spec, rule)
+                   for (path, leaf), spec, rule in zip(params_flat, specs_flat, rules_flat)}
         state_flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_opt_state)
         out = []
         for path, leaf in state_flat:
@@ -278,13 +282,17 @@ def _opt_leaf_spec(path: tuple, shape: tuple, params_by_path: dict) -> Partition
         hit = params_by_path.get(path[k:])
         if hit is None:
             continue
-        p_shape, spec = hit
+        p_shape, spec, rule = hit
         spec = tuple(spec) + (None,) * (len(p_shape) - len(spec))
+        field = next((getattr(e, "name", None) for e in reversed(path[:k])
+                      if getattr(e, "name", None) in ("v_row", "v_col", "v")), None)
+        if rule is not None and field is not None:
+            from ankh_jax.training.adafactor import statistics_spec
+
+            return statistics_spec(field, rule, PartitionSpec(*spec))
         if shape == tuple(p_shape):
             return PartitionSpec(*spec)
         if len(shape) == len(p_shape) - 1:
-            field = next((getattr(e, "name", None) for e in reversed(path[:k])
-                          if getattr(e, "name", None) in ("v_row", "v_col")), None)
             order = np.argsort(p_shape)  # Adafactor's factored dims: the two largest axes (optax's rule).
             preferred = {"v_row": int(order[-1]), "v_col": int(order[-2])}.get(field)
             candidates = [d for d in range(len(p_shape)) if tuple(np.delete(p_shape, d)) == shape]

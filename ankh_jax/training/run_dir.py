@@ -4,7 +4,10 @@ operative gin config, and the closing summary."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import socket
 
 import gin
 import jax
@@ -14,7 +17,8 @@ from ankh_jax.errors import InputError
 from ankh_jax.io import checkpoints as ckpt_lib
 from ankh_jax.storage import atomic
 from ankh_jax.storage.lock import DirectoryInUseError, DirectoryLock
-from ankh_jax.storage.paths import as_path, check_reachable
+from ankh_jax.storage.mirror import LocalMirror
+from ankh_jax.storage.paths import as_path, check_reachable, is_remote
 from ankh_jax.training.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ def resolve_model_dir(model_dir: str):
     check_reachable(path, "MODEL_DIR")
     if path.exists() and not path.is_dir():
         raise RunConfigError(f"MODEL_DIR {path} is a file, not a directory")
+    check_writable(path)  # read-only or full: found here, before any compute
     return path
 
 
@@ -99,7 +104,7 @@ def restore_input_position(train_iter, input_states: list[dict] | None, first_sh
           f"{jax.process_count()}, and it holds {len(input_states)} data shard position(s) where this run reads {now} "
           f"data shards. Parameters and optimizer state continue exactly (resharded); the data shards differ, so "
           f"every shard restarts at the beginning of epoch {epoch}, the earliest epoch a saved shard was in "
-          f"(examples of that epoch already trained on are seen again). Fix train.num_data_shards to keep the "
+          f"(examples of that epoch already trained on are seen again). Fix DataConfig.num_data_shards to keep the "
           f"data position across host counts")
 
 
@@ -142,3 +147,41 @@ def print_summary(model_dir, step: int) -> None:
           f"  TensorBoard:  tensorboard --logdir {model_dir / TENSORBOARD_SUBDIR}\n"
           f"  gin config:   {model_dir / 'config.gin'}\n"
           f"  export to HF: python -m ankh_jax.export_hf --model={model_dir} --output={model_dir}_hf", flush=True)
+
+
+def profile_mirror(model_dir) -> LocalMirror:
+    """Where ``jax.profiler`` traces go: the run's TensorBoard folder (the trace lands in its
+    ``plugins/profile/<time>/``, which TensorBoard's Profile tab reads); for ``gs://`` a local folder mirrored
+    there (``sync()`` after the trace is written)."""
+    return LocalMirror(as_path(model_dir) / TENSORBOARD_SUBDIR)
+
+
+def check_writable(model_dir) -> str:
+    """Whether this host can write MODEL_DIR, leaving nothing behind: a probe file (an object on ``gs://``)
+    created and removed in it, or, when a local MODEL_DIR does not exist yet, in the nearest existing folder above
+    it. Returns what was probed; raises :class:`RunConfigError` naming the folder and why (read-only, a file)."""
+    path = as_path(model_dir)
+    name = f".ankh_jax_write_probe_{socket.gethostname()}_{os.getpid()}_{jax.process_index()}"
+    if is_remote(path):
+        check_reachable(path, "MODEL_DIR")
+        try:
+            atomic.write_bytes(path / name, b"probe")
+            (path / name).unlink()
+        except OSError as err:
+            raise RunConfigError(f"MODEL_DIR {path}: cannot write objects there ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        return str(path)
+    probe_dir = str(path)
+    while not os.path.exists(probe_dir) and os.path.dirname(probe_dir) != probe_dir:
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        raise RunConfigError(f"MODEL_DIR {path}: cannot be created, {probe_dir} is a file")
+    probe = os.path.join(probe_dir, name)
+    try:
+        with open(probe, "w") as f:
+            f.write("probe")
+        os.remove(probe)
+    except OSError as err:
+        what = "read-only" if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM) else "not writable"
+        raise RunConfigError(f"MODEL_DIR {path}: {probe_dir} is {what} ({err.strerror})") from None
+    return probe_dir

@@ -1,8 +1,8 @@
 """The train state, its sharded creation, and the jitted train / eval steps.
 
-Everything here is pure and jit-compiled once: the loop in ``trainer.py`` only feeds batches and reads scalars.
+Everything here is pure and jit-compiled once: the loop in ``loop.py`` only feeds batches and reads scalars.
 
-* ``create_train_state`` builds parameters and optimizer state directly in their final shardings (``jax.jit``
+* ``StateLayout.create`` builds parameters and optimizer state directly in their final shardings (``jax.jit``
   with ``out_shardings``), so no host or device ever holds a full unsharded copy.
 * ``make_train_step`` returns ``step(state, batch, rng) -> (state, metrics)``: optional gradient accumulation over
   micro-batches (a ``lax.scan``), loss = token-weighted mean cross-entropy (+ z-loss), global grad norm, the
@@ -56,14 +56,15 @@ def abstract_boxed_params(model: nn.Module, partitioner: Partitioner) -> Any:
 class StateLayout:
     """Abstract shapes and shardings of the train state for one (model, optimizer, mesh)."""
 
-    def __init__(self, model: nn.Module, tx: optax.GradientTransformation, partitioner: Partitioner):
+    def __init__(self, model: nn.Module, tx: optax.GradientTransformation, partitioner: Partitioner,
+                 boxed_params: Any = None):
         self.model, self.tx, self.partitioner = model, tx, partitioner
-        boxed = abstract_boxed_params(model, partitioner)
-        self.param_specs = partitioner.param_specs(boxed)
+        boxed = abstract_boxed_params(model, partitioner) if boxed_params is None else boxed_params
+        self.boxed, self.param_specs = boxed, partitioner.param_specs(boxed)
         self.abstract_params = nn.unbox(boxed)
         self.abstract_opt_state = jax.eval_shape(tx.init, self.abstract_params)
         self.opt_specs = partitioner.optimizer_state_specs(self.abstract_opt_state, self.abstract_params,
-                                                           self.param_specs)
+                                                           self.param_specs, getattr(tx, "factor_rules", None))
         to_sharding = lambda spec: partitioner.sharding(spec)
         is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
         self.param_shardings = jax.tree_util.tree_map(to_sharding, self.param_specs, is_leaf=is_spec)
@@ -163,6 +164,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
             "weight_sum": sums["weight"], "grad_norm": grad_norm,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+            "step": state.step + 1,
+            # How full the rows are (padding is token 0): the packing measurement.
+            "input_nonpad": jnp.sum(batch["encoder_input_tokens"] != 0, dtype=jnp.float32),
+            "input_slots": jnp.asarray(batch["encoder_input_tokens"].size, jnp.float32),
+            "target_nonpad": jnp.sum(batch["decoder_target_tokens"] != 0, dtype=jnp.float32),
+            "target_slots": jnp.asarray(batch["decoder_target_tokens"].size, jnp.float32),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -13,9 +13,9 @@ from ankh_jax.train import main
 from ankh_jax.training.metrics import read_metrics
 
 FLAGS = ["--gin_file=configs/pretrain_tiny_cpu.gin", "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8",
-         "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1", "--gin.train.log_every_steps=1",
-         "--gin.train.checkpoint_every_steps=2", "--gin.train.eval_every_steps=0", "--gin.train.progress_bar=False",
-         "--gin.make_input.shuffle_buffer_size=64", "--gin.train.draw_plots=False",
+         "--gin.TRAIN_STEPS=4", "--gin.WARMUP_STEPS=1", "--gin.LoopConfig.log_every_steps=1",
+         "--gin.CheckpointConfig.every_steps=2", "--gin.EvalConfig.every_steps=0", "--gin.LoopConfig.progress_bar=False",
+         "--gin.make_input.shuffle_buffer_size=64", "--gin.LoopConfig.draw_plots=False",
          "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1"]
 
 
@@ -127,7 +127,7 @@ def test_model_dir_that_is_a_file_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("binding,named", [
     ("--gin.WARMUP_STEPS=40", "total_steps (4) > warmup_steps (40)"),  # TRAIN_STEPS=4: the schedule cannot decay
-    ("--gin.BATCH_SIZE=6", "train.global_batch_size (BATCH_SIZE) = 6 is not divisible by the data-parallel size 8"),
+    ("--gin.BATCH_SIZE=6", "DataConfig.global_batch_size (BATCH_SIZE) = 6 is not divisible by the data-parallel size 8"),
 ])
 def test_an_impossible_run_configuration_is_one_line_before_anything_is_written(tmp_path, capsys, binding, named):
     model_dir = tmp_path / "run"

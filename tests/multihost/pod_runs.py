@@ -15,9 +15,9 @@ from ankh_jax.storage.paths import as_path
 BASE_FLAGS = [
     "--gin_file=configs/pretrain_tiny_cpu.gin",
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=12", "--gin.WARMUP_STEPS=2",
-    "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=4", "--gin.train.eval_every_steps=6",
-    "--gin.train.eval_steps=None", "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
-    "--gin.train.draw_plots=False",  # tests/training/test_train.py covers the plots
+    "--gin.LoopConfig.log_every_steps=1", "--gin.CheckpointConfig.every_steps=4", "--gin.EvalConfig.every_steps=6",
+    "--gin.EvalConfig.steps=None", "--gin.LoopConfig.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+    "--gin.LoopConfig.draw_plots=False",  # tests/training/test_train.py covers the plots
     # A lost host ends the job after this long (the default is 100 s).
     "--gin.initialize_distributed.heartbeat_timeout_seconds=10",
 ]

@@ -19,7 +19,7 @@ from pod_runs import (
     state,
 )
 
-NO_EVAL = "--gin.train.eval_every_steps=0"
+NO_EVAL = "--gin.EvalConfig.every_steps=0"
 HEARTBEAT_S = 10  # pod_runs.BASE_FLAGS
 
 
@@ -63,7 +63,7 @@ def test_sigkill_every_host_even_during_an_async_save_then_rerun_is_bit_identica
 
 def test_sigterm_to_one_host_saves_one_agreed_step_and_the_rerun_continues(reference, tmp_path):
     model_dir = tmp_path / "run"
-    job = launch(model_dir, NO_EVAL, "--gin.train.checkpoint_every_steps=1000")
+    job = launch(model_dir, NO_EVAL, "--gin.CheckpointConfig.every_steps=1000")
     job.wait_for(lambda: last_step(model_dir) >= 3, TIMEOUT, "step 3")
     job.kill(signal.SIGTERM, which=[1])  # process 1 alone is preempted
     assert job.wait(120) == [0, 0], job.tail()
@@ -71,7 +71,7 @@ def test_sigterm_to_one_host_saves_one_agreed_step_and_the_rerun_continues(refer
     assert len(saved) == 1 and 3 <= saved[0] < 12, saved  # one step, the same for both hosts
     assert f"saved the checkpoint at step {saved[0]} and stopped" in job.log(0)
     assert len(meta(model_dir, saved[0])["input_states"]) == 2
-    job = run(model_dir, NO_EVAL, "--gin.train.checkpoint_every_steps=1000")
+    job = run(model_dir, NO_EVAL, "--gin.CheckpointConfig.every_steps=1000")
     assert f"resumed from the checkpoint at step {saved[0]}" in job.log(0)
     _, params, opt_state = state(model_dir, 12)
     _, ref_params, ref_opt = state(reference, 12)
@@ -84,7 +84,7 @@ def test_a_lost_host_stops_the_others_within_the_heartbeat_timeout(tmp_path, fau
     """killed: the next collective breaks at once; hung (SIGSTOP): jax's coordination service declares the
     silent process dead after heartbeat_timeout_seconds and terminates the others. Either way: no hang."""
     model_dir = tmp_path / "run"
-    job = launch(model_dir, NO_EVAL, "--gin.TRAIN_STEPS=100000", "--gin.train.checkpoint_every_steps=2")
+    job = launch(model_dir, NO_EVAL, "--gin.TRAIN_STEPS=100000", "--gin.CheckpointConfig.every_steps=2")
     job.wait_for(lambda: last_step(model_dir) >= 3 and 2 in _committed(model_dir), TIMEOUT, "step 3")
     job.kill(signal.SIGKILL if fault == "killed" else signal.SIGSTOP, which=[1])
     started = time.time()

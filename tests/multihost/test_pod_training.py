@@ -18,9 +18,9 @@ STEPS = list(range(1, 13))
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """The reference: one process, 8 devices, mesh (8,1,1), 12 steps, eval at 6 and 12 over the whole split; the
-    data in 2 shards, as 2 hosts read it (train.num_data_shards), so the global batches are the same."""
+    data in 2 shards, as 2 hosts read it (DataConfig.num_data_shards), so the global batches are the same."""
     model_dir = tmp_path_factory.mktemp("single") / "run"
-    assert main(flags(model_dir, "--gin.train.num_data_shards=2")) == 0
+    assert main(flags(model_dir, "--gin.DataConfig.num_data_shards=2")) == 0
     return model_dir
 
 
@@ -51,7 +51,7 @@ def test_two_hosts_train_and_evaluate_like_one(single, pod):
 def test_other_meshes_on_two_hosts_give_the_same_losses(single, mesh, tmp_path):
     model_dir = tmp_path / "run"
     run(model_dir, f"--gin.Partitioner.mesh_shape={mesh}", "--gin.TRAIN_STEPS=5", "--gin.make_schedule.total_steps=12",
-        "--gin.train.eval_every_steps=0")
+        "--gin.EvalConfig.every_steps=0")
     a, b = rows(single), rows(model_dir)
     assert sorted(b) == STEPS[:5]
     for step in b:
@@ -72,7 +72,7 @@ def test_each_host_reads_its_own_shard_and_only_process_0_writes(pod):
     for kind in ("train", "eval"):
         events = [f for f in os.listdir(pod / "tensorboard" / kind) if f.startswith("events.out")]
         assert len(events) == 1, (kind, events)
-    assert (pod / "config.gin").read_text().count("train.num_train_steps") == 1
+    assert (pod / "config.gin").read_text().count("LoopConfig.num_train_steps") == 1
     assert sorted(os.listdir(pod / "checkpoints")) == ["12", "4", "8"]
 
 
@@ -131,7 +131,7 @@ def test_elastic_restart_from_two_hosts_to_one_and_from_one_to_two(single, pod, 
     # 1 process -> 2: the 2 data shards continue exactly (each at example 56 of epoch 0 after 14 steps of 4).
     one_to_two = tmp_path / "1to2"
     shutil.copytree(single, one_to_two)
-    job = run(one_to_two, "--gin.TRAIN_STEPS=14", "--gin.train.eval_every_steps=0")
+    job = run(one_to_two, "--gin.TRAIN_STEPS=14", "--gin.EvalConfig.every_steps=0")
     log = job.log(0)
     assert "resumed from the checkpoint at step 12" in log
     assert "written by 1 process(es), this run has 2" in log and "2 data shards continue exactly" in log
@@ -143,7 +143,7 @@ def test_elastic_restart_from_two_hosts_to_one_and_from_one_to_two(single, pod, 
     two_to_one = tmp_path / "2to1"
     shutil.copytree(pod, two_to_one)
     capsys.readouterr()
-    assert main(flags(two_to_one, "--gin.TRAIN_STEPS=14", "--gin.train.eval_every_steps=0")) == 0
+    assert main(flags(two_to_one, "--gin.TRAIN_STEPS=14", "--gin.EvalConfig.every_steps=0")) == 0
     out = capsys.readouterr().out
     assert "resumed from the checkpoint at step 12" in out
     assert "written by 2 process(es), this run has 1" in out and "restarts at the beginning of epoch 0" in out

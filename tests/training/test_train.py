@@ -27,8 +27,8 @@ from ankh_jax.training.steps import StateLayout, jit_train_step, make_train_step
 BASE_FLAGS = [
     "--gin_file=configs/pretrain_tiny_cpu.gin",
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=8", "--gin.WARMUP_STEPS=2",
-    "--gin.train.log_every_steps=1", "--gin.train.checkpoint_every_steps=4", "--gin.train.eval_every_steps=0",
-    "--gin.train.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+    "--gin.LoopConfig.log_every_steps=1", "--gin.CheckpointConfig.every_steps=4", "--gin.EvalConfig.every_steps=0",
+    "--gin.LoopConfig.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
 ]
 COMPARED = ("loss", "accuracy", "learning_rate", "grad_norm", "z_loss", "target_tokens")
 
@@ -104,7 +104,7 @@ def test_uninterrupted_run_writes_everything(uninterrupted):
     assert sorted(os.listdir(d / "checkpoints")) == ["4", "8"]
     assert any(f.startswith("events.out") for f in os.listdir(d / "tensorboard" / "train"))
     gin_text = (d / "config.gin").read_text()
-    assert "TRAIN_STEPS = 8" in gin_text and "train.num_train_steps = %TRAIN_STEPS" in gin_text
+    assert "TRAIN_STEPS = 8" in gin_text and "LoopConfig.num_train_steps = %TRAIN_STEPS" in gin_text
     rows = _train_rows(d)
     assert sorted(rows) == list(range(1, 9))
     for r in rows.values():
@@ -191,12 +191,25 @@ def test_non_finite_loss_stops_naming_the_step(uninterrupted, tmp_path, capsys):
     shutil.copytree(uninterrupted, model_dir)
     meta_before = (model_dir / "checkpoints" / "8" / "meta" / "metadata").read_text()
     capsys.readouterr()
-    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=12", "--gin.train.z_loss=1e38")) == 3
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=12", "--gin.ProgramConfig.z_loss=1e38")) == 3
     err = capsys.readouterr().err
     assert "step 9" in err and "loss is inf" in err and "last good checkpoint is step 8" in err
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["4", "8"]
     assert (model_dir / "checkpoints" / "8" / "meta" / "metadata").read_text() == meta_before
     _assert_same_params(load_params(str(uninterrupted))[1], load_params(str(model_dir), step=8)[1])
+
+
+def test_non_finite_loss_between_log_steps_is_caught_within_the_bound(uninterrupted, tmp_path, capsys):
+    """Metrics are fetched every LoopConfig.log_every_steps only: an inf loss at step 9 is found at the log step 10,
+    named as step 9, exit 3, and nothing is saved after it (checkpoints every 4: step 12 never comes)."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, model_dir)
+    capsys.readouterr()
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=12", "--gin.ProgramConfig.z_loss=1e38",
+                       "--gin.LoopConfig.log_every_steps=5")) == 3
+    err = capsys.readouterr().err
+    assert "step 9: loss is inf" in err and "checked at step 10" in err
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["4", "8"]
 
 
 @pytest.mark.parametrize("bad_flag,expected", [
@@ -232,7 +245,7 @@ def test_continued_pretraining_from_a_huggingface_directory(uninterrupted, tmp_p
     model_dir = tmp_path / "run"
     capsys.readouterr()
     assert main(_flags(model_dir, "--gin.TRAIN_STEPS=1", "--gin.WARMUP_STEPS=0",
-                       f"--gin.train.init_from_hf='{hf_dir}'")) == 0
+                       f"--gin.CheckpointConfig.init_from_hf='{hf_dir}'")) == 0
     assert "initialised from the HuggingFace model" in capsys.readouterr().out
     first = _train_rows(model_dir)[1]["loss"]
     a = _train_rows(uninterrupted)
@@ -262,16 +275,46 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, capsys):
 
 def test_rates_count_training_steps_only():
     """steps/s and MFU come from the time spent in training steps: an eval or a checkpoint save in the interval
-    (here 0.3 s of sleep) leaves them unchanged, while the wall-clock rate (for the ETA) includes it."""
+    (here 0.3 s of sleep, measured and excluded as the loop does) leaves them unchanged, while the wall-clock rate
+    (for the ETA) includes it."""
     import time
 
     from ankh_jax.training.metrics import Timer
 
     timer = Timer()
-    timer.add(100.0, 5.0, count=False)  # the compiling first step
     for _ in range(3):
-        timer.add(10.0, 0.01)
+        timer.step()
+    started = time.perf_counter()
     time.sleep(0.3)  # an eval
-    assert timer.steps == 3 and timer.tokens == 30.0
-    assert timer.steps / timer.busy_seconds() == pytest.approx(100.0)
+    timer.exclude(time.perf_counter() - started)
+    assert timer.steps == 3
+    assert timer.busy_seconds() < 0.1
     assert timer.wall_seconds() >= 0.3
+
+
+def test_checkpoint_of_the_size_rule_layout_is_converted_on_resume(tmp_path, capsys):
+    """A run whose Adafactor kept optax's layout (unfactored [embed, heads, kv] kernels, as before the logical
+    rule) resumes under the logical rule: the state is converted (and said so), never reset, and training goes on
+    with the factored statistics saved from then on."""
+    model_dir = tmp_path / "run"
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=4", "--gin.make_optimizer.adafactor_factored_by='size'")) == 0
+    old = load_params(str(model_dir))[1]
+    capsys.readouterr()
+    assert main(_flags(model_dir, "--gin.TRAIN_STEPS=5", "--gin.LoopConfig.profile_steps=(5, 5)")) == 0
+    out = capsys.readouterr().out
+    assert "resumed from the checkpoint at step 4" in out and "converted them to the logical-axes factors" in out
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["4", "5"]
+    from ankh_jax.io.checkpoints import CHECKPOINT_SUBDIR, Checkpointer, tree_shapes
+
+    ckpt = Checkpointer(str(model_dir), save_interval_steps=1)
+    shapes = tree_shapes(ckpt.manager.item_metadata(5)["opt_state"])
+    ckpt.close()
+    query = [k for k in shapes if "encoder/layers_0/attention/query/kernel" in k]
+    assert {shapes[k] for k in query} == {(64,), (4, 16), (1,)}, {k: shapes[k] for k in query}  # v_row, v_col, v
+    assert (model_dir / CHECKPOINT_SUBDIR).is_dir()
+    new = load_params(str(model_dir))[1]
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), old, new)
+    assert 0 < max(jax.tree_util.tree_leaves(moved)) < 0.1  # one ordinary step from step 4's parameters
+    # LoopConfig.profile_steps: a jax.profiler trace of step 5 where TensorBoard's Profile tab reads it.
+    traces = list((model_dir / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
