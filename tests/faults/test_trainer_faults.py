@@ -125,6 +125,15 @@ def test_model_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert model_dir.read_text() == "not a directory"
 
 
+def test_a_model_dir_that_cannot_be_written_is_one_line_before_any_compute(capsys):
+    """/sys refuses new files even to root (a read-only MODEL_DIR or a mount without space gives the same line):
+    found by the write probe before the model is built, not by orbax after the first steps."""
+    assert main(_flags("/sys/ankh_jax_run")) == 2
+    err = capsys.readouterr().err
+    assert "MODEL_DIR /sys/ankh_jax_run: /sys is read-only" in err and len(err.strip().splitlines()) == 1, err
+    assert not os.path.exists("/sys/ankh_jax_run")
+
+
 @pytest.mark.parametrize("binding,named", [
     ("--gin.WARMUP_STEPS=40", "total_steps (4) > warmup_steps (40)"),  # TRAIN_STEPS=4: the schedule cannot decay
     ("--gin.BATCH_SIZE=6", "DataConfig.global_batch_size (BATCH_SIZE) = 6 is not divisible by the data-parallel size 8"),
