@@ -49,3 +49,17 @@ def test_an_unfinished_export_on_gs_is_refused_by_readers(random_encoder_dir, bu
 def test_a_missing_bucket_or_model_is_one_line(gcs, capsys):
     assert export_main(["--model=gs://no-such-bucket-y/m", "--output=/tmp/unused_export_out"]) == 2
     assert "bucket gs://no-such-bucket-y does not exist" in capsys.readouterr().err
+
+
+def test_fine_tuning_refuses_a_gs_run_directory_in_one_line(bucket, random_encoder_dir, tmp_path, monkeypatch,
+                                                            capsys):
+    """Fine-tuning's run directory stays local (reported, not faked); nothing is created, no local gs: folder."""
+    from ankh_jax.finetune import main as finetune_main
+
+    monkeypatch.chdir(tmp_path)
+    code = finetune_main(["--gin_file=downstream/pfam_family.gin", f"--gin.MODEL_DIR='{bucket}/ft'",
+                          f"--gin.ENCODER='{random_encoder_dir()}'"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fine-tuning writes its run directory on a local disk only" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "gs:").exists() and not paths.as_path(f"{bucket}/ft").exists()
