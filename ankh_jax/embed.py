@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
                                                 pooling=args.pooling, dtype=args.dtype, batch_tokens=args.batch_tokens,
                                                 skip_first=prefix_id is not None,
                                                 attention_chunk_size=args.attention_chunk_size, activity=activity,
-                                                bar=bar):
+                                                bar=bar, few_shapes=len(first) == args.window):
             if todo is not current or time.perf_counter() - last_flush >= args.flush_seconds:
                 writer.flush(wait=False)  # a window done, or time: a killed run keeps it (written in a thread)
                 current, last_flush = todo, time.perf_counter()
@@ -184,8 +184,8 @@ def run(args: argparse.Namespace) -> dict:
         compute_seconds = time.perf_counter() - t1
         writer.finish()
         seconds = time.perf_counter() - t1
-    except InputError:
-        writer.flush()  # a bad record in a later window: what earlier windows computed is kept for the re-run
+    except Exception:
+        writer.flush()  # e.g. a bad record in a later window: what was computed is kept for the re-run
         raise
     finally:
         busy = activity.close()

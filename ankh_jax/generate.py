@@ -27,6 +27,7 @@ import numpy as np
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.inference.decoding import STRATEGIES
+from ankh_jax.io import shards
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,15 +52,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the task prefix token before each sequence, required when the model's tokenizer defines "
                         "prefixes (Ankh3: [S2S] for generation); dropped from the output like </s>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
+    shards.add_flags(p)
     return p.parse_args(argv)
 
 
-def plan_masks(args, records) -> list[list[tuple[int, ...]]]:
-    """Per record, the masked positions of each sample; errors name the file and record."""
+def plan_masks(args, records, indices=None) -> list[list[tuple[int, ...]]]:
+    """Per record, the masked positions of each sample, drawn from (seed, the record's index in the file
+    (``indices``, default 0, 1, ...), sample), so a shard draws what one run would; errors name file and record."""
     from ankh_jax.inference import infilling
 
     masks = []
-    for i, r in enumerate(records):
+    for i, r in zip(range(len(records)) if indices is None else indices, records):
         where = f"{args.fasta}: record {r.id!r}: "
         try:
             if args.mask is not None:
@@ -87,9 +90,10 @@ def _atomic_write(path: str, write) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from ankh_jax.api import load_model
     from ankh_jax.data.fasta import load_fasta
     from ankh_jax.inference import decoding, infilling
-    from ankh_jax.io.loading import load
+    from ankh_jax.inference.devices import DataParallel
 
     if (args.mask is None) == (args.mask_fraction is None):
         raise ValueError("give exactly one of --mask (positions/spans) or --mask_fraction")
@@ -106,18 +110,17 @@ def run(args: argparse.Namespace) -> dict:
     records = load_fasta(args.fasta)[: args.max_records]
     if not records:
         raise ValueError(f"{args.fasta}: no records")
-    masks = plan_masks(args, records)
-    config, params = load(args.model, step=args.step)
-    from ankh_jax.data.tokenizer import read_model_tokens
-
-    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
-    config = decoding.decoding_config(config, args.dtype)
-    params = decoding.prepare_params(config, params)
+    indices, records, output, split = shards.select(records, args, args.output)
+    masks = plan_masks(args, records, indices)
+    model = load_model(args.model, step=args.step)
+    prefix_id = model.prefix_id(args.prefix)
+    config, params = model.decoding_params(args.dtype, args.num_devices)
     samples = infilling.infill(config, params, [r.sequence for r in records], masks, strategy=args.strategy,
                                num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
                                top_p=args.top_p, seed=args.seed, batch_tokens=args.batch_tokens, progress=True,
                                prefix_id=prefix_id)
-    csv_path = args.log_likelihoods or os.path.splitext(args.output)[0] + ".csv"
+    csv_path = (shards.shard_path(args.log_likelihoods, split[1], split[0]) if args.log_likelihoods
+                else os.path.splitext(output)[0] + ".csv")
 
     def write_fasta(f):
         for s in samples:
@@ -137,10 +140,11 @@ def run(args: argparse.Namespace) -> dict:
                         "ok" if s.error is None else f"malformed: {s.error}"])
 
     _atomic_write(csv_path, write_csv)
-    _atomic_write(args.output, write_fasta)
+    _atomic_write(output, write_fasta)
     malformed = sum(s.error is not None for s in samples)
-    return {"proteins": len(records), "samples": len(samples), "written": len(samples) - malformed,
-            "malformed": malformed, "log_likelihoods": csv_path}
+    return {"output": output, "proteins": len(records), "samples": len(samples), "written": len(samples) - malformed,
+            "malformed": malformed, "log_likelihoods": csv_path, "devices": DataParallel.of(params).size,
+            "processes": split[0], "shard_index": split[1]}
 
 
 def main(argv=None) -> int:
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
         summary = run(args)
     except flags.command_errors() as err:
         return flags.report("generate", err)
-    print(f"wrote {args.output}: {json.dumps(summary)}")
+    print(f"wrote {summary.pop('output')}: {json.dumps(summary)}")
     return 0
 
 

@@ -20,6 +20,8 @@ import sys
 import tempfile
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
+from ankh_jax.errors import InputError
+from ankh_jax.io import shards
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
 
@@ -42,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the task prefix token before each sequence, required when the model's tokenizer defines "
                         "prefixes (Ankh3: [NLU] for likelihoods); dropped from the output like </s>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
+    shards.add_flags(p)
     return p.parse_args(argv)
 
 
@@ -101,8 +104,7 @@ def write_csv_atomically(path: str, header: list[str], rows: list[dict]) -> None
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax.inference import decoding
-    from ankh_jax.io.loading import load
+    from ankh_jax.api import load_model
 
     if (args.fasta is None) == (args.mutations is None):
         raise ValueError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
@@ -118,7 +120,11 @@ def run(args: argparse.Namespace) -> dict:
         records = load_fasta(args.fasta)[: args.max_records]
         if not records:
             raise ValueError(f"{args.fasta}: no records")
+        _, records, output, split = shards.select(records, args, args.output)
     else:
+        output, split = args.output, shards.resolve_shards(args.num_shards, args.shard_index)
+        if split[0] > 1:
+            raise InputError(f"--num_shards={split[0]}: --mutations scores one wild type; shards split a --fasta")
         if args.wildtype is None:
             raise ValueError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
         wildtype = read_wildtype(args.wildtype)
@@ -126,27 +132,27 @@ def run(args: argparse.Namespace) -> dict:
                                                              args.score_column)
         if args.output_column in header:
             raise ValueError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
-    config, params = load(args.model, step=args.step)
-    from ankh_jax.data.tokenizer import read_model_tokens
-
-    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
-    config = decoding.decoding_config(config, args.dtype)
-    params = decoding.prepare_params(config, params)
+    model = load_model(args.model, step=args.step)
+    prefix_id = model.prefix_id(args.prefix)
+    config, params = model.decoding_params(args.dtype, args.num_devices)
     from ankh_jax.inference import scoring
+    from ankh_jax.inference.devices import DataParallel
+
+    scale = {"devices": DataParallel.of(params).size, "processes": split[0], "shard_index": split[1]}
 
     if args.fasta is not None:
         pll = scoring.pseudo_likelihood(config, params, [r.sequence for r in records],
                                         batch_tokens=args.batch_tokens, progress=True, prefix_id=prefix_id)
         out_rows = [{"id": r.id, "length": len(r.sequence), "pseudo_likelihood": f"{v:.8g}"}
                     for r, v in zip(records, pll)]
-        write_csv_atomically(args.output, ["id", "length", "pseudo_likelihood"], out_rows)
-        return {"proteins": len(records), "mean_pseudo_likelihood": float(pll.mean())}
+        write_csv_atomically(output, ["id", "length", "pseudo_likelihood"], out_rows)
+        return {"output": output, "proteins": len(records), "mean_pseudo_likelihood": float(pll.mean()), **scale}
     scores = scoring.score_mutations(config, params, wildtype, mutants, batch_tokens=args.batch_tokens,
                                      progress=True, prefix_id=prefix_id)
     for row, value in zip(rows, scores):
         row[args.output_column] = f"{value:.8g}"
-    write_csv_atomically(args.output, header + [args.output_column], rows)
-    summary = {"mutants": len(rows)}
+    write_csv_atomically(output, header + [args.output_column], rows)
+    summary = {"output": output, "mutants": len(rows), **scale}
     if score_column is not None:
         from ankh_jax.downstream.metrics import spearman
 
@@ -163,7 +169,7 @@ def main(argv=None) -> int:
         summary = run(args)
     except flags.command_errors() as err:
         return flags.report("score", err)
-    print(f"wrote {args.output}: {json.dumps(summary)}")
+    print(f"wrote {summary.pop('output')}: {json.dumps(summary)}")
     return 0
 
 

@@ -87,6 +87,33 @@ def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BA
     return plan
 
 
+def plan_window_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                        buckets: Sequence[int] | None = None, row_multiple: int = 1, few_shapes: bool = False
+                        ) -> list[tuple[int, int, list[int]]]:
+    """:func:`plan_batches` with the rows of each batch: ``[(padded_length, rows, [indices]), ...]``, rows a
+    multiple of ``row_multiple`` (the devices), dummy rows filling the rest.
+
+    ``few_shapes`` (a FASTA streamed in windows): each bucket's rows are rounded up to a multiple of about an eighth
+    of its budget (a power of two per device), so window after window reuses at most nine compiled shapes per
+    bucket instead of compiling new row counts for every window; padding grows by less than an eighth of a
+    batch. Without it the rows are exactly those of :func:`plan_batches` (the fewest dummy rows)."""
+    lengths = np.asarray(token_lengths)
+    if buckets is None:
+        buckets = length_buckets(int(lengths.max(initial=1)))
+    groups = group_by_bucket(lengths, buckets, np.argsort(-lengths, kind="stable"))
+    plan = []
+    for width in sorted(groups, reverse=True):
+        members = groups[width]
+        per_device = max(1, batch_tokens // width)
+        step = 1 << (max(1, per_device // 8).bit_length() - 1) if few_shapes else 1
+        per_device = per_device // step * step
+        n_batches = -(-len(members) // (per_device * row_multiple))
+        rows = -(-len(members) // n_batches)
+        padded = -(-rows // (step * row_multiple)) * step * row_multiple
+        plan += [(width, padded, members[j: j + rows]) for j in range(0, len(members), rows)]
+    return plan
+
+
 def batch_rows(plan: list[tuple[int, list[int]]], row_multiple: int = 1) -> dict[int, int]:
     """The fixed number of rows of each bucket's batches, a multiple of ``row_multiple`` (a short batch is padded
     with dummy rows)."""

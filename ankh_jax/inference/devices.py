@@ -117,7 +117,7 @@ class DataParallel:
                 array = np.concatenate([array, fill])
             padded.append(self.shard_rows(array))
         out = fn(params, *padded)
-        return jax.tree_util.tree_map(lambda x: np.asarray(x)[:n], out)
+        return jax.tree_util.tree_map(lambda x: np.array(x)[:n], out)  # a writable copy
 
 
 class DeviceActivity:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches, plan_window_batches
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
 from ankh_jax.inference.devices import DataParallel, DeviceActivity
 from ankh_jax.model.config import T5Config
@@ -149,12 +149,13 @@ def check_settings(pooling: str, batch_tokens: int, attention_chunk_size: int | 
 def stream_embeddings(config: T5Config, params: PreparedParams, windows: Iterable[tuple[object, list[np.ndarray]]],
                       *, pooling: str = "none", dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS,
                       buckets: Sequence[int] | None = None, skip_first: bool = False,
-                      attention_chunk_size: int | None = None, activity: DeviceActivity | None = None, bar=None
-                      ) -> Iterator[tuple[object, int, np.ndarray]]:
+                      attention_chunk_size: int | None = None, activity: DeviceActivity | None = None, bar=None,
+                      few_shapes: bool = False) -> Iterator[tuple[object, int, np.ndarray]]:
     """Embeds windows of token ids (``(tag, [ids, ...])``, from :func:`encode_sequences`), yielding ``(tag, index
     in the window, embedding)`` batch by batch, longest first within a window.
 
-    Each window is sorted and bucketed on its own (memory is one window). Batches are sharded over the devices of
+    Each window is sorted and bucketed on its own (memory is one window); ``few_shapes`` when there are many
+    windows (``ankh_jax.data.batching.plan_window_batches``: a few row counts per bucket, compiled once). Batches are sharded over the devices of
     ``params`` (:func:`prepare_params`), with rows a multiple of the devices and every batch of one bucket. Up to
     ``PIPELINE_DEPTH`` batches are dispatched before the oldest is copied back, across window boundaries too, so
     the host's work (filling the next batch, the caller's writing, the next window pulled from ``windows``, which
@@ -185,11 +186,10 @@ def stream_embeddings(config: T5Config, params: PreparedParams, windows: Iterabl
             raise
         if not encoded:
             continue
-        plan = plan_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets,
-                            row_multiple=parallel.size)
-        rows = batch_rows(plan, parallel.size)
-        for width, members in plan:
-            ids = np.zeros((rows[width], width), dtype=np.int32)
+        plan = plan_window_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets,
+                                   row_multiple=parallel.size, few_shapes=few_shapes)
+        for width, rows, members in plan:
+            ids = np.zeros((rows, width), dtype=np.int32)
             ids[:, 0] = EOS_ID  # dummy rows hold a lone </s>, so no row is all padding
             for r, idx in enumerate(members):
                 ids[r, : len(encoded[idx])] = encoded[idx]

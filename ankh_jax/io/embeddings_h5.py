@@ -197,11 +197,15 @@ class OutputWriter:
         import h5py
 
         self.flush()
+        exists = os.path.exists(self.output)
         done = self._ids_in_output()
-        parts = [p for p in self._parts() if _ids(p) - done]  # parts all in the output: a run killed after its
-        if parts or not os.path.exists(self.output):        # swap, before removing them
+        # Parts hold disjoint ids (each run skips the ids of the output and the parts); a part's ids can be in the
+        # output only after a run killed between its swap and removing the parts, so without an output nothing
+        # needs reading (a dataset's attributes cost as much to read as to write).
+        parts = [p for p in self._parts() if not exists or _ids(p) - done]
+        if parts or not exists:
             staging = os.path.join(self.directory, "assembling.h5")
-            if os.path.exists(self.output):
+            if exists:
                 shutil.copyfile(self.output, staging)
             with h5py.File(staging, "a") as out:
                 if not out.attrs:
@@ -209,9 +213,9 @@ class OutputWriter:
                 for part in parts:
                     with h5py.File(part, "r") as src:
                         for key, ds in src.items():
-                            if ds.attrs["id"] not in done:
-                                src.copy(ds, out, name=key)
-                                done.add(ds.attrs["id"])
+                            if exists and ds.attrs["id"] in done:
+                                continue
+                            src.copy(ds, out, name=key)
             with open(staging, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(staging, self.output)

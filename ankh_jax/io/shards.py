@@ -77,3 +77,28 @@ def find_shards(path: str) -> list[str]:
         raise InputError(f"{path}: {len(missing)} of {count} shards missing: "
                          f"{', '.join(os.path.basename(m) for m in missing)}")
     return [shards[i] for i in range(count)]
+
+
+def add_flags(p) -> None:
+    """``--num_devices`` and ``--num_shards/--shard_index`` on an argparse parser (score, generate)."""
+    p.add_argument("--num_devices", type=int, default=None,
+                   help="local devices the batches are sharded over (default: all of this process's devices)")
+    p.add_argument("--num_shards", type=int, default=None,
+                   help="split the FASTA into N disjoint shards balanced by residues, one per host or job (default: "
+                        "JAX_NUM_PROCESSES, else 1); shard i writes OUT-0000i-of-0000N.csv")
+    p.add_argument("--shard_index", type=int, default=None, help="this job's shard (default: JAX_PROCESS_ID)")
+
+
+def select(records: list, args, output: str) -> tuple[list[int], list, str, tuple[int, int]]:
+    """``(indices in the file, records, output path, (num_shards, shard_index))`` of this job's shard (from
+    ``args.num_shards``/``args.shard_index``): records balanced by residues (``data.batching.assign_shards``),
+    the output named :func:`shard_path`."""
+    from ankh_jax.data.batching import assign_shards
+
+    num_shards, shard_index = resolve_shards(args.num_shards, args.shard_index)
+    indices = list(range(len(records)))
+    if num_shards > 1:
+        shards = assign_shards([len(r.sequence) for r in records], num_shards)
+        indices = [i for i in indices if shards[i] == shard_index]
+    return indices, [records[i] for i in indices], shard_path(output, shard_index, num_shards), (num_shards,
+                                                                                                shard_index)
