@@ -21,8 +21,8 @@ TOL = 1e-5  # max |difference| relative to max |value|: float rounding of anothe
 
 @pytest.fixture(scope="module")
 def proteins(sample_fasta):
-    """30 shipped proteins, cut to at most 120 residues (a spread of lengths, several buckets, fast)."""
-    recs = load_fasta(sample_fasta)[:30]
+    """24 shipped proteins, cut to at most 120 residues (a spread of lengths, several buckets, fast)."""
+    recs = load_fasta(sample_fasta)[:24]
     return [(r.id, r.sequence[: 20 + (7 * i) % 100]) for i, r in enumerate(recs)]
 
 
@@ -59,29 +59,29 @@ def one_device(exported, proteins, tmp_path_factory):
 
 
 def test_embed_on_4_devices_equals_1_device(exported, fasta, tmp_path, one_device):
-    metrics = _embed(exported, fasta, tmp_path / "emb.h5", "--num_devices=4", "--window=11")
+    metrics = _embed(exported, fasta, tmp_path / "emb.h5", "--num_devices=4", "--window=9")
     assert metrics["devices"] == 4 and metrics["processes"] == 1 and metrics["shard_index"] == 0
-    assert metrics["windows"] == 3 and metrics["sequences_embedded"] == 30
+    assert metrics["windows"] == 3 and metrics["sequences_embedded"] == 24
     assert 0 <= metrics["device_idle_share"] <= 1 and metrics["device_busy_seconds"] > 0
     _assert_same(embeddings_h5.read_embeddings(str(tmp_path / "emb.h5")), one_device)
 
 
 def test_two_shards_hold_every_id_once_and_read_back_as_one(exported, fasta, tmp_path, one_device, monkeypatch):
     out = tmp_path / "emb.h5"
-    _embed(exported, fasta, out, "--num_shards=2", "--shard_index=1", "--window=11")
+    _embed(exported, fasta, out, "--num_shards=2", "--shard_index=1", "--window=9", "--num_devices=1")
     with pytest.raises(InputError, match=r"1 of 2 shards missing: emb-00000-of-00002\.h5"):
         embeddings_h5.read_embeddings(str(out))
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")  # shard 0 from a JAX multi-process launch's environment
     monkeypatch.setenv("JAX_PROCESS_ID", "0")
     assert embed.main([f"--model={exported}", f"--fasta={fasta}", f"--output={out}", "--no_progress",
-                       "--compilation_cache_dir=", "--batch_tokens=512", "--window=11"]) == 0
+                       "--compilation_cache_dir=", "--batch_tokens=512", "--window=9", "--num_devices=1"]) == 0
     metrics = json.loads((tmp_path / "emb-00000-of-00002.metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["shard_index"] == 0
     parts = [set(embeddings_h5.read_embeddings(str(tmp_path / f"emb-0000{i}-of-00002.h5"))) for i in (0, 1)]
     assert not parts[0] & parts[1] and parts[0] | parts[1] == set(one_device)
     _assert_same(embeddings_h5.read_embeddings(str(out)), one_device)
     # each shard resumes on its own: a re-run of shard 1 finds everything done
-    _embed(exported, fasta, out, "--num_shards=2", "--shard_index=1", "--window=11")
+    _embed(exported, fasta, out, "--num_shards=2", "--shard_index=1", "--window=9", "--num_devices=1")
     again = json.loads((tmp_path / "emb-00001-of-00002.metrics.json").read_text())
     assert again["sequences_embedded"] == 0 and again["skipped_existing"] == len(parts[1])
 
@@ -89,19 +89,19 @@ def test_two_shards_hold_every_id_once_and_read_back_as_one(exported, fasta, tmp
 def test_a_bad_record_in_a_later_window_keeps_earlier_windows(exported, proteins, tmp_path, one_device, capsys):
     bad = tmp_path / "bad.fasta"
     rows = list(proteins)
-    rows[25] = (rows[25][0], rows[25][1][:5] + "J" + rows[25][1][6:])  # window 3 of 11-sequence windows
+    rows[20] = (rows[20][0], rows[20][1][:5] + "J" + rows[20][1][6:])  # window 3 of 9-sequence windows
     write_fasta(bad, rows)
     out = tmp_path / "emb.h5"
     rc = embed.main([f"--model={exported}", f"--fasta={bad}", f"--output={out}", "--no_progress",
-                     "--compilation_cache_dir=", "--window=11"])
+                     "--compilation_cache_dir=", "--batch_tokens=512", "--window=9", "--num_devices=1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert str(bad) in err[0] and rows[25][0] in err[0] and "position 6" in err[0]
+    assert str(bad) in err[0] and rows[20][0] in err[0] and "position 6" in err[0]
     assert not out.exists() and list((tmp_path / "emb.h5.partial").glob("part-*.h5"))  # windows 1-2 kept
     good = tmp_path / "good.fasta"
     write_fasta(good, proteins)
-    metrics = _embed(exported, good, out, "--window=11")
-    assert metrics["skipped_existing"] == 22 and metrics["sequences_embedded"] == 8
+    metrics = _embed(exported, good, out, "--window=9", "--num_devices=1")
+    assert metrics["skipped_existing"] == 18 and metrics["sequences_embedded"] == 6
     _assert_same(embeddings_h5.read_embeddings(str(out)), one_device)
 
 
@@ -156,7 +156,7 @@ def _rows(path):
 
 
 def test_score_on_4_devices_and_in_2_shards_equals_1_device(exported, fasta, tmp_path, capsys):
-    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=9", "--batch_tokens=512"]
+    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=6", "--batch_tokens=512"]
     assert score.main([*base, f"--output={tmp_path / 'one.csv'}", "--num_devices=1"]) == 0
     assert score.main([*base, f"--output={tmp_path / 'four.csv'}", "--num_devices=4"]) == 0
     assert '"devices": 4, "processes": 1' in capsys.readouterr().out
@@ -165,7 +165,8 @@ def test_score_on_4_devices_and_in_2_shards_equals_1_device(exported, fasta, tmp
     np.testing.assert_allclose([float(r["pseudo_likelihood"]) for r in four],
                                [float(r["pseudo_likelihood"]) for r in one], rtol=1e-5)
     for i in (0, 1):
-        assert score.main([*base, f"--output={tmp_path / 'pll.csv'}", "--num_shards=2", f"--shard_index={i}"]) == 0
+        assert score.main([*base, f"--output={tmp_path / 'pll.csv'}", "--num_shards=2", f"--shard_index={i}",
+                           "--num_devices=1"]) == 0
     split = _rows(tmp_path / "pll-00000-of-00002.csv") + _rows(tmp_path / "pll-00001-of-00002.csv")
     assert sorted(r["id"] for r in split) == sorted(r["id"] for r in one)
     by_id = {r["id"]: float(r["pseudo_likelihood"]) for r in one}
@@ -174,7 +175,7 @@ def test_score_on_4_devices_and_in_2_shards_equals_1_device(exported, fasta, tmp
 
 
 def test_generate_greedy_on_4_devices_equals_1_device(exported, fasta, tmp_path):
-    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=6", "--mask_fraction=0.1",
+    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=4", "--mask_fraction=0.1",
             "--strategy=greedy", "--num_samples=2"]
     for n in (1, 4):
         assert generate.main([*base, f"--output={tmp_path / f'v{n}.fasta'}", f"--num_devices={n}"]) == 0
