@@ -166,21 +166,12 @@ def run(args: argparse.Namespace) -> dict:
             bar = tqdm(unit="res", unit_scale=True, desc=os.path.basename(args.fasta), dynamic_ncols=True,
                        smoothing=0.05)
         ahead = prefetch(_windows(first, windows, done, num_shards, shard_index, args, prefix_id, counts))
-        t1 = last_flush = time.perf_counter()
-        current = None
-        for todo, idx, emb in stream_embeddings(model.config, params, _count_residues(ahead, bar),
-                                                pooling=args.pooling, dtype=args.dtype, batch_tokens=args.batch_tokens,
-                                                skip_first=prefix_id is not None,
-                                                attention_chunk_size=args.attention_chunk_size, activity=activity,
-                                                bar=bar, few_shapes=len(first) == args.window):
-            if todo is not current or time.perf_counter() - last_flush >= args.flush_seconds:
-                writer.flush(wait=False)  # a window done, or time: a killed run keeps it (written in a thread)
-                current, last_flush = todo, time.perf_counter()
-            rec = todo[idx]
-            writer.add(rec.id, emb, {
-                "original_id": rec.description, "length": len(rec.sequence), "pooling": args.pooling,
-                "dtype": args.dtype,
-                "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length})
+        t1 = time.perf_counter()
+        _write_all(writer, args, stream_embeddings(
+            model.config, params, _count_residues(ahead, bar), pooling=args.pooling, dtype=args.dtype,
+            batch_tokens=args.batch_tokens, skip_first=prefix_id is not None,
+            attention_chunk_size=args.attention_chunk_size, activity=activity, bar=bar,
+            few_shapes=len(first) == args.window))
         compute_seconds = time.perf_counter() - t1
         writer.finish()
         seconds = time.perf_counter() - t1
@@ -194,8 +185,24 @@ def run(args: argparse.Namespace) -> dict:
         writer.close()
     metrics.update(counts, embed_seconds=round(seconds, 3), assemble_seconds=round(seconds - compute_seconds, 3),
                    residues_per_second=round(counts["residues_embedded"] / max(seconds, 1e-9), 1),
-                   device_busy_seconds=round(busy, 3), device_idle_share=round(1 - busy / max(seconds, 1e-9), 4))
+                   device_busy_seconds=round(busy, 3),
+                   device_idle_share=round(1 - busy / max(compute_seconds, 1e-9), 4),  # while embedding
+                   device_idle_share_with_assembly=round(1 - busy / max(seconds, 1e-9), 4))
     return metrics
+
+
+def _write_all(writer, args: argparse.Namespace, stream) -> None:
+    """Adds every ``(window's records, index, embedding)`` of ``stream`` to ``writer``, flushing (in a thread)
+    when a window is done and every ``--flush_seconds``, so a killed run keeps it."""
+    current, last_flush = None, time.perf_counter()
+    for todo, idx, emb in stream:
+        if todo is not current or time.perf_counter() - last_flush >= args.flush_seconds:
+            writer.flush(wait=False)
+            current, last_flush = todo, time.perf_counter()
+        rec = todo[idx]
+        writer.add(rec.id, emb, {
+            "original_id": rec.description, "length": len(rec.sequence), "pooling": args.pooling,
+            "dtype": args.dtype, "truncated": args.max_length is not None and len(rec.sequence) + 1 > args.max_length})
 
 
 def _count_residues(windows, bar):

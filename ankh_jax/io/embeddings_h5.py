@@ -195,6 +195,7 @@ class OutputWriter:
     def finish(self) -> None:
         """Assembles the output (existing datasets + parts) and swaps it in with one rename; removes the parts."""
         import h5py
+        from h5py import h5o
 
         self.flush()
         exists = os.path.exists(self.output)
@@ -215,7 +216,7 @@ class OutputWriter:
                         for key, ds in src.items():
                             if exists and ds.attrs["id"] in done:
                                 continue
-                            src.copy(ds, out, name=key)
+                            h5o.copy(src.id, key.encode(), out.id, key.encode())  # what src.copy does, less overhead
             with open(staging, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(staging, self.output)
@@ -245,8 +246,22 @@ def _write_part(final: str, buffer: list[tuple[str, np.ndarray, dict]]) -> None:
 
     with h5py.File(final + ".tmp", "w") as f:
         for record_id, embedding, attrs in buffer:
-            f.create_dataset(h5_key(record_id), data=embedding).attrs.update({"id": record_id, **attrs})
+            ds = f.create_dataset(h5_key(record_id), data=embedding)
+            for name, value in {"id": record_id, **attrs}.items():
+                _put_attr(ds, name, value)
     os.replace(final + ".tmp", final)
+
+
+def _put_attr(ds, name: str, value) -> None:
+    """``ds.attrs[name] = value`` for a new attribute, through h5py's low-level API: the same stored types (UTF-8
+    variable-length strings, numpy scalars), without the high-level path's create-under-a-temporary-name-and-rename,
+    which costs more than the dataset itself when an output holds millions of small ones."""
+    import h5py
+    from h5py import h5a, h5s, h5t
+
+    data = np.array(value, dtype=h5py.string_dtype()) if isinstance(value, str) else np.asarray(value)
+    attr = h5a.create(ds.id, name.encode(), h5t.py_create(data.dtype, logical=True), h5s.create(h5s.SCALAR))
+    attr.write(data)
 
 
 def _ids(path: str) -> set[str]:
