@@ -23,7 +23,8 @@ speed-up. ``--whole_process`` times whole processes instead, as a user meets the
 (imports, model load, compiling with no persistent cache, embedding, the HDF5 written) against the torch README
 way (imports, load, batches of --torch_batch_size in file order, no warm-up); ``--baseline=REF`` adds the embed
 command of an earlier commit (``git archive REF``, put first on PYTHONPATH), so before and after are measured in
-one run, in the order after, before, torch, torch, before, after (drift falls on all three).
+one run, in the order after, before, torch, torch, before, after (drift falls on all three; ``--rounds=1``: the
+first three only).
 
 Prints residues/s (real residues, </s> and padding not counted), the ratios, peak memory and the largest
 difference between the per-residue embeddings of the two frameworks; writes the table and the raw numbers through
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--whole_process", action="store_true",
                    help="time whole processes: python -m ankh_jax.embed vs the torch README way")
     p.add_argument("--baseline", default=None, help="with --whole_process: also the embed command of this git ref")
+    p.add_argument("--rounds", type=int, choices=(1, 2), default=2,
+                   help="with --whole_process: 1 = after, before, torch; 2 = then torch, before, after")
+    p.add_argument("--notes", default="", help="anything about the machine's state worth keeping in the record")
     bench_common.add_common_args(p, quick_help="2 layers, 8 proteins, torch README mode only")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
@@ -244,8 +248,10 @@ def embed_process(args, workdir: str, code: str, fasta: str) -> float:
     return time.perf_counter() - t0
 
 
-def whole_processes(args, workdir: str, seqs: list[str]) -> dict:
-    """After, before, torch, torch, before, after: whole-process seconds of each (see the module docstring)."""
+def whole_processes(args, workdir: str, seqs: list[str], meta: dict) -> dict:
+    """After, before, torch (then torch, before, after with ``--rounds=2``): whole-process seconds of each (see
+    the module docstring); the record is rewritten after every process, so a run cut short keeps what it measured
+    (``complete: false``)."""
     from ankh_jax.data.fasta import write_fasta
 
     fasta = os.path.join(workdir, "subset.fasta")
@@ -258,16 +264,20 @@ def whole_processes(args, workdir: str, seqs: list[str]) -> dict:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", codes["before"]], input=archive, check=True)
     order = list(codes) + ["torch"]
+    runs = (order + order[::-1])[: len(order) * args.rounds]
     times: dict[str, list[float]] = {name: [] for name in order}
-    for name in order + order[::-1]:
+    for k, name in enumerate(runs):
         if name == "torch":
             times[name].append(spawn(args, workdir, "torch_readme")["whole_process_seconds"])
         else:
             times[name].append(embed_process(args, workdir, codes[name], fasta))
         print(f"whole process {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
-    mean = {name: float(np.mean(t)) for name, t in times.items()}
-    return {"seconds": times, "mean_seconds": mean, "baseline": args.baseline,
-            "ratio_vs_torch_readme": {name: mean["torch"] / mean[name] for name in codes}}
+        mean = {n: float(np.mean(t)) for n, t in times.items() if t}
+        whole = {"seconds": times, "mean_seconds": mean, "baseline": args.baseline, "order": runs,
+                 "complete": k == len(runs) - 1,
+                 "ratio_vs_torch_readme": {n: mean["torch"] / mean[n] for n in codes if n in mean and "torch" in mean}}
+        report_whole_processes(args, meta, whole)
+    return whole
 
 
 def compare(workdir: str, n: int) -> dict:
@@ -336,7 +346,8 @@ def main(argv=None) -> int:
         meta.update(num_sequences=len(seqs), residues=int(sum(map(len, seqs))), device=args.device,
                     dtype=args.dtype, torch_batch_size=args.torch_batch_size)
         if args.whole_process:
-            return report_whole_processes(args, meta, whole_processes(args, workdir, seqs))
+            whole_processes(args, workdir, seqs, meta)
+            return 0
         results = {"jax": spawn(args, workdir, "jax")}
         for m in modes:
             results[f"torch_{m}"] = spawn(args, workdir, f"torch_{m}")
@@ -350,20 +361,22 @@ def main(argv=None) -> int:
              round(res["padded_tokens"] / meta["residues"], 2), round(res.get(mem_key, 0), 2)]
             for name, res in results.items()]
     bench_common.write_result("bench_embed", args.device, head=head, rows=rows, settings=vars(args),
-                              out_dir=args.out_dir, quick=args.quick, model=meta, raw=results, difference=diff)
+                              out_dir=args.out_dir, quick=args.quick, model=meta, raw=results, difference=diff,
+                              notes=args.notes)
     return 0
 
 
 def report_whole_processes(args, meta: dict, whole: dict) -> int:
     head = ["process", "seconds (each run)", "mean seconds", "x torch README (whole process)"]
     rows = [[name, " ".join(f"{t:.1f}" for t in times), round(whole["mean_seconds"][name], 2),
-             round(whole["ratio_vs_torch_readme"].get(name, 1.0), 3) if name != "torch" else "-"]
-            for name, times in whole["seconds"].items()]
+             round(whole["ratio_vs_torch_readme"][name], 3) if name in whole["ratio_vs_torch_readme"] else "-"]
+            for name, times in whole["seconds"].items() if times]
     print(f"\n{meta['num_sequences']} proteins, {meta['residues']} residues, {meta['num_layers']} layers, "
           f"{meta['dtype']}; load average {os.getloadavg()[0]:.1f} at the end")
     print(bench_common.format_table(head, rows))
     bench_common.write_result("bench_embed", args.device, head=head, rows=rows, settings=vars(args),
-                              out_dir=args.out_dir, quick=args.quick, model=meta, whole_process=whole)
+                              out_dir=args.out_dir, quick=args.quick, model=meta, whole_process=whole,
+                              notes=args.notes)
     return 0
 
 

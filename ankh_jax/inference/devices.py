@@ -11,8 +11,8 @@ length bucket and a row count that is a multiple of the devices (``plan_batches(
 device gets rows of the same bucket. Params prepared on a mesh remember it: :meth:`DataParallel.of` finds the
 devices a tree was replicated on, so the scoring and decoding libraries need no device argument.
 
-Ankh Large's weights (7.5 GB in float32) fit one device of every accelerator these commands target (16 GB and
-more), so params are always replicated here; a model axis is not used for inference.
+Params are always replicated: each device needs the whole model (Ankh Large: 7.5 GB in float32) plus a batch's
+activations. Sharding the params over a model axis, for devices too small for that, is not implemented.
 """
 
 from __future__ import annotations

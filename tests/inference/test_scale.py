@@ -156,7 +156,7 @@ def _rows(path):
 
 
 def test_score_on_4_devices_and_in_2_shards_equals_1_device(exported, fasta, tmp_path, capsys):
-    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=6", "--batch_tokens=512"]
+    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=4", "--batch_tokens=512"]
     assert score.main([*base, f"--output={tmp_path / 'one.csv'}", "--num_devices=1"]) == 0
     assert score.main([*base, f"--output={tmp_path / 'four.csv'}", "--num_devices=4"]) == 0
     assert '"devices": 4, "processes": 1' in capsys.readouterr().out
@@ -175,7 +175,7 @@ def test_score_on_4_devices_and_in_2_shards_equals_1_device(exported, fasta, tmp
 
 
 def test_generate_greedy_on_4_devices_equals_1_device(exported, fasta, tmp_path):
-    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=4", "--mask_fraction=0.1",
+    base = [f"--model={exported}", f"--fasta={fasta}", "--max_records=3", "--mask_fraction=0.1",
             "--strategy=greedy", "--num_samples=2"]
     for n in (1, 4):
         assert generate.main([*base, f"--output={tmp_path / f'v{n}.fasta'}", f"--num_devices={n}"]) == 0
