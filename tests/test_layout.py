@@ -14,7 +14,7 @@ PACKAGE = REPO / "ankh_jax"
 MAX_LINES = 400
 # The layers, lowest first: a module may import its own layer and the layers below, never above.
 LAYERS = [
-    {"ankh_jax.model", "ankh_jax.io.jsonl", "ankh_jax.io.dir_lock"},
+    {"ankh_jax.model", "ankh_jax.io.jsonl", "ankh_jax.io.dir_lock", "ankh_jax.errors"},
     {"ankh_jax.data", "ankh_jax.io"},
     {"ankh_jax.training", "ankh_jax.inference", "ankh_jax.plots"},
     {"ankh_jax.downstream", "ankh_jax.plots.finetune_plots", "ankh_jax.testing"},

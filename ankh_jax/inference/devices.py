@@ -55,7 +55,9 @@ class DataParallel:
 
     @classmethod
     def of(cls, tree) -> DataParallel:
-        """The mesh ``tree``'s arrays were replicated on by :meth:`replicate` (every local device otherwise)."""
+        """Where ``tree``'s arrays are: the mesh :meth:`replicate` put them on; one device for arrays on one device;
+        every local device for host arrays. Arrays laid out over several devices some other way (a training mesh
+        with its logical axis rules) get :class:`AsPlaced`: the rows are left to jit and that layout."""
         import jax
         from jax.sharding import NamedSharding
 
@@ -63,6 +65,10 @@ class DataParallel:
         sharding = getattr(leaves[0], "sharding", None) if leaves else None
         if isinstance(sharding, NamedSharding) and sharding.mesh.axis_names == ("data",):
             return cls(list(sharding.mesh.devices.flat))
+        if sharding is not None and len(sharding.device_set) == 1:
+            return cls(list(sharding.device_set))
+        if sharding is not None:
+            return AsPlaced()
         return cls()
 
     @property
@@ -118,6 +124,24 @@ class DataParallel:
             padded.append(self.shard_rows(array))
         out = fn(params, *padded)
         return jax.tree_util.tree_map(lambda x: np.array(x)[:n], out)  # a writable copy
+
+
+class AsPlaced(DataParallel):
+    """No data mesh: host arrays go to jit as they are, for params another layout already placed."""
+
+    def __init__(self):
+        import jax
+
+        self.devices = [jax.local_devices()[0]]
+
+    def round_rows(self, rows: int) -> int:
+        return rows
+
+    def shard_rows(self, array: np.ndarray):
+        return array
+
+    def rows_sharding(self, ndim: int):
+        return None
 
 
 class DeviceActivity:
