@@ -38,16 +38,18 @@ load_config_and_params = loading.load
 
 @dataclasses.dataclass
 class AnkhModel:
-    """A loaded model: ``config``, ``params`` (plain, unrolled), ``tokenizer`` and where it came from.
+    """A loaded model: ``config``, ``params`` (plain, in ``config``'s layout: unrolled unless loaded with
+    ``scan_layers``), ``tokenizer`` and where it came from. The commands (embed, score, generate) open their model
+    through it.
 
     ``embed`` runs the encoder scanned (one compiled layer), so its first call stacks the encoder's layers once
-    and keeps them on device; the decoding methods use ``params`` in their own layout, also kept on device."""
+    and replicates them on every local device; the decoding methods use ``params`` in their own layout, also
+    replicated, once per (dtype, device count)."""
 
     config: T5Config
     params: dict
     tokenizer: AnkhTokenizer
     path: str | None = None
-    _device_params: object = dataclasses.field(default=None, repr=False)
 
     @property
     def has_decoder(self) -> bool:
@@ -65,42 +67,61 @@ class AnkhModel:
 
         return int(sum(x.size for x in jax.tree_util.tree_leaves(self.params)))
 
+    def prefix_id(self, prefix: str | None) -> int | None:
+        """The token id of a task prefix (Ankh3's ``"[NLU]"``, ``"[S2S]"``) from the model directory's tokenizer
+        files, read once per model: required exactly when they define prefixes (ValueError otherwise)."""
+        from ankh_jax.data.tokenizer import read_model_tokens
+
+        if self.path is None:
+            if prefix is not None:
+                raise InputError(f"prefix={prefix}: this model was not loaded from a directory, so it has no "
+                                 "tokenizer files defining task prefixes")
+            return None
+        if "_model_tokens" not in self.__dict__:
+            self.__dict__["_model_tokens"] = read_model_tokens(self.path, self.config.vocab_size)
+        return self.__dict__["_model_tokens"].prefix_id(prefix)
+
+    def embedding_params(self, num_devices: int | None = None):
+        """The encoder stacked for the scanned encoder and replicated on every local device (the first
+        ``num_devices``), made once per device count (``ankh_jax.inference.embedding.prepare_params``)."""
+        from ankh_jax.inference import embedding as embed_lib
+
+        cache = self.__dict__.setdefault("_embedding_params", {})
+        if num_devices not in cache:
+            cache[num_devices] = embed_lib.prepare_params(self.config, self.encoder_params, num_devices)
+        return cache[num_devices]
+
     def embed(self, sequences: Sequence[str], *, pooling: str = "none", dtype: str = "float32",
               batch_tokens: int | None = None, max_length: int | None = None, progress: bool = False,
-              prefix: str | None = None):
+              prefix: str | None = None, num_devices: int | None = None):
         """Per-residue ``[L, d_model]`` (``</s>`` dropped) or mean-pooled ``[d_model]`` float32 numpy arrays, in
-        input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``.
+        input order; the same length-sorted, token-budget batching as ``python -m ankh_jax.embed``, sharded over
+        every local device (the first ``num_devices``).
 
         ``prefix``: the task prefix token before each sequence (Ankh3: ``"[NLU]"``), as ``embed --prefix``:
         required exactly when the model directory's tokenizer files define prefixes (ValueError otherwise), and
         dropped from the output like ``</s>``."""
-        from ankh_jax.data.tokenizer import read_model_tokens
         from ankh_jax.inference import embedding as embed_lib
 
-        if self.path is None and prefix is not None:
-            raise InputError(f"prefix={prefix}: this model was not loaded from a directory, so it has no tokenizer "
-                             "files defining task prefixes")
-        prefix_id = None
-        if self.path is not None:
-            if "_model_tokens" not in self.__dict__:  # the directory's tokenizer files, read once per model
-                self.__dict__["_model_tokens"] = read_model_tokens(self.path, self.config.vocab_size)
-            prefix_id = self.__dict__["_model_tokens"].prefix_id(prefix)
-        if self._device_params is None:
-            self._device_params = embed_lib.prepare_params(self.config, self.encoder_params)
+        prefix_id = self.prefix_id(prefix)
         kwargs = {} if batch_tokens is None else {"batch_tokens": batch_tokens}
-        return embed_lib.embed_sequences(self.config, self._device_params, list(sequences), pooling=pooling,
-                                         dtype=dtype, max_length=max_length, progress=progress, prefix_id=prefix_id,
-                                         **kwargs)
+        return embed_lib.embed_sequences(self.config, self.embedding_params(num_devices), list(sequences),
+                                         pooling=pooling, dtype=dtype, max_length=max_length, progress=progress,
+                                         prefix_id=prefix_id, **kwargs)
 
-    # -- the decoder: generation, infilling, likelihoods (ankh_jax.inference.decoding / infilling / scoring) -------------
-    def _decoding_params(self):
-        """The full params in the decoding layout, on device, made once per model."""
+    # -- the decoder: generation, infilling, likelihoods (ankh_jax.inference.decoding / infilling / scoring) -------
+    def decoding_params(self, dtype: str | None = None, num_devices: int | None = None):
+        """``(config, params)`` for the decoding libraries: the config with compute ``dtype`` (default the
+        model's), the full params in its layout replicated on every local device (the first ``num_devices``), made
+        once per (dtype, device count)."""
         from ankh_jax.inference import decoding
 
-        if "_decoding_state" not in self.__dict__:
-            config = decoding.decoding_config(self.config, self.config.dtype)
-            self.__dict__["_decoding_state"] = (config, decoding.prepare_params(config, self.params))
-        return self.__dict__["_decoding_state"]
+        key = (dtype or self.config.dtype, num_devices)
+        cache = self.__dict__.setdefault("_decoding_state", {})
+        if key not in cache:
+            config = decoding.decoding_config(self.config, key[0])
+            cache[key] = (config, decoding.prepare_params(config, self.params, num_devices))
+        return cache[key]
 
     def generate(self, input_ids, *, max_new_tokens: int = 20, strategy: str = "greedy", **kwargs):
         """Generated ids ``[batch, max_new_tokens]`` after the decoder start token, 0 after ``</s>``, from encoder
@@ -108,7 +129,7 @@ class AnkhModel:
         ``min_new_tokens``, ``length_penalty``, ``seed`` (see ``ankh_jax.inference.decoding.generate``)."""
         from ankh_jax.inference import decoding
 
-        config, params = self._decoding_params()
+        config, params = self.decoding_params()
         return decoding.generate(config, params, input_ids, max_new_tokens=max_new_tokens, strategy=strategy,
                                  prepared=True, **kwargs)
 
@@ -123,27 +144,30 @@ class AnkhModel:
             mask = infilling.parse_mask_spec(positions, len(sequence))
         else:
             mask = infilling.check_positions([int(p) - 1 for p in positions], len(sequence))
-        config, params = self._decoding_params()
+        config, params = self.decoding_params()
         return infilling.infill(config, params, [sequence], [[mask] * num_samples], strategy=strategy, **kwargs)
 
     def pseudo_likelihood(self, sequences: Sequence[str], **kwargs):
         """Ankh's pseudo-likelihood of each sequence (``ankh_jax.inference.scoring.pseudo_likelihood``), float64 ``[n]``."""
         from ankh_jax.inference import scoring
 
-        config, params = self._decoding_params()
+        config, params = self.decoding_params()
         return scoring.pseudo_likelihood(config, params, list(sequences), **kwargs)
 
     def score_mutations(self, wildtype: str, mutants: Sequence[str], **kwargs):
         """Masked-marginal scores of ``mutants`` (``'A23G'``, ``'A23G:K45R'``, 1-based) of ``wildtype``."""
         from ankh_jax.inference import scoring
 
-        config, params = self._decoding_params()
+        config, params = self.decoding_params()
         return scoring.score_mutations(config, params, wildtype, list(mutants), **kwargs)
 
 
-def load_model(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None) -> AnkhModel:
-    """An ankh_jax or HuggingFace model directory as an :class:`AnkhModel`."""
-    config, params = loading.load(path, encoder_only=encoder_only, step=step)
+def load_model(path: str | os.PathLike, *, encoder_only: bool = False, step: int | None = None,
+               scan_layers: bool = False) -> AnkhModel:
+    """An ankh_jax or HuggingFace model directory as an :class:`AnkhModel`: the checkpoint ``step`` of an ankh_jax
+    training directory (default the latest); ``scan_layers`` loads the params stacked (the layout embedding runs
+    in, so the commands skip restacking)."""
+    config, params = loading.load(path, encoder_only=encoder_only, step=step, scan_layers=scan_layers)
     return AnkhModel(config=config, params=params, tokenizer=AnkhTokenizer(), path=os.fspath(path))
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.inference.decoding import STRATEGIES
+from ankh_jax.io import shards
 from ankh_jax.storage import outputs
 
 
@@ -53,15 +54,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the task prefix token before each sequence, required when the model's tokenizer defines "
                         "prefixes (Ankh3: [S2S] for generation); dropped from the output like </s>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
+    shards.add_flags(p)
     return p.parse_args(argv)
 
 
-def plan_masks(args, records) -> list[list[tuple[int, ...]]]:
-    """Per record, the masked positions of each sample; errors name the file and record."""
+def plan_masks(args, records, indices=None) -> list[list[tuple[int, ...]]]:
+    """Per record, the masked positions of each sample, drawn from (seed, the record's index in the file
+    (``indices``, default 0, 1, ...), sample), so a shard draws what one run would; errors name file and record."""
     from ankh_jax.inference import infilling
 
     masks = []
-    for i, r in enumerate(records):
+    for i, r in zip(range(len(records)) if indices is None else indices, records):
         where = f"{args.fasta}: record {r.id!r}: "
         try:
             if args.mask is not None:
@@ -75,14 +78,11 @@ def plan_masks(args, records) -> list[list[tuple[int, ...]]]:
     return masks
 
 
-def log_likelihoods_path(args: argparse.Namespace) -> str:
-    return args.log_likelihoods or os.path.splitext(args.output)[0] + ".csv"
-
-
 def run(args: argparse.Namespace) -> dict:
+    from ankh_jax.api import load_model
     from ankh_jax.data.fasta import load_fasta
     from ankh_jax.inference import decoding, infilling
-    from ankh_jax.io.loading import load
+    from ankh_jax.inference.devices import DataParallel
 
     if (args.mask is None) == (args.mask_fraction is None):
         raise InputError("give exactly one of --mask (positions/spans) or --mask_fraction")
@@ -101,15 +101,14 @@ def run(args: argparse.Namespace) -> dict:
     records = load_fasta(args.fasta)[: args.max_records]
     if not records:
         raise InputError(f"{args.fasta}: no records")
-    masks = plan_masks(args, records)
-    csv_path = log_likelihoods_path(args)
-    outputs.check_destinations({"--output": args.output, "--log_likelihoods": csv_path}, {"--fasta": args.fasta})
-    config, params = load(args.model, step=args.step)
-    from ankh_jax.data.tokenizer import read_model_tokens
-
-    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
-    config = decoding.decoding_config(config, args.dtype)
-    params = decoding.prepare_params(config, params)
+    indices, records, output, split = shards.select(records, args, args.output)
+    masks = plan_masks(args, records, indices)
+    csv_path = (shards.shard_path(args.log_likelihoods, split[1], split[0]) if args.log_likelihoods
+                else os.path.splitext(output)[0] + ".csv")
+    outputs.check_destinations({"--output": output, "--log_likelihoods": csv_path}, {"--fasta": args.fasta})
+    model = load_model(args.model, step=args.step)
+    prefix_id = model.prefix_id(args.prefix)
+    config, params = model.decoding_params(args.dtype, args.num_devices)
     samples = infilling.infill(config, params, [r.sequence for r in records], masks, strategy=args.strategy,
                                num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
                                top_p=args.top_p, seed=args.seed, batch_tokens=args.batch_tokens, progress=True,
@@ -132,10 +131,11 @@ def run(args: argparse.Namespace) -> dict:
                         " ".join(s.changed), f"{s.log_likelihood:.6f}",
                         "ok" if s.error is None else f"malformed: {s.error}"])
 
-    outputs.write_together([(csv_path, write_csv), (args.output, write_fasta)])  # the FASTA last: see outputs
+    outputs.write_together([(csv_path, write_csv), (output, write_fasta)])  # the FASTA last: see outputs
     malformed = sum(s.error is not None for s in samples)
-    return {"proteins": len(records), "samples": len(samples), "written": len(samples) - malformed,
-            "malformed": malformed, "log_likelihoods": csv_path}
+    return {"output": output, "proteins": len(records), "samples": len(samples), "written": len(samples) - malformed,
+            "malformed": malformed, "log_likelihoods": csv_path, "devices": DataParallel.of(params).size,
+            "processes": split[0], "shard_index": split[1]}
 
 
 def main(argv=None) -> int:
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         summary = run(args)
     except flags.command_errors() as err:
         return flags.report("generate", err)
-    print(f"wrote {args.output}: {json.dumps(summary)}")
+    print(f"wrote {summary.pop('output')}: {json.dumps(summary)}")
     return 0
 
 

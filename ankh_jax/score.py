@@ -22,6 +22,7 @@ import sys
 
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.errors import InputError, InputNotFoundError
+from ankh_jax.io import shards
 from ankh_jax.storage import outputs
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
@@ -45,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the task prefix token before each sequence, required when the model's tokenizer defines "
                         "prefixes (Ankh3: [NLU] for likelihoods); dropped from the output like </s>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an ankh_jax directory")
+    shards.add_flags(p)
     return p.parse_args(argv)
 
 
@@ -122,8 +124,7 @@ def spearman_summary(scores, measured: list[float], column: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ankh_jax.inference import decoding
-    from ankh_jax.io.loading import load
+    from ankh_jax.api import load_model
 
     if (args.fasta is None) == (args.mutations is None):
         raise InputError("give exactly one of --fasta (pseudo-likelihood) or --mutations (with --wildtype)")
@@ -139,7 +140,11 @@ def run(args: argparse.Namespace) -> dict:
         records = load_fasta(args.fasta)[: args.max_records]
         if not records:
             raise InputError(f"{args.fasta}: no records")
+        _, records, output, split = shards.select(records, args, args.output)
     else:
+        output, split = args.output, shards.resolve_shards(args.num_shards, args.shard_index)
+        if split[0] > 1:
+            raise InputError(f"--num_shards={split[0]}: --mutations scores one wild type; shards split a --fasta")
         if args.wildtype is None:
             raise InputError("--mutations needs --wildtype (a sequence or a one-record FASTA file)")
         wildtype = read_wildtype(args.wildtype)
@@ -147,29 +152,29 @@ def run(args: argparse.Namespace) -> dict:
                                                              args.score_column)
         if args.output_column in header:
             raise InputError(f"{args.mutations} already has a column {args.output_column!r}; pick --output_column")
-    outputs.check_destinations({"--output": args.output}, {"--fasta": args.fasta, "--mutations": args.mutations,
-                                                          "--wildtype": args.wildtype})
-    config, params = load(args.model, step=args.step)
-    from ankh_jax.data.tokenizer import read_model_tokens
-
-    prefix_id = read_model_tokens(args.model, config.vocab_size).prefix_id(args.prefix)
-    config = decoding.decoding_config(config, args.dtype)
-    params = decoding.prepare_params(config, params)
+    outputs.check_destinations({"--output": output}, {"--fasta": args.fasta, "--mutations": args.mutations,
+                                                     "--wildtype": args.wildtype})
+    model = load_model(args.model, step=args.step)
+    prefix_id = model.prefix_id(args.prefix)
+    config, params = model.decoding_params(args.dtype, args.num_devices)
     from ankh_jax.inference import scoring
+    from ankh_jax.inference.devices import DataParallel
+
+    scale = {"devices": DataParallel.of(params).size, "processes": split[0], "shard_index": split[1]}
 
     if args.fasta is not None:
         pll = scoring.pseudo_likelihood(config, params, [r.sequence for r in records],
                                         batch_tokens=args.batch_tokens, progress=True, prefix_id=prefix_id)
         out_rows = [{"id": r.id, "length": len(r.sequence), "pseudo_likelihood": f"{v:.8g}"}
                     for r, v in zip(records, pll)]
-        write_csv(args.output, ["id", "length", "pseudo_likelihood"], out_rows)
-        return {"proteins": len(records), "mean_pseudo_likelihood": float(pll.mean())}
+        write_csv(output, ["id", "length", "pseudo_likelihood"], out_rows)
+        return {"output": output, "proteins": len(records), "mean_pseudo_likelihood": float(pll.mean()), **scale}
     scores = scoring.score_mutations(config, params, wildtype, mutants, batch_tokens=args.batch_tokens,
                                      progress=True, prefix_id=prefix_id)
     for row, value in zip(rows, scores):
         row[args.output_column] = f"{value:.8g}"
-    write_csv(args.output, header + [args.output_column], rows)
-    summary = {"mutants": len(rows)}
+    write_csv(output, header + [args.output_column], rows)
+    summary = {"output": output, "mutants": len(rows), **scale}
     if score_column is not None:
         summary.update(spearman_summary(scores, [float(r[score_column]) for r in rows], score_column))
         summary["score_column"] = score_column
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
         summary = run(args)
     except flags.command_errors() as err:
         return flags.report("score", err)
-    print(f"wrote {args.output}: {json.dumps(summary)}")
+    print(f"wrote {summary.pop('output')}: {json.dumps(summary)}")
     return 0
 
 

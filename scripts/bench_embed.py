@@ -2,7 +2,9 @@
 
     python scripts/bench_embed.py                        # CPU, Ankh Base width, 4 encoder layers, 160 proteins
     python scripts/bench_embed.py --num_layers=48 --num_sequences=0          # the full Ankh Base encoder, all
-    python scripts/bench_embed.py --device=gpu --num_layers=48 --num_sequences=0 --torch_batch_size=32
+    python scripts/bench_embed.py --device=gpu --dtype=bfloat16 --num_layers=48 --num_sequences=0
+    python scripts/bench_embed.py --fake_devices=4     # ankh_jax on 4 fake CPU devices (overhead, not speed-up)
+    python scripts/bench_embed.py --num_sequences=343 --whole_process --baseline=REF   # whole processes, before/after
 
 One random-weight encoder of Ankh Base width (d_model 768, 12 heads x 64, d_ff 3072; depth from --num_layers) is
 written as a HF directory; each framework then runs in its own subprocess (so peak RSS is its own) over the
@@ -14,6 +16,15 @@ shipped proteins (data/sample_proteins.fasta, a seeded random subset unless --nu
     order, padded to the longest, fp32, ``torch.no_grad()`` (plus an attention mask, which the README omits and
     without which padding changes the embeddings);
   * torch "sorted": the same, batches sorted by length (to separate framework speed from batching).
+
+``--fake_devices=N`` runs the ankh_jax side on N fake CPU devices (XLA's host device count), the batch sharded
+over them: on one CPU they share the same cores, so this measures correctness and the overhead of sharding, not a
+speed-up. ``--whole_process`` times whole processes instead, as a user meets them: ``python -m ankh_jax.embed``
+(imports, model load, compiling with no persistent cache, embedding, the HDF5 written) against the torch README
+way (imports, load, batches of --torch_batch_size in file order, no warm-up); ``--baseline=REF`` adds the embed
+command of an earlier commit (``git archive REF``, put first on PYTHONPATH), so before and after are measured in
+one run, in the order after, before, torch, torch, before, after (drift falls on all three; ``--rounds=1``: the
+first three only).
 
 Prints residues/s (real residues, </s> and padding not counted), the ratios, peak memory and the largest
 difference between the per-residue embeddings of the two frameworks; writes the table and the raw numbers through
@@ -52,6 +63,14 @@ def parse_args(argv=None):
     p.add_argument("--torch_modes", default="readme,sorted", help="comma list of readme, sorted (or empty)")
     p.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matmuls in both (default: full fp32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fake_devices", type=int, default=None,
+                   help="CPU: run ankh_jax on N fake devices, the batch sharded over them (overhead, not speed-up)")
+    p.add_argument("--whole_process", action="store_true",
+                   help="time whole processes: python -m ankh_jax.embed vs the torch README way")
+    p.add_argument("--baseline", default=None, help="with --whole_process: also the embed command of this git ref")
+    p.add_argument("--rounds", type=int, choices=(1, 2), default=2,
+                   help="with --whole_process: 1 = after, before, torch; 2 = then torch, before, after")
+    p.add_argument("--notes", default="", help="anything about the machine's state worth keeping in the record")
     bench_common.add_common_args(p, quick_help="2 layers, 8 proteins, torch README mode only")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
@@ -110,10 +129,11 @@ def jax_worker(args, workdir: str) -> dict:
     out = embed.embed_sequences(config, prepared, seqs, dtype=args.dtype, progress=sys.stderr.isatty(), **kwargs)
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     save_embeddings(workdir + "/jax.npz", out)
-    plan = batching.plan_batches(lengths, **kwargs)
-    rows = batching.batch_rows(plan)
+    plan = batching.plan_batches(lengths, row_multiple=prepared.parallel.size, **kwargs)
+    rows = batching.batch_rows(plan, prepared.parallel.size)
     result = {"compile_seconds": compile_seconds, "seconds": seconds, "cpu_seconds": cpu, "compiled_shapes": shapes,
               "padded_tokens": int(sum(rows[w] * w for w, _ in plan)), "device": str(jax.devices()[0]),
+              "devices": prepared.parallel.size,
               "peak_rss_gib": peak_rss_gib()}
     if args.device == "gpu":
         stats = jax.devices()[0].memory_stats() or {}
@@ -146,7 +166,8 @@ def torch_worker(args, workdir: str, mode: str) -> dict:
                            attention_mask=torch.tensor(mask, device=device)).last_hidden_state
         return hidden.float().cpu().numpy()
 
-    run(batches[0])  # warm-up (allocator, kernels)
+    if not args.whole_process:
+        run(batches[0])  # warm-up (allocator, kernels)
     if args.device == "gpu":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -198,11 +219,65 @@ def spawn(args, workdir: str, worker: str) -> dict:
     else:
         env.pop("JAX_PLATFORMS", None)  # the driver itself runs jax on the CPU only
     env.pop("XLA_FLAGS", None)  # no fake devices: one CPU device using every core
+    if worker == "jax" and args.fake_devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.fake_devices}"
     cmd = [sys.executable, os.path.abspath(__file__), f"--_worker={worker}", f"--_workdir={workdir}"]
     cmd += [a for a in sys.argv[1:] if not a.startswith("--_")]
+    t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
+    whole = time.perf_counter() - t0
     with open(os.path.join(workdir, f"{worker}.json")) as f:
-        return json.load(f)
+        return {**json.load(f), "whole_process_seconds": whole}
+
+
+def embed_process(args, workdir: str, code: str, fasta: str) -> float:
+    """Seconds of one whole ``python -m ankh_jax.embed`` process running the ankh_jax found in ``code``."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", PYTHONPATH=code)
+    out = os.path.join(workdir, "whole.h5")
+    if os.path.exists(out):
+        os.remove(out)
+    argv = [f"--model={workdir}/model", f"--fasta={fasta}", f"--output={out}", "--no_progress",
+            "--compilation_cache_dir=", f"--dtype={args.dtype}"]
+    if args.batch_tokens:
+        argv.append(f"--batch_tokens={args.batch_tokens}")
+    script = (f"import sys, ankh_jax; assert ankh_jax.__file__.startswith({code!r}), ankh_jax.__file__; "
+              f"from ankh_jax.embed import main; sys.exit(main({argv!r}))")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def whole_processes(args, workdir: str, seqs: list[str], meta: dict) -> dict:
+    """After, before, torch (then torch, before, after with ``--rounds=2``): whole-process seconds of each (see
+    the module docstring); the record is rewritten after every process, so a run cut short keeps what it measured
+    (``complete: false``)."""
+    from ankh_jax.data.fasta import write_fasta
+
+    fasta = os.path.join(workdir, "subset.fasta")
+    write_fasta(fasta, [(f"s{i}", s) for i, s in enumerate(seqs)])
+    codes = {"after": REPO}
+    if args.baseline:
+        codes["before"] = os.path.join(workdir, "baseline")
+        os.makedirs(codes["before"])
+        archive = subprocess.run(["git", "-C", REPO, "archive", args.baseline, "ankh_jax"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", codes["before"]], input=archive, check=True)
+    order = list(codes) + ["torch"]
+    runs = (order + order[::-1])[: len(order) * args.rounds]
+    times: dict[str, list[float]] = {name: [] for name in order}
+    for k, name in enumerate(runs):
+        if name == "torch":
+            times[name].append(spawn(args, workdir, "torch_readme")["whole_process_seconds"])
+        else:
+            times[name].append(embed_process(args, workdir, codes[name], fasta))
+        print(f"whole process {name}: {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
+        mean = {n: float(np.mean(t)) for n, t in times.items() if t}
+        whole = {"seconds": times, "mean_seconds": mean, "baseline": args.baseline, "order": runs,
+                 "complete": k == len(runs) - 1,
+                 "ratio_vs_torch_readme": {n: mean["torch"] / mean[n] for n in codes if n in mean and "torch" in mean}}
+        report_whole_processes(args, meta, whole)
+    return whole
 
 
 def compare(workdir: str, n: int) -> dict:
@@ -270,6 +345,9 @@ def main(argv=None) -> int:
         meta = build_model(args, workdir)
         meta.update(num_sequences=len(seqs), residues=int(sum(map(len, seqs))), device=args.device,
                     dtype=args.dtype, torch_batch_size=args.torch_batch_size)
+        if args.whole_process:
+            whole_processes(args, workdir, seqs, meta)
+            return 0
         results = {"jax": spawn(args, workdir, "jax")}
         for m in modes:
             results[f"torch_{m}"] = spawn(args, workdir, f"torch_{m}")
@@ -283,7 +361,22 @@ def main(argv=None) -> int:
              round(res["padded_tokens"] / meta["residues"], 2), round(res.get(mem_key, 0), 2)]
             for name, res in results.items()]
     bench_common.write_result("bench_embed", args.device, head=head, rows=rows, settings=vars(args),
-                              out_dir=args.out_dir, quick=args.quick, model=meta, raw=results, difference=diff)
+                              out_dir=args.out_dir, quick=args.quick, model=meta, raw=results, difference=diff,
+                              notes=args.notes)
+    return 0
+
+
+def report_whole_processes(args, meta: dict, whole: dict) -> int:
+    head = ["process", "seconds (each run)", "mean seconds", "x torch README (whole process)"]
+    rows = [[name, " ".join(f"{t:.1f}" for t in times), round(whole["mean_seconds"][name], 2),
+             round(whole["ratio_vs_torch_readme"][name], 3) if name in whole["ratio_vs_torch_readme"] else "-"]
+            for name, times in whole["seconds"].items() if times]
+    print(f"\n{meta['num_sequences']} proteins, {meta['residues']} residues, {meta['num_layers']} layers, "
+          f"{meta['dtype']}; load average {os.getloadavg()[0]:.1f} at the end")
+    print(bench_common.format_table(head, rows))
+    bench_common.write_result("bench_embed", args.device, head=head, rows=rows, settings=vars(args),
+                              out_dir=args.out_dir, quick=args.quick, model=meta, whole_process=whole,
+                              notes=args.notes)
     return 0
 
 

@@ -86,7 +86,7 @@ def worker(args, length: int) -> dict:
     start = time.perf_counter()
     params = jax.jit(lambda key: nn.unbox(EncoderOnly(cfg).init(key, jnp.ones((1, 8), jnp.int32))["params"]))(
         jax.random.PRNGKey(args.seed))
-    prepared = embedding.prepare_params(cfg, jax.block_until_ready(params))
+    prepared = embedding.prepare_params(cfg, jax.block_until_ready(params), num_devices=1)  # one protein, one device
     init_s = time.perf_counter() - start
     rng = np.random.default_rng(args.seed)
     protein = "".join(rng.choice(list(AMINO_ACIDS), size=length))

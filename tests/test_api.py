@@ -57,16 +57,21 @@ def test_load_model_from_ankh_jax_training_dir(params, tmp_path):
     checkpoints.write_model_config(str(run_dir), train_cfg)
     ckpt = checkpoints.Checkpointer(str(run_dir), save_interval_steps=1, async_save=False)
     ckpt.save(7, jax.tree_util.tree_map(jnp.asarray, stacked), {"count": jnp.zeros(())}, {"position": 0})
+    later = jax.tree_util.tree_map(lambda x: jnp.asarray(x) * 2, stacked)
+    ckpt.save(9, later, {"count": jnp.ones(())}, {"position": 1})
     ckpt.close()
 
     assert api.model_format(run_dir) == "ankh_jax"
-    model = ankh_jax.load_model(run_dir)
+    latest = ankh_jax.load_model(run_dir, scan_layers=True)  # step 9, in the stacked (embedding) layout
+    assert latest.config.scan_layers
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b)), latest.params, later)
+    model = ankh_jax.load_model(run_dir, step=7)
     assert model.config == CFG.replace(dtype="bfloat16")
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, model.params)
     np.testing.assert_array_equal(model.embed(SEQS[:1])[0], embedding.embed_sequences(CFG, params, SEQS[:1])[0])
 
     out = tmp_path / "exported"
-    assert export_hf.main([f"--model={run_dir}", f"--output={out}"]) == 0
+    assert export_hf.main([f"--model={run_dir}", "--step=7", f"--output={out}"]) == 0
     config, back = hf_files.load_hf_model(out)
     assert config.d_model == CFG.d_model
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, back)

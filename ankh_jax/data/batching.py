@@ -64,11 +64,14 @@ def group_by_bucket(lengths: Sequence[int], buckets: Sequence[int],
 
 
 def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 buckets: Sequence[int] | None = None) -> list[tuple[int, list[int]]]:
+                 buckets: Sequence[int] | None = None, row_multiple: int = 1) -> list[tuple[int, list[int]]]:
     """The token-budget plan: ``[(padded_length, [sequence indices]), ...]``, longest first.
 
     Inside a bucket the sequences (sorted by length) are split into equal-sized batches of at most
     ``batch_tokens // padded_length`` rows (at least one), so a bucket has a single batch shape.
+    ``row_multiple`` (the number of devices a batch is split over): ``batch_tokens`` is then the budget of each
+    device, and a batch's rows are a multiple of it (:func:`batch_rows` pads with dummy rows), so every device
+    gets rows of the same bucket.
     """
     lengths = np.asarray(token_lengths)
     if buckets is None:
@@ -77,18 +80,46 @@ def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BA
     plan = []
     for width in sorted(groups, reverse=True):
         members = groups[width]
-        max_rows = max(1, batch_tokens // width)
+        max_rows = max(1, batch_tokens // width) * row_multiple
         n_batches = -(-len(members) // max_rows)
         rows = -(-len(members) // n_batches)
         plan += [(width, members[j: j + rows]) for j in range(0, len(members), rows)]
     return plan
 
 
-def batch_rows(plan: list[tuple[int, list[int]]]) -> dict[int, int]:
-    """The fixed number of rows of each bucket's batches (a short last batch is padded with dummy rows)."""
+def plan_window_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                        buckets: Sequence[int] | None = None, row_multiple: int = 1, few_shapes: bool = False
+                        ) -> list[tuple[int, int, list[int]]]:
+    """:func:`plan_batches` with the rows of each batch: ``[(padded_length, rows, [indices]), ...]``, rows a
+    multiple of ``row_multiple`` (the devices), dummy rows filling the rest.
+
+    ``few_shapes`` (a FASTA streamed in windows): each bucket's rows are rounded up to a multiple of about an eighth
+    of its budget (a power of two per device), so window after window reuses at most nine compiled shapes per
+    bucket instead of compiling new row counts for every window; padding grows by less than an eighth of a
+    batch. Without it the rows are exactly those of :func:`plan_batches` (the fewest dummy rows)."""
+    lengths = np.asarray(token_lengths)
+    if buckets is None:
+        buckets = length_buckets(int(lengths.max(initial=1)))
+    groups = group_by_bucket(lengths, buckets, np.argsort(-lengths, kind="stable"))
+    plan = []
+    for width in sorted(groups, reverse=True):
+        members = groups[width]
+        per_device = max(1, batch_tokens // width)
+        step = 1 << (max(1, per_device // 8).bit_length() - 1) if few_shapes else 1
+        per_device = per_device // step * step
+        n_batches = -(-len(members) // (per_device * row_multiple))
+        rows = -(-len(members) // n_batches)
+        padded = -(-rows // (step * row_multiple)) * step * row_multiple
+        plan += [(width, padded, members[j: j + rows]) for j in range(0, len(members), rows)]
+    return plan
+
+
+def batch_rows(plan: list[tuple[int, list[int]]], row_multiple: int = 1) -> dict[int, int]:
+    """The fixed number of rows of each bucket's batches, a multiple of ``row_multiple`` (a short batch is padded
+    with dummy rows)."""
     rows: dict[int, int] = {}
     for width, members in plan:
-        rows[width] = max(rows.get(width, 0), len(members))
+        rows[width] = max(rows.get(width, 0), -(-len(members) // row_multiple) * row_multiple)
     return rows
 
 
@@ -122,3 +153,17 @@ def plan_row_batches(lengths: Sequence[int], *, batch_size: int, max_tokens: int
     if shuffle_rng is not None:
         plan = [plan[i] for i in shuffle_rng.permutation(len(plan))]
     return plan
+
+
+def assign_shards(lengths: Sequence[int], num_shards: int) -> np.ndarray:
+    """The shard (0..``num_shards``-1) of each sequence, balanced by residues: longest first (ties by index), dealt
+    to the shards in a snake (0, 1, ..., N-1, N-1, ..., 0, 0, 1, ...), so the shards' residue totals differ by less
+    than the longest sequence. A function of the lengths alone, so every host computes the same split
+    whatever order the shards are launched in."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    rank = np.arange(len(lengths)) % (2 * num_shards)
+    snake = np.where(rank < num_shards, rank, 2 * num_shards - 1 - rank)
+    shards = np.empty(len(lengths), np.int64)
+    shards[order] = snake
+    return shards

@@ -12,10 +12,13 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import gzip
+import hashlib
 import os
 import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
+
+import numpy as np
 
 from ankh_jax.data.tokenizer import InvalidSequenceError, clean_sequence
 from ankh_jax.errors import InputError, InputNotFoundError
@@ -147,6 +150,75 @@ def load_fasta(path: str | os.PathLike, *, unique_ids: bool = True) -> list[Fast
                     f"{os.fspath(path)}: duplicate id {r.id!r} at lines {seen[r.id]} and {r.line}")
             seen[r.id] = r.line
     return records
+
+
+def _id_hashes(ids: list[str]) -> np.ndarray:
+    return np.unique(np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+                               for i in ids], dtype=np.uint64))
+
+
+class _HashSet:
+    """Sorted runs of 64-bit hashes, merged like a binary counter (amortised O(n log n) in all, no Python
+    object per id)."""
+
+    def __init__(self):
+        self.runs: list[np.ndarray] = []
+
+    def hits(self, hashes: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hashes), bool)
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            found |= run[at] == hashes
+        return found
+
+    def add(self, hashes: np.ndarray) -> None:
+        while self.runs and len(self.runs[-1]) <= len(hashes):
+            hashes = np.union1d(self.runs.pop(), hashes)
+        self.runs.append(hashes)
+
+
+def read_windows(path: str | os.PathLike, window: int) -> Iterator[list[FastaRecord]]:
+    """The records of a file in windows of ``window`` records, each validated as :func:`load_fasta` validates a
+    whole file, so memory is one window whatever the file's size.
+
+    A duplicate id is an error naming both lines, within a window or across windows: each window's ids are checked
+    against a sorted array of 64-bit hashes of every earlier id (8 bytes per record; a hash match is confirmed by
+    finding the earlier line, so a hash collision is never reported as a duplicate). The error is raised when its
+    window is read, that is after the earlier windows have been yielded."""
+    if window < 1:
+        raise InputError(f"window={window}; must be at least 1")
+    path = os.fspath(path)
+    seen = _HashSet()
+    records: list[FastaRecord] = []
+
+    def check(batch: list[FastaRecord]) -> None:
+        lines: dict[str, int] = {}
+        for r in batch:
+            if r.id in lines:
+                raise FastaFormatError(f"{path}: duplicate id {r.id!r} at lines {lines[r.id]} and {r.line}")
+            lines[r.id] = r.line
+        hashes = _id_hashes(list(lines))
+        if seen.runs and seen.hits(hashes).any():
+            earlier: dict[str, int] = {}
+            for e in read_fasta(path, clean=False):  # the slow path, only on a hash match: find the lines
+                if e.line >= batch[0].line:
+                    break
+                if e.id in lines:
+                    earlier.setdefault(e.id, e.line)
+            for r in batch:
+                if r.id in earlier:
+                    raise FastaFormatError(f"{path}: duplicate id {r.id!r} at lines {earlier[r.id]} and {r.line}")
+        seen.add(hashes)
+
+    for record in read_fasta(path):
+        records.append(record)
+        if len(records) == window:
+            check(records)
+            yield records
+            records = []
+    if records:
+        check(records)
+        yield records
 
 
 def write_fasta(path: str | os.PathLike, records, width: int = 60) -> None:

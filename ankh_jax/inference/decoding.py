@@ -40,14 +40,16 @@ def decoding_config(config: T5Config, dtype: str = "float32") -> T5Config:
     return config.replace(dtype=dtype, dropout_rate=0.0, remat_policy="none")
 
 
-def prepare_params(config: T5Config, params):
-    """Params in ``config``'s layout, on the default device. Do this once, reuse it. Loaded params
-    (``ankh_jax.io.loading.load``) are already plain in that layout; any other form is normalised here."""
+def prepare_params(config: T5Config, params, num_devices: int | None = None):
+    """Params in ``config``'s layout, replicated on every local device (the first ``num_devices``); batches given
+    them then run sharded over those devices (``ankh_jax.inference.devices``). Do this once, reuse it. Loaded
+    params (``ankh_jax.io.loading.load``) are already plain in that layout; any other form is normalised here."""
+    from ankh_jax.inference.devices import DataParallel
     from ankh_jax.model import params_layout
 
     if "decoder" not in params:
         raise InputError("this model has no decoder (loaded encoder_only?): generation and scoring need one")
-    return jax.device_put(params_layout.as_layout(params, config))
+    return DataParallel.using(num_devices).replicate(params_layout.as_layout(params, config))
 
 
 def _model(config: T5Config):
@@ -268,7 +270,11 @@ def generate(config: T5Config, params, input_ids, *, max_new_tokens: int = 20, s
     config = decoding_config(config, config.dtype)
     if not prepared:
         params = prepare_params(config, params)
+    from ankh_jax.inference.devices import DataParallel
+
     fn = generate_fn(config, strategy, max_new_tokens, min_new_tokens, num_beams if strategy == "beam" else 1,
                      float(length_penalty), top_k if strategy == "sample" else 0)
-    out = fn(params, jnp.asarray(ids), jnp.float32(temperature), jnp.float32(top_p), jnp.uint32(seed))
-    return np.array(out)
+    settings = (jnp.float32(temperature), jnp.float32(top_p), jnp.uint32(seed))
+    # Rows sharded over the devices params were replicated on; sampling draws per row from (seed, step), so a
+    # row's tokens do not depend on how the rows are split.
+    return DataParallel.of(params).run_rows(lambda p, enc: fn(p, enc, *settings), params, ids)

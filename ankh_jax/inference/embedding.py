@@ -14,14 +14,16 @@ how the output survives a kill and never mixes two models. TensorFlow is never i
 
 from __future__ import annotations
 
+import collections
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches
+from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batches, plan_window_batches
 from ankh_jax.data.tokenizer import EOS_ID, PAD_ID, AnkhTokenizer, clean_sequence
 from ankh_jax.errors import InputError
+from ankh_jax.inference.devices import DataParallel, DeviceActivity
 from ankh_jax.model.config import T5Config
 from ankh_jax.model.fingerprint import embedding_fingerprint
 
@@ -32,6 +34,7 @@ DTYPES = ("float32", "bfloat16")
 # scores fit (Ankh Base at 2048 tokens: 200 MB per layer in float32).
 AUTO_CHUNK_ABOVE = 2048
 AUTO_CHUNK_SIZE = 1024
+PIPELINE_DEPTH = 2  # batches in flight before the oldest is copied back
 
 
 def chunk_size_for_width(width: int, attention_chunk_size: int | None = None) -> int:
@@ -53,31 +56,33 @@ def embedding_config(config: T5Config, dtype: str) -> T5Config:
     return config.replace(dtype=dtype, dropout_rate=0.0, remat_policy="none", scan_layers=True)
 
 
-def prepare_params(config: T5Config, params):
-    """Encoder params on the default device, stacked for the scanned encoder (do this once, reuse the result).
+def prepare_params(config: T5Config, params, num_devices: int | None = None):
+    """Encoder params stacked for the scanned encoder and replicated on every local device (the first
+    ``num_devices``); do this once, reuse the result.
 
     Params loaded with ``scan_layers=True`` (``ankh_jax.io.loading.load``) are already in that layout and are only
-    cut to the encoder and put on device; any other form (boxed, unrolled, a full model) is normalised here."""
-    import jax
-
+    cut to the encoder and put on the devices; any other form (boxed, unrolled, a full model) is normalised here."""
     from ankh_jax.model import params_layout
 
     encoder = params_layout.encoder_subtree(params)
     stacked = params_layout.as_layout(encoder, config.replace(scan_layers=True))
-    return PreparedParams(jax.device_put(stacked))
+    parallel = DataParallel.using(num_devices)
+    return PreparedParams(parallel.replicate(stacked), parallel)
 
 
 class PreparedParams:
-    """Marks params already stacked and on device, so :func:`embed_sequences` does not redo it per call."""
+    """Params already stacked and replicated on ``parallel``'s devices, so :func:`embed_sequences` does not redo it
+    per call; the batches then run sharded over those devices."""
 
-    def __init__(self, tree):
+    def __init__(self, tree, parallel: DataParallel):
         self.tree = tree
+        self.parallel = parallel
 
 
 @functools.lru_cache(maxsize=16)
 def encoder_fn(config: T5Config, pooling: str, skip_first: bool = False):
-    """The jitted encoder for one config and pooling (jit then caches one executable per batch shape);
-    ``skip_first``: the first position is a task prefix, left out of the mean like ``</s>``."""
+    """The jitted encoder for one config and pooling (jit then caches one executable per batch shape and
+    sharding); ``skip_first``: the first position is a task prefix, left out of the mean like ``</s>``."""
     import jax
     import jax.numpy as jnp
 
@@ -107,16 +112,19 @@ def precompile(config: T5Config, params, token_lengths: Sequence[int], *, poolin
     import jax
 
     run_config = embedding_config(config, dtype)
-    rows = batch_rows(plan_batches(token_lengths, batch_tokens=batch_tokens))
+    parallel = params.parallel
+    rows = batch_rows(plan_batches(token_lengths, batch_tokens=batch_tokens, row_multiple=parallel.size),
+                      parallel.size)
     for width, n in rows.items():
         fn = encoder_fn(run_config.replace(attention_chunk_size=chunk_size_for_width(width, attention_chunk_size)),
                         pooling)
-        fn.lower(params.tree, jax.ShapeDtypeStruct((n, width), np.int32)).compile()
+        fn.lower(params.tree, jax.ShapeDtypeStruct((n, width), np.int32, sharding=parallel.rows_sharding(2))).compile()
     return len(rows)
 
 
-def _encode_all(sequences: Sequence[str], max_length: int | None, prefix_id: int | None = None
-                ) -> list[np.ndarray]:
+def encode_sequences(sequences: Sequence[str], max_length: int | None = None, prefix_id: int | None = None
+                     ) -> list[np.ndarray]:
+    """Token ids of each sequence (cleaned; ``max_length`` truncates, keeping ``</s>``; ``prefix_id`` first)."""
     tok = AnkhTokenizer()
     if max_length is not None and max_length < 2:
         raise InputError(f"max_length={max_length}: it counts </s>, so at least 2")
@@ -131,65 +139,107 @@ def _encode_all(sequences: Sequence[str], max_length: int | None, prefix_id: int
     return out
 
 
+def check_settings(pooling: str, batch_tokens: int, attention_chunk_size: int | None) -> None:
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+    if batch_tokens < 1:
+        raise InputError(f"batch_tokens={batch_tokens} must be positive")
+    chunk_size_for_width(0, attention_chunk_size)  # a bad value fails before any work
+
+
+def stream_embeddings(config: T5Config, params: PreparedParams, windows: Iterable[tuple[object, list[np.ndarray]]],
+                      *, pooling: str = "none", dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                      buckets: Sequence[int] | None = None, skip_first: bool = False,
+                      attention_chunk_size: int | None = None, activity: DeviceActivity | None = None, bar=None,
+                      few_shapes: bool = False) -> Iterator[tuple[object, int, np.ndarray]]:
+    """Embeds windows of token ids (``(tag, [ids, ...])``, from :func:`encode_sequences`), yielding ``(tag, index
+    in the window, embedding)`` batch by batch, longest first within a window.
+
+    Each window is sorted and bucketed on its own (memory is one window); ``few_shapes`` when there are many
+    windows (``ankh_jax.data.batching.plan_window_batches``: a few row counts per bucket, compiled once). Batches are sharded over the devices of
+    ``params`` (:func:`prepare_params`), with rows a multiple of the devices and every batch of one bucket. Up to
+    ``PIPELINE_DEPTH`` batches are dispatched before the oldest is copied back, across window boundaries too, so
+    the host's work (filling the next batch, the caller's writing, the next window pulled from ``windows``, which
+    may be read ahead in a thread) overlaps the devices. ``activity`` records the devices' busy time; ``bar`` (a
+    tqdm) is advanced by residues."""
+    run_config = embedding_config(config, dtype)
+    parallel = params.parallel
+    skip = int(skip_first)
+    pending: collections.deque = collections.deque()
+
+    def finish(out, tag, encoded, members):
+        out = np.asarray(out)
+        for r, idx in enumerate(members):
+            n_res = len(encoded[idx]) - 1 - skip
+            yield tag, idx, (out[r, skip: skip + n_res].copy() if pooling == "none" else out[r].copy())
+        if bar is not None:
+            bar.update(sum(len(encoded[i]) - 1 - skip for i in members))
+
+    windows = iter(windows)
+    while True:
+        try:
+            tag, encoded = next(windows)
+        except StopIteration:
+            break
+        except Exception:  # bad input in a later window: the batches already running are kept, then it is raised
+            while pending:
+                yield from finish(*pending.popleft())
+            raise
+        if not encoded:
+            continue
+        plan = plan_window_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets,
+                                   row_multiple=parallel.size, few_shapes=few_shapes)
+        for width, rows, members in plan:
+            ids = np.zeros((rows, width), dtype=np.int32)
+            ids[:, 0] = EOS_ID  # dummy rows hold a lone </s>, so no row is all padding
+            for r, idx in enumerate(members):
+                ids[r, : len(encoded[idx])] = encoded[idx]
+            fn = encoder_fn(run_config.replace(attention_chunk_size=chunk_size_for_width(width, attention_chunk_size)),
+                            pooling, skip_first=bool(skip))
+            out = fn(params.tree, parallel.shard_rows(ids))
+            if activity is not None:
+                activity.dispatched(out)
+            pending.append((out, tag, encoded, members))
+            while len(pending) > PIPELINE_DEPTH:
+                yield from finish(*pending.popleft())
+    while pending:
+        yield from finish(*pending.popleft())
+
+
 def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
                     dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
                     buckets: Sequence[int] | None = None, progress: bool = False, progress_desc: str = "embed",
-                    prefix_id: int | None = None, attention_chunk_size: int | None = None
-                    ) -> Iterator[tuple[int, np.ndarray]]:
+                    prefix_id: int | None = None, attention_chunk_size: int | None = None,
+                    num_devices: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yields ``(index into sequences, embedding)`` batch by batch, longest sequences first.
 
     ``prefix_id``: a task prefix token put before the residues (Ankh3's ``[NLU]``); its position is dropped from
     the output like ``</s>``'s and left out of the mean. ``max_length`` does not count it.
 
-    Every sequence is validated and tokenized before the first batch runs. The next batch is dispatched before
-    the previous one is copied back, so host work overlaps the encoder. ``attention_chunk_size`` picks the
-    attention per bucket (:func:`chunk_size_for_width`; default automatic: long buckets in O(L) memory).
+    Every sequence is validated and tokenized before the first batch runs; the batches run on every local device
+    (the first ``num_devices``; or those ``params`` were prepared on), see :func:`stream_embeddings`.
+    ``attention_chunk_size`` picks the attention per bucket (:func:`chunk_size_for_width`; default automatic: long
+    buckets in O(L) memory).
     """
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling={pooling!r}; expected one of {POOLINGS}")
-    if batch_tokens < 1:
-        raise InputError(f"batch_tokens={batch_tokens} must be positive")
-    run_config = embedding_config(config, dtype)
-    chunk_size_for_width(0, attention_chunk_size)  # a bad value fails before any work
-    encoded = _encode_all(sequences, max_length, prefix_id)
+    check_settings(pooling, batch_tokens, attention_chunk_size)
+    embedding_config(config, dtype)
+    encoded = encode_sequences(sequences, max_length, prefix_id)
     skip = 0 if prefix_id is None else 1
     if not encoded:
         return
     if not isinstance(params, PreparedParams):
-        params = prepare_params(config, params)
-    plan = plan_batches([len(e) for e in encoded], batch_tokens=batch_tokens, buckets=buckets)
-    rows = batch_rows(plan)
+        params = prepare_params(config, params, num_devices)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(sum(len(e) - 1 - skip for e in encoded)), unit="res", unit_scale=True, desc=progress_desc,
                    dynamic_ncols=True, smoothing=0.05)
-
-    def finish(pending):
-        out, members = pending
-        out = np.asarray(out)
-        for r, idx in enumerate(members):
-            n_res = len(encoded[idx]) - 1 - skip
-            yield idx, (out[r, skip: skip + n_res].copy() if pooling == "none" else out[r].copy())
-        if bar is not None:
-            bar.update(sum(len(encoded[i]) - 1 - skip for i in members))
-
-    pending = None
     try:
-        for width, members in plan:
-            ids = np.zeros((rows[width], width), dtype=np.int32)
-            ids[:, 0] = EOS_ID  # dummy rows hold a lone </s>, so no row is all padding
-            for r, idx in enumerate(members):
-                ids[r, : len(encoded[idx])] = encoded[idx]
-            fn = encoder_fn(run_config.replace(attention_chunk_size=chunk_size_for_width(width, attention_chunk_size)),
-                            pooling, skip_first=bool(skip))
-            current = (fn(params.tree, ids), members)
-            if pending is not None:
-                yield from finish(pending)
-            pending = current
-        if pending is not None:
-            yield from finish(pending)
+        for _, idx, emb in stream_embeddings(config, params, [(None, encoded)], pooling=pooling, dtype=dtype,
+                                             batch_tokens=batch_tokens, buckets=buckets, skip_first=bool(skip),
+                                             attention_chunk_size=attention_chunk_size, bar=bar):
+            yield idx, emb
     finally:
         if bar is not None:
             bar.close()
@@ -198,7 +248,7 @@ def iter_embeddings(config: T5Config, params, sequences: Sequence[str], *, pooli
 def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooling: str = "none",
                     dtype: str = "float32", batch_tokens: int = DEFAULT_BATCH_TOKENS, max_length: int | None = None,
                     progress: bool = False, prefix_id: int | None = None,
-                    attention_chunk_size: int | None = None) -> list[np.ndarray]:
+                    attention_chunk_size: int | None = None, num_devices: int | None = None) -> list[np.ndarray]:
     """Embeddings of ``sequences`` in input order: ``[L, d_model]`` per residue (``</s>`` dropped), or
     ``[d_model]`` with ``pooling='mean'`` (mean over residues, not padding); float32 numpy.
 
@@ -206,11 +256,14 @@ def embed_sequences(config: T5Config, params, sequences: Sequence[str], *, pooli
     the result of :func:`prepare_params` to skip re-stacking on repeated calls. ``dtype`` is the compute dtype.
     ``max_length`` (tokens, ``</s>`` included) truncates longer sequences; without it nothing is truncated, and
     long proteins run in O(L) attention memory (``attention_chunk_size``: see :func:`chunk_size_for_width`).
+    The batches run sharded over every local device (the first ``num_devices``, or those of prepared params);
+    the result equals one device's within float rounding (1e-5).
     """
     out: list[np.ndarray | None] = [None] * len(sequences)
     for idx, emb in iter_embeddings(config, params, sequences, pooling=pooling, dtype=dtype,
                                     batch_tokens=batch_tokens, max_length=max_length, progress=progress,
-                                    prefix_id=prefix_id, attention_chunk_size=attention_chunk_size):
+                                    prefix_id=prefix_id, attention_chunk_size=attention_chunk_size,
+                                    num_devices=num_devices):
         out[idx] = emb
     return out  # type: ignore[return-value]
 

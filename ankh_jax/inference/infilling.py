@@ -25,6 +25,7 @@ from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS, batch_rows, plan_batche
 from ankh_jax.data.tokenizer import FIRST_RESIDUE_ID, ID_TO_TOKEN, NUM_SENTINELS, RESIDUES, sentinel_id
 from ankh_jax.errors import InputError
 from ankh_jax.inference import decoding, scoring
+from ankh_jax.inference.devices import DataParallel
 from ankh_jax.model.config import T5Config
 
 
@@ -125,8 +126,9 @@ def infill(config: T5Config, params, sequences: Sequence[str], masks: Sequence[S
     proteins = scoring.tokenize(sequences, prefix_id)
     requests = [(i, s, check_positions(mask, len(proteins[i]) - 1 - skip))
                 for i, sample_masks in enumerate(masks) for s, mask in enumerate(sample_masks)]
-    plan = plan_batches([len(proteins[i]) for i, _, _ in requests], batch_tokens=batch_tokens)
-    rows = batch_rows(plan)
+    devices = DataParallel.of(params).size  # batches of a multiple of the devices params are replicated on
+    plan = plan_batches([len(proteins[i]) for i, _, _ in requests], batch_tokens=batch_tokens, row_multiple=devices)
+    rows = batch_rows(plan, devices)
     results: list[InfillSample | None] = [None] * len(requests)
     batches = enumerate(plan)
     if progress:

@@ -76,17 +76,19 @@ def masked_log_probs(config: T5Config, params, proteins: Sequence[np.ndarray], r
     ``proteins``: token ids with ``</s>``; ``params`` from :func:`ankh_jax.inference.decoding.prepare_params` for
     ``config``. Requests are grouped by their number of masked positions (the decoder length), then batched by
     encoder length bucket and token budget; short batches are padded with copies of their first row."""
-    import jax.numpy as jnp
+    from ankh_jax.inference.devices import DataParallel
 
     fn = _masked_log_probs_fn(config)
+    parallel = DataParallel.of(params)  # the batches run sharded over the devices params are replicated on
     out: list[np.ndarray | None] = [None] * len(requests)
     by_count: dict[int, list[int]] = {}
     for i, r in enumerate(requests):
         by_count.setdefault(len(r.positions), []).append(i)
     jobs = []
     for n, members in sorted(by_count.items()):
-        plan = plan_batches([len(proteins[requests[i].protein]) for i in members], batch_tokens=batch_tokens)
-        rows = batch_rows(plan)
+        plan = plan_batches([len(proteins[requests[i].protein]) for i in members], batch_tokens=batch_tokens,
+                            row_multiple=parallel.size)
+        rows = batch_rows(plan, parallel.size)
         jobs += [(n, width, rows[width], [members[j] for j in idx]) for width, idx in plan]
     if progress:
         from tqdm import tqdm
@@ -98,7 +100,7 @@ def masked_log_probs(config: T5Config, params, proteins: Sequence[np.ndarray], r
         for row in range(n_rows):
             req = requests[idx[min(row, len(idx) - 1)]]
             enc[row], dec[row] = _masked_example(proteins[req.protein], req.positions, width)
-        result = np.asarray(fn(params, jnp.asarray(enc), jnp.asarray(dec)))
+        result = parallel.run_rows(fn, params, enc, dec)
         for row, i in enumerate(idx):
             out[i] = result[row]
     return out
@@ -206,7 +208,11 @@ def generated_log_likelihood(config: T5Config, params, encoder_ids: np.ndarray, 
         counted = np.cumsum(np.cumsum(generated == EOS_ID, axis=1), axis=1) <= 1  # through the first </s>
     else:
         counted = np.arange(generated.shape[1])[None, :] < np.asarray(lengths)[:, None]
-    logits = _teacher_forced_fn(config)(params, jnp.asarray(encoder_ids), shift_right(jnp.asarray(generated)))
+    from ankh_jax.inference.devices import DataParallel
+
+    fn = _teacher_forced_fn(config)
+    logits = DataParallel.of(params).run_rows(fn, params, np.asarray(encoder_ids, np.int32),
+                                               np.asarray(shift_right(jnp.asarray(generated))))
     log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
     picked = np.take_along_axis(log_probs, generated[..., None], axis=-1)[..., 0]
     return (picked * counted).sum(axis=1)

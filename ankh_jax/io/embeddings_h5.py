@@ -48,11 +48,36 @@ def h5_key(record_id: str) -> str:
 
 
 def read_embeddings(path: str) -> dict[str, np.ndarray]:
-    """All embeddings of an output file, keyed by the original sequence ids."""
+    """All embeddings of an output, keyed by the original sequence ids: the file ``path``, or when a job was split
+    into shards (``emb.h5`` -> ``emb-00000-of-00002.h5``, ``ankh_jax.io.shards``) every shard of it as one mapping.
+    An incomplete set of shards, shards of two models or settings, or an id in two shards is an ``InputError``."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        return {ds.attrs["id"]: ds[()] for ds in f.values()}
+    from ankh_jax.errors import InputError
+    from ankh_jax.io.shards import find_shards
+
+    out: dict[str, np.ndarray] = {}
+    first = None
+    for shard in find_shards(path):
+        with h5py.File(shard, "r") as f:
+            fingerprint = f.attrs.get("fingerprint")
+            if first is None:
+                first = (shard, fingerprint)
+            elif fingerprint != first[1]:
+                raise InputError(f"{shard} was written by another model or with other settings than {first[0]} "
+                                 "(their fingerprints differ); these shards are not one output")
+            for ds in f.values():
+                if ds.attrs["id"] in out:
+                    raise InputError(f"{shard}: id {ds.attrs['id']!r} is also in an earlier shard of {path}")
+                out[ds.attrs["id"]] = ds[()]
+    return out
+
+
+def write_metrics(path: str, metrics: dict) -> None:
+    """The run's metrics JSON, written to a temporary file and renamed into place."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(metrics, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def partial_dir(output: str) -> str:
@@ -124,6 +149,8 @@ class OutputWriter:
         self.run_attrs = run_attrs
         self._lock = DirectoryLock(self.directory, "embedding")
         self._buffer: list[tuple[str, np.ndarray, dict]] = []
+        self._pool = None
+        self._writing = None
 
     def open(self) -> set[str]:
         """Takes the lock (creating ``OUT.partial/``), re-checks compatibility, returns the ids already done."""
@@ -142,30 +169,45 @@ class OutputWriter:
     def add(self, record_id: str, embedding: np.ndarray, attrs: dict) -> None:
         self._buffer.append((record_id, embedding, attrs))
 
-    def flush(self) -> None:
-        """Writes the buffered embeddings as the next part (complete or absent after a kill)."""
-        if not self._buffer:
-            return
-        import h5py
+    def flush(self, wait: bool = True) -> None:
+        """Writes the buffered embeddings as the next part (complete or absent after a kill). ``wait=False``
+        writes it in a background thread (one part at a time; the next flush, ``finish`` or ``wait`` waits for it
+        and raises its error), so the caller's device work goes on meanwhile."""
+        self.wait()
+        if self._buffer:
+            numbers = [int(_PART.search(p).group(1)) for p in self._parts()]
+            final = os.path.join(self.directory, f"part-{max(numbers, default=0) + 1:06d}.h5")
+            buffer, self._buffer = self._buffer, []
+            if wait:
+                _write_part(final, buffer)
+            else:
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
 
-        numbers = [int(_PART.search(p).group(1)) for p in self._parts()]
-        final = os.path.join(self.directory, f"part-{max(numbers, default=0) + 1:06d}.h5")
-        with h5py.File(final + ".tmp", "w") as f:
-            for record_id, embedding, attrs in self._buffer:
-                f.create_dataset(h5_key(record_id), data=embedding).attrs.update({"id": record_id, **attrs})
-        os.replace(final + ".tmp", final)
-        self._buffer = []
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="embeddings-h5")
+                self._writing = self._pool.submit(_write_part, final, buffer)
+
+    def wait(self) -> None:
+        """Waits for a part being written in the background; raises its error."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def finish(self) -> None:
         """Assembles the output (existing datasets + parts) and swaps it in with one rename; removes the parts."""
         import h5py
+        from h5py import h5o
 
         self.flush()
+        exists = os.path.exists(self.output)
         done = self._ids_in_output()
-        parts = [p for p in self._parts() if _ids(p) - done]  # parts all in the output: a run killed after its
-        if parts or not os.path.exists(self.output):        # swap, before removing them
+        # Parts hold disjoint ids (each run skips the ids of the output and the parts); a part's ids can be in the
+        # output only after a run killed between its swap and removing the parts, so without an output nothing
+        # needs reading (a dataset's attributes cost as much to read as to write).
+        parts = [p for p in self._parts() if not exists or _ids(p) - done]
+        if parts or not exists:
             staging = os.path.join(self.directory, "assembling.h5")
-            if os.path.exists(self.output):
+            if exists:
                 shutil.copyfile(self.output, staging)
             with h5py.File(staging, "a") as out:
                 if not out.attrs:
@@ -173,9 +215,9 @@ class OutputWriter:
                 for part in parts:
                     with h5py.File(part, "r") as src:
                         for key, ds in src.items():
-                            if ds.attrs["id"] not in done:
-                                src.copy(ds, out, name=key)
-                                done.add(ds.attrs["id"])
+                            if exists and ds.attrs["id"] in done:
+                                continue
+                            h5o.copy(src.id, key.encode(), out.id, key.encode())  # what src.copy does, less overhead
             with open(staging, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(staging, self.output)
@@ -183,13 +225,44 @@ class OutputWriter:
         self.close()
 
     def close(self) -> None:
-        self._lock.release()
+        """Waits for a part being written (a kill-safe part either way), then releases the lock."""
+        try:
+            if self._writing is not None:
+                self._writing.exception()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+        finally:
+            self._lock.release()
 
     def _parts(self) -> list[str]:
         return sorted(p for p in glob.glob(os.path.join(self.directory, "part-*.h5")) if _PART.search(p))
 
     def _ids_in_output(self) -> set[str]:
         return _ids(self.output) if os.path.exists(self.output) else set()
+
+
+def _write_part(final: str, buffer: list[tuple[str, np.ndarray, dict]]) -> None:
+    import h5py
+
+    with h5py.File(final + ".tmp", "w") as f:
+        for record_id, embedding, attrs in buffer:
+            ds = f.create_dataset(h5_key(record_id), data=embedding)
+            for name, value in {"id": record_id, **attrs}.items():
+                _put_attr(ds, name, value)
+    os.replace(final + ".tmp", final)
+
+
+def _put_attr(ds, name: str, value) -> None:
+    """``ds.attrs[name] = value`` for a new attribute, through h5py's low-level API: the same stored types (UTF-8
+    variable-length strings, numpy scalars), without the high-level path's create-under-a-temporary-name-and-rename,
+    which costs more than the dataset itself when an output holds millions of small ones."""
+    import h5py
+    from h5py import h5a, h5s, h5t
+
+    data = np.array(value, dtype=h5py.string_dtype()) if isinstance(value, str) else np.asarray(value)
+    attr = h5a.create(ds.id, name.encode(), h5t.py_create(data.dtype, logical=True), h5s.create(h5s.SCALAR))
+    attr.write(data)
 
 
 def _ids(path: str) -> set[str]:
