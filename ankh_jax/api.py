@@ -22,11 +22,13 @@ from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import loading
 from ankh_jax.io.loading import ANKH_JAX_CONFIG_FILE, HF_CONFIG_FILE, model_format
 from ankh_jax.model.config import T5Config
+from ankh_jax.storage.home import HOME_ENV, ankh_jax_home
+from ankh_jax.storage.paths import is_remote
+from ankh_jax.storage.remote_copy import local_copy
 
 __all__ = ["ANKH_JAX_CONFIG_FILE", "HOME_ENV", "RELEASED", "AnkhModel", "load_base_model", "load_config_and_params",
            "load_large_model", "load_model", "model_format", "released_model_dir"]
 
-HOME_ENV = "ANKH_JAX_HOME"                  # holds ankh-base/ and ankh-large/ (default ~/.cache/ankh_jax)
 RELEASED = {
     "base": ("ElnaggarLab/ankh-base", "ANKH_JAX_BASE_MODEL", "ankh-base", T5Config.ankh_base),
     "large": ("ElnaggarLab/ankh-large", "ANKH_JAX_LARGE_MODEL", "ankh-large", T5Config.ankh_large),
@@ -168,7 +170,10 @@ def load_model(path: str | os.PathLike, *, encoder_only: bool = False, step: int
     training directory (default the latest); ``scan_layers`` loads the params stacked (the layout embedding runs
     in, so the commands skip restacking)."""
     config, params = loading.load(path, encoder_only=encoder_only, step=step, scan_layers=scan_layers)
-    return AnkhModel(config=config, params=params, tokenizer=AnkhTokenizer(), path=os.fspath(path))
+    files = os.fspath(path)
+    if is_remote(files) and loading.model_format(files) == "hf":  # its tokenizer files: the cached local copy
+        files = local_copy(files)
+    return AnkhModel(config=config, params=params, tokenizer=AnkhTokenizer(), path=files)
 
 
 def released_model_dir(which: str) -> str:
@@ -176,8 +181,7 @@ def released_model_dir(which: str) -> str:
     _, env, folder, _ = RELEASED[which]
     if os.environ.get(env):
         return os.environ[env]
-    home = os.environ.get(HOME_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "ankh_jax")
-    return os.path.join(home, folder)
+    return os.path.join(ankh_jax_home(), folder)
 
 
 def _load_released(which: str, path, encoder_only: bool) -> AnkhModel:

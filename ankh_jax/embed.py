@@ -125,16 +125,21 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
     from ankh_jax.io.shards import resolve_shards, shard_path
     from ankh_jax.storage import outputs
-    from ankh_jax.storage.paths import display
+    from ankh_jax.storage.paths import display, is_remote
+    from ankh_jax.storage.remote_copy import publish, working_file
 
     check_flags(args)
     num_shards, shard_index = resolve_shards(args.num_shards, args.shard_index)
-    output = shard_path(args.output, shard_index, num_shards)
+    output = published = shard_path(args.output, shard_index, num_shards)
+    if is_remote(published):  # HDF5 needs a local file: this host's working copy, uploaded whole at the end
+        outputs.check_destinations({"--output": published, "--metrics_file": metrics_path(args, published)},
+                                   {"--fasta": args.fasta})
+        output = working_file(published)
     if os.path.isdir(metrics_path(args, output)):
         raise InputError(f"{metrics_path(args, output)}: is a directory; --metrics_file must be a file path")
     run_attrs = {"model": display(args.model), "pooling": args.pooling, "dtype": args.dtype,
                  "max_length": -1 if args.max_length is None else args.max_length,
-                 "format_version": FORMAT_VERSION, "fasta": os.path.abspath(args.fasta),
+                 "format_version": FORMAT_VERSION, "fasta": display(args.fasta),
                  "shard_index": shard_index, "num_shards": num_shards}
     check_compatible(output, run_attrs)  # a directory, a foreign HDF5, other settings: before the FASTA
     outputs.check_destinations({"--output": output, "--metrics_file": metrics_path(args, output)},
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
     check_settings(args.pooling, args.batch_tokens, args.attention_chunk_size)
     params = model.embedding_params(args.num_devices)
     metrics = {"load_seconds": round(time.perf_counter() - t0, 3), "fingerprint": run_attrs["fingerprint"],
-               "output": output, "devices": params.parallel.size, "device_kind": params.parallel.describe(),
+               "output": published, "devices": params.parallel.size, "device_kind": params.parallel.describe(),
                "processes": num_shards, "shard_index": shard_index, "window": args.window}
     counts = dict.fromkeys(("sequences_in_fasta", "sequences_total", "skipped_existing", "sequences_embedded",
                             "residues_embedded", "windows"), 0)
@@ -178,6 +183,8 @@ def run(args: argparse.Namespace) -> dict:
             few_shapes=len(first) == args.window))
         compute_seconds = time.perf_counter() - t1
         writer.finish()
+        if published != output:
+            publish(output, published)
         seconds = time.perf_counter() - t1
     except Exception:
         writer.flush()  # e.g. a bad record in a later window: what was computed is kept for the re-run

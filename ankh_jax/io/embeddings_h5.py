@@ -55,7 +55,20 @@ def read_embeddings(path: str) -> dict[str, np.ndarray]:
 
     from ankh_jax.errors import InputError
     from ankh_jax.io.shards import find_shards
+    from ankh_jax.storage.paths import is_remote
 
+    if is_remote(path):  # the output and its shards, fetched into a temporary folder and read there
+        import re
+        import shutil
+
+        from ankh_jax.storage.remote_copy import fetch_matching
+
+        root, ext = os.path.splitext(os.path.basename(path))
+        local = fetch_matching(path, re.compile(re.escape(root) + r"-\d{5}-of-\d{5}" + re.escape(ext) + "$"))
+        try:
+            return read_embeddings(local)
+        finally:
+            shutil.rmtree(os.path.dirname(local), ignore_errors=True)
     out: dict[str, np.ndarray] = {}
     first = None
     for shard in find_shards(path):
@@ -74,10 +87,10 @@ def read_embeddings(path: str) -> dict[str, np.ndarray]:
 
 
 def write_metrics(path: str, metrics: dict) -> None:
-    """The run's metrics JSON, written to a temporary file and renamed into place."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(metrics, f, indent=1)
-    os.replace(path + ".tmp", path)
+    """The run's metrics JSON, written atomically (a local rename or one ``gs://`` upload)."""
+    from ankh_jax.storage import atomic
+
+    atomic.write_json(path, metrics, indent=1)
 
 
 def partial_dir(output: str) -> str:

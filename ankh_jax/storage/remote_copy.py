@@ -58,3 +58,44 @@ def local_copy(url: PathLike) -> str:
             json.dump(manifest, f)
         os.replace(tmp, manifest_path)
     return target
+
+
+def working_file(url: PathLike) -> str:
+    """The local file a writer that needs one (HDF5) works on for the ``gs://`` object ``url``:
+    ``$ANKH_JAX_HOME/outputs/<bucket>/<key>``, the same on every run of this host, so a killed run's finished parts
+    beside it are found again. When the object exists it is fetched first (the output a re-run extends); the
+    finished file goes back with :func:`publish`, one upload, so the object is always whole."""
+    bucket, key = bucket_and_key(url)
+    local = os.path.join(ankh_jax_home(), "outputs", bucket, *[p for p in key.split("/") if p])
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    fs = filesystem()
+    fs.invalidate_cache(os.fspath(url))
+    if fs.exists(os.fspath(url)):
+        tmp = f"{local}.download-{os.getpid()}"
+        fs.get_file(os.fspath(url), tmp)
+        os.replace(tmp, local)
+    return local
+
+
+def publish(local: str, url: PathLike) -> None:
+    """Uploads the finished ``local`` file as the object ``url`` (atomic: readers see the old object or this)."""
+    from ankh_jax.storage.atomic import upload
+
+    upload(local, url)
+
+
+def fetch_matching(url: PathLike, pattern) -> str:
+    """Downloads the objects beside ``url`` whose names match the compiled regex ``pattern`` (and ``url`` itself)
+    into a new local folder; returns the local path that stands for ``url`` there (for readers of shard sets)."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="ankh_jax_fetch_")
+    url = os.fspath(url)
+    parent, name = url.rsplit("/", 1)
+    fs = filesystem()
+    fs.invalidate_cache(parent)
+    for info in fs.ls(parent, detail=True) if fs.exists(parent) else []:
+        object_name = info["name"].rsplit("/", 1)[-1]
+        if info.get("type") != "directory" and (object_name == name or pattern.match(object_name)):
+            fs.get_file(f"{parent}/{object_name}", os.path.join(folder, object_name))
+    return os.path.join(folder, name)

@@ -63,3 +63,29 @@ def test_fine_tuning_refuses_a_gs_run_directory_in_one_line(bucket, random_encod
     assert code == 2 and "fine-tuning writes its run directory on a local disk only" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "gs:").exists() and not paths.as_path(f"{bucket}/ft").exists()
+
+
+def test_embed_reads_a_gs_model_and_writes_gs_shards_equal_to_a_local_run(random_encoder_dir, bucket, tmp_path,
+                                                                          sample_fasta):
+    """The model and the output in the bucket, the output split over 2 shards (2 hosts): read back as one
+    mapping, equal to a local run of the local model."""
+    from ankh_jax.embed import main as embed_main
+    from ankh_jax.io.embeddings_h5 import read_embeddings
+
+    lines = sample_fasta.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(">")]
+    fasta = tmp_path / "few.fasta"
+    fasta.write_text("\n".join(lines[: starts[12]]) + "\n")  # the first 12 proteins
+    model = f"{bucket}/model"
+    assert export_main([f"--model={random_encoder_dir()}", f"--output={model}", "--encoder_only"]) == 0
+    common = [f"--fasta={fasta}", "--pooling=mean", "--no_progress", "--compilation_cache_dir="]
+    assert embed_main([f"--model={random_encoder_dir()}", f"--output={tmp_path / 'local.h5'}", *common]) == 0
+    for shard in (0, 1):
+        assert embed_main([f"--model={model}", f"--output={bucket}/out/emb.h5", "--num_shards=2",
+                           f"--shard_index={shard}", *common]) == 0
+    assert paths.as_path(f"{bucket}/out/emb-00001-of-00002.h5").exists()
+    want, got = read_embeddings(str(tmp_path / "local.h5")), read_embeddings(f"{bucket}/out/emb.h5")
+    assert sorted(got) == sorted(want) and len(want) == 12
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "gs:").exists()
