@@ -1,4 +1,4 @@
-"""``python -m ankh_jax.generate``: infill masked positions of proteins to make variants (``ankh_jax/infilling.py``).
+"""``python -m ankh_jax.generate``: infill masked positions of proteins to make variants (``ankh_jax/inference/infilling.py``).
 
     python -m ankh_jax.generate --model=PATH --fasta=IN.fasta --output=OUT.fasta
         (--mask_fraction=F | --mask=SPEC) [--num_samples=N] [--strategy=greedy|sample|beam]

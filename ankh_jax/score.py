@@ -5,7 +5,7 @@
     python -m ankh_jax.score --model=PATH --mutations=DMS.csv --wildtype=SEQ_OR_FASTA --output=OUT.csv
         -> the input CSV plus a score column (masked marginals); Spearman against --score_column when present
 
-Definitions in ``ankh_jax/scoring.py``. Every input (residues, mutation strings, wild-type letters and positions)
+Definitions in ``ankh_jax/inference/scoring.py``. Every input (residues, mutation strings, wild-type letters and positions)
 is checked before the model is loaded, and so is ``--output`` (writable, not a directory, not an input); an error
 is one line naming the file and record or row (exit 2). The output is written to a temporary file and renamed into
 place (``ankh_jax.storage.outputs``), so it is never half-written. A Spearman that is undefined (fewer than two
