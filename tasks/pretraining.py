@@ -67,9 +67,9 @@ def default_data_dir() -> str:
 
 
 def _is_built(data_dir: str, dataset: str = "uniref50") -> bool:
-    from etils import epath
+    from ankh_jax.storage.paths import as_path  # gs:// through the one path layer (TFDS then reads it with TF)
 
-    return (epath.Path(uniref.dataset_dir(data_dir, dataset)) / "dataset_info.json").exists()
+    return (as_path(uniref.dataset_dir(data_dir, dataset)) / "dataset_info.json").exists()
 
 
 def ensure_sample_dataset(data_dir: str) -> str:
