@@ -67,7 +67,9 @@ def default_data_dir() -> str:
 
 
 def _is_built(data_dir: str, dataset: str = "uniref50") -> bool:
-    from ankh_jax.storage.paths import as_path  # gs:// through the one path layer (TFDS then reads it with TF)
+    from ankh_jax.storage.paths import (
+        as_path,  # gs:// through the one path layer (TFDS then reads it with TF)
+    )
 
     return (as_path(uniref.dataset_dir(data_dir, dataset)) / "dataset_info.json").exists()
 
