@@ -20,7 +20,6 @@ import os
 from typing import Any
 
 from ankh_jax.errors import InputError
-from ankh_jax.storage.paths import is_remote
 from ankh_jax.training.metrics import METRICS_FILE
 
 RUN_FILE = "run.json"
@@ -62,12 +61,7 @@ def read_json(path: str) -> Any:
 
 
 def check_model_dir(model_dir: str) -> None:
-    """Refuses a ``MODEL_DIR`` that cannot hold a run (an existing file, or a ``gs://`` URL: fine-tuning's run
-    directory, with its best-checkpoint swap and resumable state, is local only; its ENCODER may be on gs://)."""
-    if is_remote(model_dir):
-        raise InputError(f"MODEL_DIR {model_dir}: fine-tuning writes its run directory on a local disk only (its "
-                         "ENCODER may be a gs:// model); give a local MODEL_DIR and copy the finished run to the "
-                         "bucket")
+    """Refuses a ``MODEL_DIR`` that cannot hold a run (an existing file)."""
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise RunMismatchError(f"MODEL_DIR {model_dir} is a file, not a directory")
 

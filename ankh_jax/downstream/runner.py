@@ -26,6 +26,8 @@ from ankh_jax.downstream.task_spec import TaskData, TaskSpec, load_task
 from ankh_jax.errors import InputError
 from ankh_jax.plots.finetune_plots import draw_finetune_plots
 from ankh_jax.storage.lock import DirectoryLock
+from ankh_jax.storage.paths import check_reachable, is_remote
+from ankh_jax.storage.remote_copy import working_folder
 
 
 @gin.configurable
@@ -119,6 +121,11 @@ def run(model_dir: str = gin.REQUIRED, task: TaskSpec = gin.REQUIRED, encoder: s
     ``strict``: refuse (rather than warn about) splits that share or repeat sequences
     (``ankh_jax.downstream.leakage``). ``embeddings``: frozen mode's embedding cache (path, batch, dtypes).
     """
+    if is_remote(model_dir):  # the run lives in the bucket; its writers work in a local copy pushed back to it
+        check_reachable(model_dir, "MODEL_DIR")
+        with working_folder(model_dir, "fine-tuning") as local:
+            return run(local, task, encoder, mode, seed, strict, progress, log_every, head_config, optimizer,
+                       batching, stopping, lora, embeddings)
     settings = Settings(mode, seed, head_config or HeadConfig(), optimizer or trainer.OptimizerConfig(),
                         batching or trainer.BatchingConfig(), stopping or trainer.StoppingConfig(),
                         lora or LoraConfig(), embeddings or EmbeddingCacheConfig(), progress, log_every)

@@ -10,6 +10,7 @@ sharing the machine take turns (a file lock).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -19,13 +20,13 @@ from ankh_jax.storage.paths import PathLike, bucket_and_key, filesystem
 MANIFEST = ".remote_copy.json"
 
 
-def local_copy(url: PathLike) -> str:
-    """The local mirror of the ``gs://`` folder ``url`` (see the module docstring)."""
+def local_copy(url: PathLike, target: str | None = None) -> str:
+    """The local mirror of the ``gs://`` folder ``url`` (see the module docstring), in ``target`` if given."""
     import filelock
 
     url = os.fspath(url).rstrip("/")
     bucket, key = bucket_and_key(url)
-    target = os.path.join(ankh_jax_home(), "remote", bucket, *[p for p in key.split("/") if p])
+    target = target or os.path.join(ankh_jax_home(), "remote", bucket, *[p for p in key.split("/") if p])
     os.makedirs(target, exist_ok=True)
     fs = filesystem()
     with filelock.FileLock(os.path.join(target, ".remote_copy.lock")):
@@ -39,6 +40,8 @@ def local_copy(url: PathLike) -> str:
         except (OSError, ValueError):
             manifest = {}
         for name, info in sorted(objects.items()):
+            if name.startswith(".lock"):
+                continue  # the bucket folder's lock object is not part of its contents
             version = str(info.get("generation") or info.get("md5Hash") or info.get("size"))
             local = os.path.join(target, *name.split("/"))
             if manifest.get(name) == version and os.path.isfile(local):
@@ -99,3 +102,51 @@ def fetch_matching(url: PathLike, pattern) -> str:
         if info.get("type") != "directory" and (object_name == name or pattern.match(object_name)):
             fs.get_file(f"{parent}/{object_name}", os.path.join(folder, object_name))
     return os.path.join(folder, name)
+
+
+def _sync_up(local: str, url: str) -> None:
+    """Makes the ``gs://`` folder ``url`` hold ``local``'s files: each changed file one upload, objects the local
+    folder no longer has deleted."""
+    from ankh_jax.storage.atomic import upload
+
+    fs = filesystem()
+    bucket, key = bucket_and_key(url)
+    fs.invalidate_cache(url)
+    remote = {info["name"][len(f"{bucket}/{key}/"):]: info for info in fs.find(url, detail=True).values()
+              if info.get("type") != "directory"} if fs.exists(url) else {}
+    present = set()
+    for root, _, files in os.walk(local):
+        for name in files:
+            if name.startswith(".lock") or name in (MANIFEST, ".remote_copy.lock"):
+                continue  # this host's own bookkeeping, not the run's
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, local).replace(os.sep, "/")
+            present.add(relative)
+            if relative not in remote or int(remote[relative].get("size", -1)) != os.path.getsize(path) \
+                    or name.endswith((".json", ".jsonl", ".gin")):
+                upload(path, f"{url}/{relative}")
+    for relative in set(remote) - present:
+        if not relative.startswith(".lock"):
+            fs.rm(f"{url}/{relative}")
+
+
+@contextlib.contextmanager
+def working_folder(url: PathLike, purpose: str):
+    """A run whose directory is the ``gs://`` folder ``url`` but whose writers need a local disk (fine-tuning's
+    resumable state and best-checkpoint swap): holds ``url``'s lock, pulls the folder into
+    ``$ANKH_JAX_HOME/runs/<bucket>/<key>`` (what an earlier run, on any host, left there), yields that local folder,
+    and pushes it back when the run ends or stops, so the bucket holds the run's files, and a rerun on another host
+    resumes from them."""
+    from ankh_jax.storage.lock import DirectoryLock
+
+    url = os.fspath(url).rstrip("/")
+    bucket, key = bucket_and_key(url)
+    local = os.path.join(ankh_jax_home(), "runs", bucket, *[p for p in key.split("/") if p])
+    with DirectoryLock(url, purpose):
+        if filesystem().exists(url):
+            local_copy(url, target=local)
+        os.makedirs(local, exist_ok=True)
+        try:
+            yield local
+        finally:
+            _sync_up(local, url)

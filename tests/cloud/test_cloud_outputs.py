@@ -51,18 +51,25 @@ def test_a_missing_bucket_or_model_is_one_line(gcs, capsys):
     assert "bucket gs://no-such-bucket-y does not exist" in capsys.readouterr().err
 
 
-def test_fine_tuning_refuses_a_gs_run_directory_in_one_line(bucket, random_encoder_dir, tmp_path, monkeypatch,
-                                                            capsys):
-    """Fine-tuning's run directory stays local (reported, not faked); nothing is created, no local gs: folder."""
+def test_fine_tuning_runs_in_a_bucket_and_a_rerun_elsewhere_finds_its_results(bucket, random_encoder_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    """MODEL_DIR=gs://...: the run works in a local copy and leaves its files in the bucket; the same command on
+    another host (a fresh ANKH_JAX_HOME, another directory) finds the finished run there and trains nothing."""
     from ankh_jax.finetune import main as finetune_main
 
-    monkeypatch.chdir(tmp_path)
-    code = finetune_main(["--gin_file=downstream/pfam_family.gin", f"--gin.MODEL_DIR='{bucket}/ft'",
-                          f"--gin.ENCODER='{random_encoder_dir()}'"])
-    err = capsys.readouterr().err
-    assert code == 2 and "fine-tuning writes its run directory on a local disk only" in err, err
-    assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "gs:").exists() and not paths.as_path(f"{bucket}/ft").exists()
+    flags = ["--gin_file=downstream/pfam_family.gin", f"--gin.MODEL_DIR='{bucket}/ft'",
+             f"--gin.ENCODER='{random_encoder_dir()}'", "--gin.StoppingConfig.max_epochs=1", "--gin.run.progress=False"]
+    for host in ("host_a", "host_b"):
+        (tmp_path / host).mkdir()
+        monkeypatch.chdir(tmp_path / host)
+        monkeypatch.setenv("ANKH_JAX_HOME", str(tmp_path / host / "home"))
+        assert finetune_main(flags) == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "already holds the results of this run; nothing to do" in out
+    results = json.loads(paths.as_path(f"{bucket}/ft/results.json").read_text())
+    assert "accuracy" in json.dumps(results["tests"])
+    assert not paths.as_path(f"{bucket}/ft/.lock").exists()
+    assert not (tmp_path / "host_a" / "gs:").exists() and not (tmp_path / "host_b" / "gs:").exists()
 
 
 def test_embed_reads_a_gs_model_and_writes_gs_shards_equal_to_a_local_run(random_encoder_dir, bucket, tmp_path,
