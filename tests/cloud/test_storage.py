@@ -114,3 +114,17 @@ def test_markers_say_whether_a_multi_file_result_is_complete(bucket):
     assert atomic.read_marker(f"{bucket}/out", "COMMIT") == {"complete": False}
     atomic.write_marker(f"{bucket}/out", "COMMIT", {"complete": True, "files": 2})
     assert atomic.read_marker(f"{bucket}/out", "COMMIT")["complete"] is True
+
+
+def test_paired_outputs_are_written_to_the_bucket_the_primary_last(bucket):
+    """What generate and score write (``storage.outputs.write_together``) goes to gs:// like a local path."""
+    from ankh_jax.storage import outputs
+
+    outputs.check_destinations({"--output": f"{bucket}/v.fasta", "--log_likelihoods": f"{bucket}/v.csv"})
+    with pytest.raises(InputError, match="is the same file as the output"):
+        outputs.check_destinations({"--output": f"{bucket}/v.csv", "--log_likelihoods": f"{bucket}/v.csv"})
+    written = outputs.write_together([(f"{bucket}/v.csv", lambda f: f.write("id,ll\n")),
+                                      (f"{bucket}/v.fasta", lambda f: f.write(">a\nMK\n"))])
+    assert written == [f"{bucket}/v.csv", f"{bucket}/v.fasta"]
+    assert paths.as_path(f"{bucket}/v.fasta").read_text() == ">a\nMK\n"
+    assert paths.as_path(f"{bucket}/v.csv").read_text() == "id,ll\n"
