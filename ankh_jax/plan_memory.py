@@ -76,13 +76,13 @@ def target_devices(target: str):
     return topologies.get_topology_desc(topology_name=spec, platform="tpu", **kwargs).devices
 
 
-def compile_step(program, batch: int, lengths: dict) -> tuple[dict, float]:
+def compile_step(program, batch: int, lengths: dict, packed: bool = False) -> tuple[dict, float]:
     """Memory of the compiled step at ``batch``; XLA:TPU refuses a program over the chip's HBM (peak: inf)."""
     import jax
 
     t = time.perf_counter()
     try:
-        compiled = program.lower_train_step(batch, lengths["inputs"], lengths["targets"]).compile()
+        compiled = program.lower_train_step(batch, lengths["inputs"], lengths["targets"], packed).compile()
     except jax.errors.JaxRuntimeError as err:
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
           f"scan_layers={config.scan_layers}, remat={config.remat_policy}")
     print(f"{partitioner.describe()}; global batch {batch} x {lengths['inputs']} inputs / {lengths['targets']} "
           f"targets, {settings.num_microbatches} micro-batch(es)")
-    result, seconds = compile_step(program, batch, lengths)
+    result, seconds = compile_step(program, batch, lengths, data.pack)
     print(f"lowered and compiled the trainer's train step in {seconds:.0f} s")
     if result.get("refused"):
         print(f"DOES NOT FIT: the compiler refused batch {batch}")
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
               "optimizer_floats_per_param": opt_floats, "runs": [result]}
     if args.find_max_batch:
         found = _find_max_batch(program, batch, lengths, limit, partitioner.batch_shards, report["runs"],
-                                max_compiles=args.max_compiles)
+                                max_compiles=args.max_compiles, packed=data.pack)
         report["max_batch"] = found
         print(f"largest global batch found under {args.hbm_gib:g} GiB per device: {found['fits']} "
               f"(smallest tried that does not fit: {found['does_not_fit']})")
@@ -194,7 +194,7 @@ def optimizer_floats_per_param(state_bytes: int, devices: int, params: int) -> f
 
 
 def _find_max_batch(program, batch: int, lengths: dict, limit: float, quantum: int, runs: list,
-                    max_compiles: int = 5) -> dict:
+                    max_compiles: int = 5, packed: bool = False) -> dict:
     """The largest batch (a multiple of ``quantum``) that fits, within 1/16: an affine fit of memory against the
     batch through two compiles proposes it, then each compile narrows the bracket [fits, does not fit]."""
     fits = lambda r: r["peak"] < limit
@@ -204,7 +204,7 @@ def _find_max_batch(program, batch: int, lengths: dict, limit: float, quantum: i
     for _ in range(max_compiles):
         if hi is not None and hi - lo <= max(quantum, lo // 16):
             break
-        result, _ = compile_step(program, probe, lengths)
+        result, _ = compile_step(program, probe, lengths, packed)
         runs.append(result)
         print(f"  batch {probe}: {result['peak'] / GIB:.2f} GiB per device ({result['compile_s']:.0f} s compile)")
         if fits(result):

@@ -40,21 +40,27 @@ class TrainProgram:
     train_step: Callable  # (state, global batch, rng) -> (state, metrics); ``.jitted`` is the jax.jit object
     eval_step: Callable   # (params, global batch) -> loss/accuracy sums
 
-    def abstract_batch(self, global_batch_size: int, inputs_length: int, targets_length: int) -> dict:
-        """The global batch as ``jax.ShapeDtypeStruct``s with the batch sharding (for lowering without data)."""
+    def abstract_batch(self, global_batch_size: int, inputs_length: int, targets_length: int,
+                       packed: bool = False) -> dict:
+        """The global batch as ``jax.ShapeDtypeStruct``s with the batch sharding (for lowering without data);
+        ``packed`` adds seqio's segment ids and positions, as a packed input pipeline yields them."""
         p = self.partitioner
         shapes = {"encoder_input_tokens": (inputs_length, jnp.int32),
                   "decoder_input_tokens": (targets_length, jnp.int32),
                   "decoder_target_tokens": (targets_length, jnp.int32),
                   "decoder_loss_weights": (targets_length, jnp.float32)}
+        if packed:
+            for side, n in (("encoder", inputs_length), ("decoder", targets_length)):
+                shapes.update({f"{side}_segment_ids": (n, jnp.int32), f"{side}_positions": (n, jnp.int32)})
         return {k: jax.ShapeDtypeStruct((global_batch_size, n), dtype, sharding=p.batch_sharding())
                 for k, (n, dtype) in shapes.items()}
 
-    def lower_train_step(self, global_batch_size: int, inputs_length: int, targets_length: int):
+    def lower_train_step(self, global_batch_size: int, inputs_length: int, targets_length: int,
+                         packed: bool = False):
         """``jax.stages.Lowered`` of the train step on abstract state, batch and rng key (no arrays anywhere)."""
         key = jax.eval_shape(lambda: jax.random.key(0))
         rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=self.partitioner.replicated())
-        batch = self.abstract_batch(global_batch_size, inputs_length, targets_length)
+        batch = self.abstract_batch(global_batch_size, inputs_length, targets_length, packed)
         with self.partitioner.activate():
             return self.train_step.jitted.lower(self.layout.abstract_state(), batch, rng)
 

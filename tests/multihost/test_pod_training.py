@@ -108,16 +108,22 @@ def test_eval_rows_are_the_loss_over_the_whole_validation_split(single):
 
 
 def test_elastic_restart_from_two_hosts_to_one_and_from_one_to_two(single, pod, tmp_path, capsys):
+    import flax.linen as nn
+
     from ankh_jax.io.checkpoints import Checkpointer
     from ankh_jax.model.config import T5Config
     from ankh_jax.model.network import Transformer
     from ankh_jax.training.optim import make_optimizer, make_schedule
     from ankh_jax.training.partitioning import Partitioner
-    from ankh_jax.training.steps import StateLayout
+    from ankh_jax.training.steps import StateLayout, abstract_boxed_params
 
-    # The state written by 2 processes restores, resharded onto this process's 8 devices, bit for bit.
-    gin_free_tx = make_optimizer(make_schedule(peak_learning_rate=0.01, warmup_steps=2, total_steps=12))
-    layout = StateLayout(Transformer(T5Config.tiny()), gin_free_tx, Partitioner(mesh_shape=(2, 2, 2)))
+    # The state written by 2 processes restores, resharded onto this process's 8 devices, bit for bit. The
+    # optimizer is the trainer's: Adafactor factored by the model's logical axes (as build_program makes it).
+    model, partitioner = Transformer(T5Config.tiny()), Partitioner(mesh_shape=(2, 2, 2))
+    boxed = abstract_boxed_params(model, partitioner)
+    gin_free_tx = make_optimizer(make_schedule(peak_learning_rate=0.01, warmup_steps=2, total_steps=12),
+                                 param_axes=(nn.get_partition_spec(boxed), nn.unbox(boxed)))
+    layout = StateLayout(model, gin_free_tx, partitioner, boxed)
     abstract = layout.abstract_state()
     ck = Checkpointer(str(pod), save_interval_steps=4)
     restored = ck.restore_latest(abstract.params, abstract.opt_state)
