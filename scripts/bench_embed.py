@@ -244,7 +244,8 @@ def embed_process(args, workdir: str, code: str, fasta: str) -> float:
     script = (f"import sys, ankh_jax; assert ankh_jax.__file__.startswith({code!r}), ankh_jax.__file__; "
               f"from ankh_jax.embed import main; sys.exit(main({argv!r}))")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, stdout=subprocess.DEVNULL)
+    # cwd: a folder without an ankh_jax package (``-c`` puts the cwd first on sys.path, before PYTHONPATH)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, stdout=subprocess.DEVNULL, cwd=workdir)
     return time.perf_counter() - t0
 
 
