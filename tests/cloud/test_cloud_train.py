@@ -14,7 +14,7 @@ from pod_runs import BASE_FLAGS, KILL_AFTER_SAVE_STARTS, assert_bit_identical, r
 from ankh_jax.storage.emulator import FaultProxy, GcsEmulator, free_port
 from ankh_jax.storage.paths import as_path
 
-FLAGS = [f.replace("--gin_file=configs/", "--gin_file=") for f in BASE_FLAGS] + ["--gin.train.eval_every_steps=0"]
+FLAGS = [f.replace("--gin_file=configs/", "--gin_file=") for f in BASE_FLAGS] + ["--gin.EvalConfig.every_steps=0"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 420
 # The share of requests the proxy fails (HTTP 503) and drops (connection closed unanswered) in the faulty run.

@@ -22,7 +22,7 @@ from pod_runs import (
 
 from ankh_jax.storage.paths import as_path
 
-NO_EVAL = "--gin.train.eval_every_steps=0"
+NO_EVAL = "--gin.EvalConfig.every_steps=0"
 
 
 def _committed(model_dir) -> list[int]:
@@ -70,7 +70,7 @@ def test_sigkill_every_host_then_the_same_command_is_bit_identical(reference, bu
 
 def test_sigterm_to_one_host_then_an_elastic_restore_on_one_host(reference, bucket, tmp_path):
     model_dir = f"{bucket}/run"
-    job = launch(model_dir, NO_EVAL, "--gin.train.checkpoint_every_steps=1000", log_dir=str(tmp_path / "pod"))
+    job = launch(model_dir, NO_EVAL, "--gin.CheckpointConfig.every_steps=1000", log_dir=str(tmp_path / "pod"))
     job.wait_for(lambda: last_step(model_dir) >= 3, TIMEOUT, "step 3")
     job.kill(signal.SIGTERM, which=[1])  # host 1 alone is preempted
     assert job.wait(120) == [0, 0], job.tail()
@@ -78,7 +78,7 @@ def test_sigterm_to_one_host_then_an_elastic_restore_on_one_host(reference, buck
     assert len(saved) == 1 and 3 <= saved[0] < 12, saved
     assert len(meta(model_dir, saved[0])["input_states"]) == 2
     # The slice comes back smaller: 1 host with 8 devices reads both data shards and continues them exactly.
-    job = run(model_dir, NO_EVAL, "--gin.train.checkpoint_every_steps=1000", "--gin.train.num_data_shards=2",
+    job = run(model_dir, NO_EVAL, "--gin.CheckpointConfig.every_steps=1000", "--gin.DataConfig.num_data_shards=2",
               processes=1, devices=8, log_dir=str(tmp_path / "one"))
     log = job.log(0)
     assert f"resumed from the checkpoint at step {saved[0]}" in log
