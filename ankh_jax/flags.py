@@ -89,11 +89,13 @@ def parse_gin(files: list[str], bindings: list[str], extra_search_paths: Iterabl
 
     import gin
 
+    # A fresh, unlocked config per call, before any import can register a configurable: an earlier command in
+    # this process (tests call several main()s) finalised and locked the last one.
+    gin.clear_config()
     for module in modules:
         importlib.import_module(module)
     paths = search_paths(extra_search_paths)
     resolved = [find_gin_file(f, paths) for f in files]
-    gin.clear_config()  # a fresh config per call (tests call main() repeatedly in one process)
     for path in paths:
         gin.add_config_file_search_path(path)
     with _quiet_gin_search():
