@@ -15,7 +15,7 @@ taken over all its layers at once. t5x instead reads the parameter's logical axe
 
 The rule itself (decay ``1 - (t+1)^-0.8``, ``grad**2 + 1e-30``, ``v_row / mean(v_row)`` times ``v_col`` as the
 second-moment estimate, clipping the update's RMS to 1, scaling by ``max(RMS(param), 1e-3)``) is unchanged. The
-state keeps optax's tree (``FactoredState(count, v_row, v_col, v)``, ``(1,)`` placeholders for the unused
+state keeps optax's tree (``FactoredState(count, v_row, v_col, v)``, ``(1,)`` slots for the unused
 statistics), so a checkpoint written with optax's layout differs only in leaf shapes and
 :func:`convert_statistics` turns it into this one.
 """
@@ -101,7 +101,7 @@ def factor_rules(logical_specs, abstract_params, min_dim_size_to_factor: int, by
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_params), out)
 
 
-def _placeholder(dtype):
+def _unused_slot(dtype):
     return jnp.zeros((1,), dtype)
 
 
@@ -113,8 +113,8 @@ def scale_by_factored_rms(rules, decay_rate: float = 0.8, decay_offset: int = 0,
         def one(p, rule: FactorRule):
             if rule.factored:
                 return (jnp.zeros(np.delete(p.shape, rule.columns), p.dtype),
-                        jnp.zeros(np.delete(p.shape, rule.rows), p.dtype), _placeholder(p.dtype))
-            return _placeholder(p.dtype), _placeholder(p.dtype), jnp.zeros_like(p)
+                        jnp.zeros(np.delete(p.shape, rule.rows), p.dtype), _unused_slot(p.dtype))
+            return _unused_slot(p.dtype), _unused_slot(p.dtype), jnp.zeros_like(p)
 
         return _state(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(one, params, rules))
 
@@ -201,7 +201,7 @@ def statistics_spec(field: str, rule: FactorRule, param_spec: PartitionSpec) -> 
         return PartitionSpec(*(s for d, s in enumerate(spec) if d not in rule.columns))
     if field == "v_col" and rule.factored:
         return PartitionSpec(*(s for d, s in enumerate(spec) if d not in rule.rows))
-    return PartitionSpec()  # a (1,) placeholder
+    return PartitionSpec()  # a (1,) unused slot
 
 
 def _full_estimate(v_row, v_col, v, rule: FactorRule, shape):
@@ -223,8 +223,8 @@ def convert_statistics(old: optax.FactoredState, old_rules, new_rules, abstract_
         full = _full_estimate(v_row, v_col, v, old_rule, p.shape)
         if new_rule.factored:
             return (jnp.mean(full, axis=new_rule.columns).astype(p.dtype),
-                    jnp.mean(full, axis=new_rule.rows).astype(p.dtype), _placeholder(p.dtype))
-        return _placeholder(p.dtype), _placeholder(p.dtype), full.astype(p.dtype)
+                    jnp.mean(full, axis=new_rule.rows).astype(p.dtype), _unused_slot(p.dtype))
+        return _unused_slot(p.dtype), _unused_slot(p.dtype), full.astype(p.dtype)
 
     out = jax.tree_util.tree_map(one, old.v_row, old.v_col, old.v, old_rules, new_rules, abstract_params)
     return _state(old.count, out)
