@@ -165,7 +165,7 @@ def _run(model_dir: str, program: TrainProgram, inputs: RunInputs, settings: tup
             run_dir.info(f"nothing to do: the checkpoint is at step {start_step} >= LoopConfig.num_train_steps "
                          f"{loop.num_train_steps}")
             return TrainResult(start_step, state.params, "finished", {}, None)
-        if lock is None:
+        if not exists:  # a collective: decided by the agreed flag, never by `lock` (None on every process but 0)
             lock = run_dir.lock_model_dir(model_dir)
         ckpt_lib.write_model_config(model_dir, program.config)
         run_dir.write_operative_config(model_dir)
