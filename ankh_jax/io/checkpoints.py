@@ -26,11 +26,12 @@ as t5x and grain keep them, each need their own commit protocol on every host). 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,8 @@ import orbax.checkpoint as ocp
 
 from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import CheckpointError
-from ankh_jax.storage import atomic
+from ankh_jax.io.tree_shapes import describe_tree_difference, tree_shapes
+from ankh_jax.storage import atomic, capacity
 from ankh_jax.storage.paths import as_path, move_tree, remove_tree
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUBDIR = "checkpoints_unreadable"
 MODEL_CONFIG_FILE = "model_config.json"
 FINGERPRINT_RTOL = 1e-4
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a step (or item) orbax has not finished writing
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -79,41 +82,6 @@ def gather_json(obj: Any) -> list[Any]:
     return [json.loads(rows[i, :sizes[i]].tobytes()) for i in range(len(sizes))]
 
 
-def _key_name(entry) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``{"encoder/layers_0/.../kernel": shape}`` for arrays, abstract arrays or orbax metadata alike."""
-    tree = getattr(tree, "tree", tree)
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-    return {"/".join(_key_name(e) for e in path): tuple(leaf.shape) for path, leaf in flat
-            if hasattr(leaf, "shape")}
-
-
-def describe_tree_difference(saved: dict, expected: dict) -> str:
-    """What differs between two :func:`tree_shapes` maps, in a few words (empty when they agree)."""
-    only_saved = sorted(set(saved) - set(expected))
-    only_expected = sorted(set(expected) - set(saved))
-    reshaped = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
-    parts = []
-    if only_saved:
-        parts.append(f"{len(only_saved)} arrays only in the checkpoint (e.g. {only_saved[0]})")
-    if only_expected:
-        parts.append(f"{len(only_expected)} arrays only in this configuration (e.g. {only_expected[0]})")
-    if reshaped:
-        k = reshaped[0]
-        parts.append(f"{len(reshaped)} arrays of another shape (e.g. {k}: checkpoint {saved[k]} vs {expected[k]})")
-    scanned = lambda keys: any("/layers/" in f"/{k}/" for k in keys)
-    if parts and scanned(saved) != scanned(expected):
-        parts.append(f"T5Config.scan_layers differs (the checkpoint was written with scan_layers="
-                     f"{scanned(saved)})")
-    return "; ".join(parts)
-
-
 @jax.jit
 def _fingerprint(tree: Any) -> list[jax.Array]:
     return [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree)]
@@ -134,35 +102,97 @@ class Checkpointer:
         self.model_dir = as_path(model_dir)
         self.directory = self.model_dir / CHECKPOINT_SUBDIR
         self.save_interval_steps = save_interval_steps
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+        # cleanup_tmp_directories: a step a kill left unfinished is removed when the next run opens the folder.
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
         self._options = options
+        self._in_flight: int | None = None  # the step of a save started and not yet known to be complete
+        self._closed = False
         self.manager = self._new_manager()
+        capacity.quiet_write_failure_noise()
 
     # -- saving ---------------------------------------------------------------------------------------------
-    def should_save(self, step: int) -> bool:
-        return step % self.save_interval_steps == 0
-
     def save(self, step: int, params: Any, opt_state: Any, input_states: list[dict] | None) -> bool:
         """Starts an (async) save of ``step``; returns False if that step is already saved.
 
         ``input_states``: every data shard's input position, in shard order, the same list on every process.
+        Raises :class:`~ankh_jax.storage.capacity.StorageFullError` (one line, nothing of the step left behind)
+        when the disk has no room for it, found before writing where the free space says so.
         """
         if step in self.manager.all_steps():
             return False
+        self.wait()  # orbax waits for the previous save anyway; a failure of it is reported here, as that step's
+        self.check_room(params, opt_state, f"the checkpoint at step {step}")
         meta = {"step": int(step), "input_states": input_states, "num_processes": jax.process_count(),
                 "fingerprint": {"params": fingerprint(params), "opt_state": fingerprint(opt_state)}}
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        self._in_flight = step
+        with self._reporting_full_storage():
+            self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta)), force=True)
         return True
 
+    def check_room(self, params: Any, opt_state: Any, what: str) -> None:
+        """Refuses (one line) when this host's disk cannot hold its share of one more checkpoint of these trees
+        (arrays or abstract ``ShapeDtypeStruct``s), with 1 MiB for metadata; nothing on ``gs://``."""
+        share = sum(x.size * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves((params, opt_state)))
+        try:
+            capacity.check_room(self.directory, share // jax.process_count() + 2**20, what)
+        except capacity.StorageFullError as err:
+            raise capacity.StorageFullError(f"{err}. {self._resume_advice()}") from None
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reporting_full_storage():
+            self.manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        if not self._closed:
+            self.wait()
+            self.manager.close()
+            self._closed = True
+
+    @contextlib.contextmanager
+    def _reporting_full_storage(self):
+        """A save that fails for want of room (the disk, a quota, ulimit -f) becomes one line naming the step;
+        the step's unfinished files are removed, so only complete checkpoints remain."""
+        try:
+            yield
+        except Exception as err:
+            reason = capacity.full_storage_reason(err)
+            if reason is None:
+                raise
+            step, self._in_flight = self._in_flight, None
+            self._abandon()
+            raise capacity.StorageFullError(
+                f"{self.directory}: {reason} while writing the checkpoint at step {step}; its unfinished files "
+                f"were removed. {self._resume_advice()}") from None
+
+    def _abandon(self, timeout_seconds: float = 120) -> None:
+        """After a failed save: lets every thread orbax started finish (one failed part is reported while the
+        others still write), closes the manager, then removes the unfinished step's files."""
+        self._closed = True
+        with contextlib.suppress(Exception):  # the same failure again, already being reported
+            self.manager.close()
+        deadline = time.monotonic() + timeout_seconds
+        for thread in threading.enumerate():
+            if type(thread).__module__.startswith("orbax.") or thread.name.startswith(("async_save", "save_finalize")):
+                with contextlib.suppress(Exception):  # orbax's threads re-raise their failure on join
+                    thread.join(max(deadline - time.monotonic(), 0))
+        # tensorstore may still finish a queued write (a C++ thread) after that: remove until a second passes quiet.
+        quiet_since = time.monotonic()
+        while jax.process_index() == 0 and time.monotonic() - quiet_since < 1 and time.monotonic() < deadline:
+            unfinished = [e for e in self.directory.iterdir() if TMP_MARK in e.name] if self.directory.is_dir() else []
+            for entry in unfinished:
+                remove_tree(entry)
+                quiet_since = time.monotonic()
+            time.sleep(0.1)
+
+    def _resume_advice(self) -> str:
+        steps = sorted(self.manager.all_steps())
+        last = f"step {steps[-1]}" if steps else "none yet"
+        return (f"The last complete checkpoint is {last}; free some space (or choose another MODEL_DIR) and rerun "
+                "the same command to resume from it")
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -262,38 +292,6 @@ def _first_line(err: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-class PreemptionWatcher:
-    """Turns SIGTERM (TPU preemption, ``kill``) into "save a checkpoint and stop" at a step boundary.
-
-    On several hosts jax's preemption sync point makes every host agree on the same step; on one host a signal
-    handler sets a flag.
-    """
-
-    def __init__(self):
-        self._flag = threading.Event()
-        self._previous = None
-        self._multi_host = jax.process_count() > 1
-        if not self._multi_host and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self._flag.set()
-
-    def reached(self, step: int) -> bool:
-        if self._multi_host:
-            from jax.experimental import multihost_utils
-            try:
-                return multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError:  # the preemption service is not running (e.g. no jax.distributed)
-                return False
-        return self._flag.is_set()
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
 # -- loading for inference / export -------------------------------------------------------------------------------
 def write_model_config(model_dir, config: Any) -> None:
     """``MODEL_DIR/model_config.json`` (process 0 only)."""
@@ -384,3 +382,4 @@ def saved_opt_state_shapes(checkpointer: Checkpointer) -> dict[str, tuple[int, .
         return tree_shapes(checkpointer.manager.item_metadata(steps[-1])["opt_state"])
     except Exception:  # noqa: BLE001 - damage is restore_latest's to report
         return None
+

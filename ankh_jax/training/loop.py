@@ -167,9 +167,10 @@ def _run(model_dir: str, program: TrainProgram, inputs: RunInputs, settings: tup
             return TrainResult(start_step, state.params, "finished", {}, None)
         if not exists:  # a collective: decided by the agreed flag, never by `lock` (None on every process but 0)
             lock = run_dir.lock_model_dir(model_dir)
+        checkpointer = checkpointer or new_checkpointer()
+        checkpointer.check_room(state.params, state.opt_state, "one checkpoint of this run")  # before any step
         ckpt_lib.write_model_config(model_dir, program.config)
         run_dir.write_operative_config(model_dir)
-        checkpointer = checkpointer or new_checkpointer()
         steps = StepLoop(program, checkpointer, inputs, loop, checkpointing, evaluation, model_dir)
         writer = MetricsWriter(model_dir, total_steps=loop.num_train_steps, start_step=start_step,
                                progress=loop.progress_bar)

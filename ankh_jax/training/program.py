@@ -88,12 +88,13 @@ def restore_state(program: TrainProgram, checkpointer, report: Callable[[str], N
     rule, or with ``make_optimizer.adafactor_factored_by = 'size'``) is restored in that layout and converted
     (:func:`ankh_jax.training.adafactor.convert_statistics`), and the conversion is reported."""
     from ankh_jax.io import checkpoints as ckpt_lib
+    from ankh_jax.io.tree_shapes import tree_shapes
 
     abstract = program.layout.abstract_state()
     saved = ckpt_lib.saved_opt_state_shapes(checkpointer)
     legacy = _size_rule_layout(program)
-    if (saved is None or legacy is None or saved == ckpt_lib.tree_shapes(abstract.opt_state)
-            or saved != ckpt_lib.tree_shapes(legacy.abstract_opt_state)):
+    if (saved is None or legacy is None or saved == tree_shapes(abstract.opt_state)
+            or saved != tree_shapes(legacy.abstract_opt_state)):
         return checkpointer.restore_latest(abstract.params, abstract.opt_state, report=report)
     restored = checkpointer.restore_latest(abstract.params, legacy.abstract_state().opt_state, report=report)
     if restored is None:

@@ -21,6 +21,7 @@ from ankh_jax.io import checkpoints as ckpt_lib
 from ankh_jax.training import flops as flops_lib
 from ankh_jax.training import run_dir
 from ankh_jax.training.metrics import MetricsWriter, Timer, TrainMetricsAccumulator
+from ankh_jax.training.preemption import PreemptionWatcher
 from ankh_jax.training.program import TrainProgram, evaluate
 from ankh_jax.training.run_config import CheckpointConfig, EvalConfig, LoopConfig, itstime
 from ankh_jax.training.steps import TrainState
@@ -67,7 +68,7 @@ class StepLoop:
     def run(self, state: TrainState, step: int, pending: dict, writer: MetricsWriter) -> TrainResult:
         writer.log_line(f"{self.program.partitioner.describe()}\npeak for MFU: {self.peak / 1e12:.3g} TFLOP/s per "
                         f"device ({self.peak_source})")
-        watcher, profile = ckpt_lib.PreemptionWatcher(), _Profile(self.loop.profile_steps, self.model_dir)
+        watcher, profile = PreemptionWatcher(), _Profile(self.loop.profile_steps, self.model_dir)
         first, last, stopped_by = step + 1, self.loop.num_train_steps, "finished"
         try:
             while step < last:

@@ -16,13 +16,13 @@ from ankh_jax.io.checkpoints import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatchError,
-    PreemptionWatcher,
     load_params,
     read_meta,
     write_model_config,
 )
 from ankh_jax.model.config import T5Config
 from ankh_jax.training.partitioning import make_mesh
+from ankh_jax.training.preemption import PreemptionWatcher
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,6 @@ def test_round_trip_keeps_last_k_and_input_state(tmp_path, trees):
     params, opt = trees
     ck = Checkpointer(str(tmp_path), save_interval_steps=2, max_to_keep=2)
     for step in (2, 4, 6):
-        assert ck.should_save(step) and not ck.should_save(step + 1)
         ck.save(step, _scaled(params, step), _scaled(opt, step), [{"epoch": 0, "position": step}])
     ck.wait()
     assert ck.all_steps() == [4, 6]
