@@ -79,13 +79,14 @@ def find_shards(path: str) -> list[str]:
     return [shards[i] for i in range(count)]
 
 
-def add_flags(p) -> None:
-    """``--num_devices`` and ``--num_shards/--shard_index`` on an argparse parser (score, generate)."""
+def add_flags(p, output_ext: str = ".csv") -> None:
+    """``--num_devices`` and ``--num_shards/--shard_index`` on an argparse parser (embed, score, generate);
+    ``output_ext``: the extension of the command's output, named in the help."""
     p.add_argument("--num_devices", type=int, default=None,
                    help="local devices the batches are sharded over (default: all of this process's devices)")
     p.add_argument("--num_shards", type=int, default=None,
                    help="split the FASTA into N disjoint shards balanced by residues, one per host or job (default: "
-                        "JAX_NUM_PROCESSES, else 1); shard i writes OUT-0000i-of-0000N.csv")
+                        f"JAX_NUM_PROCESSES, else 1); shard i writes OUT-0000i-of-0000N{output_ext}")
     p.add_argument("--shard_index", type=int, default=None, help="this job's shard (default: JAX_PROCESS_ID)")
 
 
