@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_common  # the scripts folder, on the path above; it puts the repository on the path
 
+from ankh_jax.parsing import try_int
+
 REPO = bench_common.REPO
 
 RESIDUES = np.frombuffer(b"ALGVSREDTIPKFQNYMHWC", np.uint8)
@@ -80,11 +82,15 @@ def _tree_rss(root: int) -> tuple[int, int]:
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                stat = f.read().rsplit(")", 1)[-1].split()  # the fields after the command name
             with open(f"/proc/{entry}/statm") as f:
-                rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
+                statm = f.read().split()
+        except OSError:
+            continue  # the process ended while it was read
+        parent = try_int(stat[1]) if len(stat) > 1 else None
+        pages = try_int(statm[1]) if len(statm) > 1 else None
+        if parent is not None and pages is not None:
+            parents[int(entry)], rss[int(entry)] = parent, pages * os.sysconf("SC_PAGE_SIZE")
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()

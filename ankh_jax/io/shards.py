@@ -13,6 +13,7 @@ import os
 import re
 
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import try_int
 
 NUM_SHARDS_ENV = "JAX_NUM_PROCESSES"
 SHARD_INDEX_ENV = "JAX_PROCESS_ID"
@@ -22,10 +23,10 @@ def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value in (None, ""):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"{name}={value!r} is not an integer") from None
+    number = try_int(value)
+    if number is None:
+        raise InputError(f"{name}={value!r} is not an integer")
+    return number
 
 
 def resolve_shards(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
