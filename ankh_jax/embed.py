@@ -35,6 +35,8 @@ from ankh_jax.inference.embedding import (
     output_fingerprint,
 )
 from ankh_jax.io.embeddings_h5 import FORMAT_VERSION
+from ankh_jax.io.shards import add_flags as add_shard_flags
+from ankh_jax.io.shards import resolve_shards, shard_path
 from ankh_jax.storage.home import enable_compilation_cache
 
 DEFAULT_WINDOW = 100_000
@@ -61,12 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics_file", default=None, help="JSON summary (default: OUTPUT with .metrics.json)")
     p.add_argument("--flush_seconds", type=float, default=5.0,
                    help="how often finished embeddings are saved so that a killed run keeps them (0: every batch)")
-    p.add_argument("--num_devices", type=int, default=None,
-                   help="local devices the batches are sharded over (default: all of this process's devices)")
-    p.add_argument("--num_shards", type=int, default=None,
-                   help="split the FASTA into N disjoint shards balanced by residues, one per host or job "
-                        "(default: JAX_NUM_PROCESSES, else 1); shard i writes OUT-0000i-of-0000N.h5")
-    p.add_argument("--shard_index", type=int, default=None, help="this job's shard (default: JAX_PROCESS_ID)")
+    add_shard_flags(p, ".h5")
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW,
                    help="sequences read, validated, sorted and bucketed at a time (memory is one window)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -123,7 +120,6 @@ def run(args: argparse.Namespace) -> dict:
     from ankh_jax.inference.devices import DeviceActivity, prefetch
     from ankh_jax.inference.embedding import check_settings, stream_embeddings
     from ankh_jax.io.embeddings_h5 import OutputWriter, check_compatible
-    from ankh_jax.io.shards import resolve_shards, shard_path
     from ankh_jax.storage import outputs
     from ankh_jax.storage.paths import display, is_remote
     from ankh_jax.storage.remote_copy import publish, working_file

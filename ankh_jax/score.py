@@ -23,6 +23,7 @@ import sys
 from ankh_jax.data.batching import DEFAULT_BATCH_TOKENS
 from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import shards
+from ankh_jax.parsing import try_float
 from ankh_jax.storage import outputs
 
 DEFAULT_SCORE_COLUMNS = ("DMS_score", "score")  # ProteinGym's name first
@@ -86,11 +87,8 @@ def read_mutations(path: str, column: str, wildtype: str, score_column: str | No
         raise InputError(f"{path}: no column {score_column!r} for --score_column")
     for line, row in enumerate(rows, start=2):
         parse_mutant(row[column] or "", wildtype, where=f"{path}: line {line}: mutant {row[column]!r}: ")
-        if score_column is not None:
-            try:
-                float(row[score_column])
-            except (TypeError, ValueError):
-                raise InputError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number") from None
+        if score_column is not None and try_float(row[score_column]) is None:
+            raise InputError(f"{path}: line {line}: {score_column}={row[score_column]!r} is not a number")
     return header, rows, [r[column] for r in rows], score_column
 
 

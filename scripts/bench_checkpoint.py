@@ -13,26 +13,22 @@ latency and bandwidth limits. Prints a table, writes benchmarks/results/bench_ch
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+bench_common.fake_cpu_devices(8)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="the tiny model only, 2 saves")
     p.add_argument("--saves", type=int, default=5, help="saves per (model, target); medians are reported")
-    bench_common.add_common_args(p, quick_help="the tiny model only, 2 saves")
     return p.parse_args(argv)
 
 

@@ -4,6 +4,10 @@ One document per run: the table (a list of rows, each a dict), the command that 
 ``+dirty`` when the working tree had changes), the versions of jax / flax / torch / transformers, the CPU model
 and core count, the accelerator where one was used, and the script's settings. ``--quick`` runs (smoke tests)
 write under ``benchmarks/results/quick/`` (ignored by git) so they never replace a real measurement.
+
+Also what every bench script sets up the same way: importing this module puts the repository first on
+``sys.path`` (a script runs the checkout's ``ankh_jax``), :func:`make_parser` makes the script's parser with the common
+flags, and :func:`fake_cpu_devices` asks for fake CPU devices before jax is imported.
 """
 
 from __future__ import annotations
@@ -20,18 +24,29 @@ from importlib import metadata
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "torch", "transformers")
+AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # the 20 standard ones, the letters of synthetic proteins
+sys.path.insert(0, REPO)
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, quick_help: str) -> None:
-    """``--quick`` (a smoke test in well under a minute, what it shrinks is ``quick_help``), ``--out_dir`` and
-    ``--tag``."""
-    parser.add_argument("--quick", action="store_true", help=f"smoke test: {quick_help}")
-    parser.add_argument("--out_dir", default=None,
-                        help="where the JSON goes (default benchmarks/results, or benchmarks/results/quick with "
-                             "--quick)")
-    parser.add_argument("--tag", default=None,
-                        help="appended to the result's file name (<script>-<device>-<date>-<tag>.json), so runs of "
-                             "one day (before / after a change, other settings) keep their own records")
+def make_parser(doc: str, *, quick_help: str) -> argparse.ArgumentParser:
+    """A script's parser: described by the first paragraph of its docstring ``doc``, with ``--quick`` (a smoke
+    test in well under a minute, what it shrinks is ``quick_help``), ``--out_dir`` and ``--tag``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"smoke test: {quick_help}")
+    p.add_argument("--out_dir", default=None,
+                   help="where the JSON goes (default benchmarks/results, or benchmarks/results/quick with "
+                        "--quick)")
+    p.add_argument("--tag", default=None,
+                   help="appended to the result's file name (<script>-<device>-<date>-<tag>.json), so runs of "
+                        "one day (before / after a change, other settings) keep their own records")
+    return p
+
+
+def fake_cpu_devices(count: int) -> None:
+    """``count`` fake CPU devices and the CPU platform, unless the environment says otherwise; call before jax is
+    imported."""
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={count}")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def cpu_model() -> str:

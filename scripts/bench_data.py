@@ -13,7 +13,6 @@ the trainer uses: ``make_input`` (TFDS read, shuffle, tokenise, random crop, 1-g
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -21,15 +20,15 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+REPO = bench_common.REPO
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="1 copy of the proteins, 2 s per configuration, restore at 20 batches")
     p.add_argument("--copies", type=int, default=20, help="copies of the shipped proteins in the bench dataset")
     p.add_argument("--seconds", type=float, default=15.0, help="timed seconds per configuration")
     p.add_argument("--batch_size", type=int, default=32)
@@ -37,7 +36,6 @@ def parse_args(argv=None):
     p.add_argument("--cores", type=int, default=1, help="CPU cores to pin to")
     p.add_argument("--data_dir", default=None, help="where to build the bench dataset (default: a temp dir)")
     p.add_argument("--restore_batches", type=int, default=200, help="batches skipped before the restore timing")
-    bench_common.add_common_args(p, quick_help="1 copy of the proteins, 2 s per configuration, restore at 20 batches")
     args = p.parse_args(argv)
     if args.quick:
         args.copies, args.seconds, args.restore_batches = 1, 2.0, 20

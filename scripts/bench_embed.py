@@ -44,15 +44,15 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+REPO = bench_common.REPO
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="2 layers, 8 proteins, torch README mode only")
     p.add_argument("--num_layers", type=int, default=4, help="encoder depth (Ankh Base: 48)")
     p.add_argument("--num_sequences", type=int, default=160, help="random subset of the proteins; 0 = all")
     p.add_argument("--fasta", default=os.path.join(REPO, "data", "sample_proteins.fasta"))
@@ -71,7 +71,6 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, choices=(1, 2), default=2,
                    help="with --whole_process: 1 = after, before, torch; 2 = then torch, before, after")
     p.add_argument("--notes", default="", help="anything about the machine's state worth keeping in the record")
-    bench_common.add_common_args(p, quick_help="2 layers, 8 proteins, torch README mode only")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

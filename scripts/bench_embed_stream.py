@@ -30,17 +30,13 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
-
-RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="counts 2000 and 20000, windows of 1000")
     p.add_argument("--counts", default="100000,1000000", help="comma list of sequence counts")
     p.add_argument("--min_length", type=int, default=20)
     p.add_argument("--max_length", type=int, default=60)
@@ -53,7 +49,6 @@ def parse_args(argv=None):
                    help="hdf5: the embed command; none: its pipeline with the embeddings dropped")
     p.add_argument("--_pipeline", default=None, help=argparse.SUPPRESS)
     p.add_argument("--notes", default="", help="anything about the machine's state worth keeping in the record")
-    bench_common.add_common_args(p, quick_help="counts 2000 and 20000, windows of 1000")
     args = p.parse_args(argv)
     if args.quick:
         args.counts, args.window = "2000,20000", 1000
@@ -63,7 +58,7 @@ def parse_args(argv=None):
 def write_synthetic_fasta(path: str, count: int, args) -> int:
     """``count`` random proteins; returns the residues written."""
     rng = np.random.default_rng(args.seed)
-    letters = np.frombuffer(RESIDUES.encode(), np.uint8)
+    letters = np.frombuffer(bench_common.AMINO_ACIDS.encode(), np.uint8)
     residues = 0
     with open(path, "w") as f:
         for start in range(0, count, 100_000):

@@ -11,19 +11,16 @@ requests the proxy failed. Prints a table, writes benchmarks/results/bench_fault
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+bench_common.fake_cpu_devices(8)
 from bench_checkpoint import train_state
 
 
@@ -81,10 +78,9 @@ def one_rate(rate: float, state, rows: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="rates 0 and 0.05, 5 rows")
     p.add_argument("--rates", default="0,0.05,0.2,0.4", help="comma-separated shares of requests that fail")
     p.add_argument("--rows", type=int, default=20, help="metrics rows written per rate")
-    bench_common.add_common_args(p, quick_help="rates 0 and 0.05, 5 rows")
     args = p.parse_args(argv)
     from ankh_jax.model.config import T5Config
 

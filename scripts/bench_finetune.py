@@ -13,16 +13,14 @@ benchmarks/results/bench_finetune-<device>-<date>.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
 from ankh_jax.tasks.pfam_family import pfam_family_task
 
 from ankh_jax import flags
@@ -34,14 +32,13 @@ from ankh_jax.testing import random_encoder, write_random_encoder
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="tiny encoder, 1 epoch, 4 proteins one by one, 128 residues")
     p.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
     p.add_argument("--layers", type=int, default=None, help="encoder depth (default: the preset's)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--max_length", type=int, default=512, help="residues kept per protein")
     p.add_argument("--one_by_one", type=int, default=64, help="proteins embedded one at a time (0: skip)")
     p.add_argument("--batch_tokens", type=int, default=16384)
-    bench_common.add_common_args(p, quick_help="tiny encoder, 1 epoch, 4 proteins one by one, 128 residues")
     args = p.parse_args(argv)
     if args.quick:
         args.preset, args.layers, args.epochs, args.one_by_one, args.max_length = "tiny", None, 1, 4, 128

@@ -32,15 +32,15 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+REPO = bench_common.REPO
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="1 layer, batch 2, 8 new tokens, 2 proteins of <= 80 for PLL")
     p.add_argument("--num_layers", type=int, default=2, help="encoder and decoder depth (Ankh Base: 48 / 24)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -52,7 +52,6 @@ def parse_args(argv=None):
     p.add_argument("--torch_pll_batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting (the best is reported)")
     p.add_argument("--seed", type=int, default=0)
-    bench_common.add_common_args(p, quick_help="1 layer, batch 2, 8 new tokens, 2 proteins of <= 80 for PLL")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -30,7 +30,6 @@ Writes benchmarks/results/bench_levers-<device>-<date>.json through ``bench_comm
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -39,11 +38,11 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+REPO = bench_common.REPO
 
 DEFAULT_FLAG_SETS = (
     "",
@@ -59,14 +58,13 @@ DEFAULT_FLAG_SETS = (
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="two flag settings on a 64-wide model, small formulation shapes")
     p.add_argument("--flag_sets", default=";".join(DEFAULT_FLAG_SETS), help="';'-separated XLA_FLAGS values; '' = baseline")
     p.add_argument("--steps", type=int, default=6, help="timed train steps per flag setting and pass")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip_flags", action="store_true")
     p.add_argument("--skip_formulations", action="store_true")
-    bench_common.add_common_args(p, quick_help="two flag settings on a 64-wide model, small formulation shapes")
     args = p.parse_args(argv)
     if args.quick:
         args.flag_sets, args.steps, args.rounds, args.repeats = ";--xla_cpu_use_xnnpack=true", 1, 1, 1

@@ -28,17 +28,13 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
-
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="lengths 300,600 through 2 layers, chunks of 128")
     p.add_argument("--lengths", default="1000,2000,5000,10000,35000", help="comma list of residues per protein")
     p.add_argument("--num_layers", type=int, default=48, help="encoder depth (Ankh Base: 48)")
     p.add_argument("--attention", choices=("auto", "chunked", "plain"), default="auto",
@@ -50,7 +46,6 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="timed runs per length (the best is reported)")
     p.add_argument("--timeout_s", type=float, default=3600.0, help="per length; a slower child is stopped")
     p.add_argument("--seed", type=int, default=0)
-    bench_common.add_common_args(p, quick_help="lengths 300,600 through 2 layers, chunks of 128")
     p.add_argument("--_worker", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--_result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -89,7 +84,7 @@ def worker(args, length: int) -> dict:
     prepared = embedding.prepare_params(cfg, jax.block_until_ready(params), num_devices=1)  # one protein, one device
     init_s = time.perf_counter() - start
     rng = np.random.default_rng(args.seed)
-    protein = "".join(rng.choice(list(AMINO_ACIDS), size=length))
+    protein = "".join(rng.choice(list(bench_common.AMINO_ACIDS), size=length))
     settings = {"pooling": "mean", "dtype": args.dtype, "batch_tokens": length + 1,
                 "attention_chunk_size": chunk_setting(args)}
     start = time.perf_counter()

@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import REPO, add_common_args, format_table, write_result
+from bench_common import REPO, fake_cpu_devices, format_table, make_parser, write_result
 
 GIN_FILE = os.path.join(REPO, "configs", "pretrain_tiny_cpu.gin")
 
@@ -77,16 +76,14 @@ def train(pack: bool, steps: int, inputs_length: int, batch: int, model_dir: str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, quick_help="10 unpacked steps, 128-token inputs")
     parser.add_argument("--inputs_length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=120, help="unpacked steps (packed: the same target tokens)")
     parser.add_argument("--batch", type=int, default=16)
-    add_common_args(parser, quick_help="10 unpacked steps, 128-token inputs")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.inputs_length = 10, 128
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    fake_cpu_devices(8)
     os.chdir(REPO)
     fills = {pack: fill(pack, args.inputs_length, args.batch) for pack in (False, True)}
     steps = {False: args.steps,

@@ -10,7 +10,6 @@ first step (the trainer's first metrics row minus the process start: imports, da
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import REPO, add_common_args, format_table, write_result
+from bench_common import REPO, format_table, make_parser, write_result
 
 
 def run_once(model_dir: str, cache: str, steps: int) -> dict:
@@ -41,9 +40,8 @@ def run_once(model_dir: str, cache: str, steps: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, quick_help="the same (it is short)")
     parser.add_argument("--steps", type=int, default=2)
-    add_common_args(parser, quick_help="the same (it is short)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

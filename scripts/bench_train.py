@@ -30,20 +30,17 @@ benchmarks/results/bench_train-<device>-<date>.json (``bench_common``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="a 64-wide 2+1-layer model, batch 2 x 64/32, 2 steps, no data")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
@@ -60,7 +57,6 @@ def parse_args(argv):
     p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--skip_data", action="store_true")
     p.add_argument("--skip_breakdown", action="store_true", help="no per-part timing (attention, MLP, ...)")
-    bench_common.add_common_args(p, quick_help="a 64-wide 2+1-layer model, batch 2 x 64/32, 2 steps, no data")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.batch, args.inputs, args.targets = 2, 1, 2, 64, 32

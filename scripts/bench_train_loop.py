@@ -17,7 +17,6 @@ Run it from the checkout being measured (its ``configs/`` are the ones read). Th
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import add_common_args, format_table, write_result
+from bench_common import format_table, make_parser, write_result
 
 GIN_FILE = "configs/pretrain_tiny_cpu.gin"
 INPUTS, TARGETS, BATCH = 128, 32, 32
@@ -142,11 +141,10 @@ def _model_config():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, quick_help="20 steps, 1 round")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--devices", type=int, default=8)
-    add_common_args(parser, quick_help="20 steps, 1 round")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.rounds = 20, 1

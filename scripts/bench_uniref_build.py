@@ -18,7 +18,6 @@ benchmarks/results/bench_uniref_build-cpu<cores>-<date>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,23 +29,25 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+from ankh_jax.parsing import try_int
+
+REPO = bench_common.REPO
 
 RESIDUES = np.frombuffer(b"ALGVSREDTIPKFQNYMHWC", np.uint8)
 MEAN_LENGTH = 310  # UniRef50: ~14e9 residues / ~45e6 records
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_common.make_parser(__doc__, quick_help="20,000 records, 2 shards per split")
     p.add_argument("--records", type=int, default=1_000_000)
     p.add_argument("--files", type=int, default=8, help="FASTA files the records are dealt over")
     p.add_argument("--workers", type=int, default=2, help="DirectRunner workers (multi_processing)")
     p.add_argument("--num_shards", type=int, default=16, help="TFRecord files per split")
     p.add_argument("--work_dir", default=None, help="where the FASTA and datasets go (default: a temp dir)")
-    bench_common.add_common_args(p, quick_help="20,000 records, 2 shards per split")
     args = p.parse_args(argv)
     if args.quick:
         args.records, args.num_shards = 20_000, 2
@@ -81,11 +82,15 @@ def _tree_rss(root: int) -> tuple[int, int]:
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                stat = f.read().rsplit(")", 1)[-1].split()  # the fields after the command name
             with open(f"/proc/{entry}/statm") as f:
-                rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
+                statm = f.read().split()
+        except OSError:
+            continue  # the process ended while it was read
+        parent = try_int(stat[1]) if len(stat) > 1 else None
+        pages = try_int(statm[1]) if len(statm) > 1 else None
+        if parent is not None and pages is not None:
+            parents[int(entry)], rss[int(entry)] = parent, pages * os.sysconf("SC_PAGE_SIZE")
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()

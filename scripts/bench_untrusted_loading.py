@@ -13,7 +13,6 @@ status and stderr line count. Nothing is asserted: the table is printed and writ
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -21,11 +20,11 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common  # the scripts folder, on the path above
+import bench_common  # the scripts folder, on the path above; it puts the repository on the path
+
+REPO = bench_common.REPO
 
 
 def _poison(case: str, model: str, work: str) -> None:
@@ -78,8 +77,7 @@ def _run(model: str, fasta: str, out: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    bench_common.add_common_args(p, quick_help="the same cases (they are all small); the record goes to quick/")
+    p = bench_common.make_parser(__doc__, quick_help="the same cases (they are all small); the record goes to quick/")
     args = p.parse_args()
     from ankh_jax.io import hf_export
     from ankh_jax.testing import DECODING_CFG, decoding_params

@@ -10,13 +10,12 @@ rows of both; the record keeps every row.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import add_common_args, format_table, write_result
+from bench_common import format_table, make_parser, write_result
 
 
 def _rows(model_dir: str) -> list[dict]:
@@ -25,12 +24,11 @@ def _rows(model_dir: str) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, quick_help="no difference (it only reads files)")
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--labels", default="before,after")
     parser.add_argument("--commits", default="", help="the commits that produced the two runs")
-    add_common_args(parser, quick_help="no difference (it only reads files)")
     args = parser.parse_args()
     labels = args.labels.split(",")
     runs = {label: _rows(d) for label, d in zip(labels, (args.before, args.after))}

@@ -14,7 +14,7 @@ PACKAGE = REPO / "ankh_jax"
 MAX_LINES = 400
 # The layers, lowest first: a module may import its own layer and the layers below, never above.
 LAYERS = [
-    {"ankh_jax.errors", "ankh_jax.startup", "ankh_jax.storage"},
+    {"ankh_jax.errors", "ankh_jax.parsing", "ankh_jax.startup", "ankh_jax.storage"},
     {"ankh_jax.model"},
     {"ankh_jax.data", "ankh_jax.io"},
     {"ankh_jax.training", "ankh_jax.inference", "ankh_jax.plots"},

@@ -73,18 +73,8 @@ def plan_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BA
     device, and a batch's rows are a multiple of it (:func:`batch_rows` pads with dummy rows), so every device
     gets rows of the same bucket.
     """
-    lengths = np.asarray(token_lengths)
-    if buckets is None:
-        buckets = length_buckets(int(lengths.max(initial=1)))
-    groups = group_by_bucket(lengths, buckets, np.argsort(-lengths, kind="stable"))
-    plan = []
-    for width in sorted(groups, reverse=True):
-        members = groups[width]
-        max_rows = max(1, batch_tokens // width) * row_multiple
-        n_batches = -(-len(members) // max_rows)
-        rows = -(-len(members) // n_batches)
-        plan += [(width, members[j: j + rows]) for j in range(0, len(members), rows)]
-    return plan
+    return [(width, members) for width, _, members in
+            plan_window_batches(token_lengths, batch_tokens=batch_tokens, buckets=buckets, row_multiple=row_multiple)]
 
 
 def plan_window_batches(token_lengths: Sequence[int], *, batch_tokens: int = DEFAULT_BATCH_TOKENS,

@@ -242,9 +242,9 @@ def params_from_torch(state_dict, module) -> dict:
             continue
         used.add(key)
         raw = _to_numpy(state_dict[key])
-        try:
+        try:  # the transforms transpose and index: a stored array of another rank is an IndexError
             value = np.ascontiguousarray(transform(raw))
-        except (IndexError, ValueError):
+        except IndexError:
             value = None
         if value is None or value.shape != tuple(leaf.shape):
             problems.append(f"key {key!r} has shape {raw.shape}, which does not give Flax "

@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import try_float
 
 
 class DataError(InputError):
@@ -104,10 +105,9 @@ def read_columns(source: str, columns: list[str]) -> dict[str, list]:
 
 def parse_float(value, *, source: str, row: int, column: str) -> float:
     """A finite number: a NaN or infinite label would rank as an extreme value, or make the loss NaN."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{source}: row {row}, column {column!r}: {value!r} is not a number") from None
+    number = try_float(value)
+    if number is None:
+        raise DataError(f"{source}: row {row}, column {column!r}: {value!r} is not a number")
     if not np.isfinite(number):
         raise DataError(f"{source}: row {row}, column {column!r}: {value!r} is not a finite number")
     return number
@@ -120,10 +120,10 @@ def parse_float_list(value, *, source: str, row: int, column: str) -> np.ndarray
         items = list(np.asarray(value, dtype=object).ravel())
     else:
         items = str(value).replace("[", " ").replace("]", " ").replace(",", " ").split()
-    try:
-        numbers = np.asarray([float(v) for v in items], np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{source}: row {row}, column {column!r}: not a list of numbers: {str(value)[:60]!r}") from None
+    parsed = [try_float(v) for v in items]
+    if None in parsed:
+        raise DataError(f"{source}: row {row}, column {column!r}: not a list of numbers: {str(value)[:60]!r}")
+    numbers = np.asarray(parsed, np.float64)
     if not np.isfinite(numbers).all():
         position = int(np.flatnonzero(~np.isfinite(numbers))[0]) + 1
         raise DataError(f"{source}: row {row}, column {column!r}: value {position} is not a finite number")
@@ -138,10 +138,10 @@ def parse_coordinates(value, *, source: str, row: int, column: str, length: int)
     else:
         text = value if not isinstance(value, (list, tuple)) else " ".join(map(str, value))
         items = str(text).replace("[", " ").replace("]", " ").replace(",", " ").split()
-        try:
-            flat = np.asarray([float(v) for v in items], np.float64)
-        except ValueError:
-            raise DataError(f"{source}: row {row}, column {column!r}: coordinates are not numbers") from None
+        parsed = [try_float(v) for v in items]
+        if None in parsed:
+            raise DataError(f"{source}: row {row}, column {column!r}: coordinates are not numbers")
+        flat = np.asarray(parsed, np.float64)
         arr = flat.reshape(-1, 3) if flat.size % 3 == 0 else flat
     if arr.ndim == 2 and arr.shape == (3, length) and length != 3:
         arr = arr.T  # TAPE stores [3, L]

@@ -34,6 +34,7 @@ import optax
 from ankh_jax.downstream import datasets, heads, metrics
 from ankh_jax.downstream.datasets import DataError
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import try_float
 from ankh_jax.plots import finetune_plots
 from ankh_jax.plots.common import note
 
@@ -76,9 +77,8 @@ class Cell:
 # ------------------------------------------------------------------------------------------------ encoding
 def class_label(value, where: str) -> str:
     text = str(value).strip()
-    try:  # 3, 3.0 and "3" are one class
-        f = float(text)
-    except ValueError:
+    f = try_float(text)  # 3, 3.0 and "3" are one class
+    if f is None:
         return text
     if not np.isfinite(f):  # a missing value (NaN from pandas / arrow), not a class
         raise DataError(f"{where}: {value!r} is not a class label")

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import JSON_ERRORS
 from ankh_jax.training.metrics import METRICS_FILE
 
 RUN_FILE = "run.json"
@@ -56,7 +57,7 @@ def read_json(path: str) -> Any:
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, *JSON_ERRORS) as err:
         raise RunMismatchError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
 
 

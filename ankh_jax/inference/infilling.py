@@ -27,6 +27,7 @@ from ankh_jax.errors import InputError
 from ankh_jax.inference import decoding, scoring
 from ankh_jax.inference.devices import DataParallel
 from ankh_jax.model.config import T5Config
+from ankh_jax.parsing import try_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +47,9 @@ def parse_mask_spec(spec: str, length: int) -> tuple[int, ...]:
     for part in spec.split(","):
         part = part.strip()
         lo, sep, hi = part.partition("-")
-        try:
-            a, b = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise InputError(f"mask {spec!r}: {part!r} is neither a position (30) nor a span (10-14)") from None
+        a, b = try_int(lo), try_int(hi) if sep else try_int(lo)
+        if a is None or b is None:
+            raise InputError(f"mask {spec!r}: {part!r} is neither a position (30) nor a span (10-14)")
         if not 1 <= a <= b:
             raise InputError(f"mask {spec!r}: {part!r} is not a valid 1-based position or increasing span")
         if b > length:

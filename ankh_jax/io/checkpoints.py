@@ -43,6 +43,7 @@ import orbax.checkpoint as ocp
 from ankh_jax.errors import InputError, InputNotFoundError
 from ankh_jax.io import CheckpointError
 from ankh_jax.io.tree_shapes import describe_tree_difference, tree_shapes
+from ankh_jax.parsing import JSON_ERRORS
 from ankh_jax.storage import atomic, capacity
 from ankh_jax.storage.paths import as_path, move_tree, remove_tree
 
@@ -367,7 +368,7 @@ def read_meta(model_dir: str, step: int) -> dict:
     path = as_path(model_dir) / CHECKPOINT_SUBDIR / str(step) / "meta" / "metadata"
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, *JSON_ERRORS) as err:
         raise CheckpointError(f"checkpoint at step {step} in {as_path(model_dir) / CHECKPOINT_SUBDIR}: "
                               f"item meta is unreadable ({type(err).__name__}: {_first_line(err)})") from None
 

@@ -32,6 +32,7 @@ import shutil
 import numpy as np
 
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import JSON_ERRORS
 from ankh_jax.storage.lock import DirectoryLock
 
 FORMAT_VERSION = 2
@@ -128,7 +129,7 @@ def _stored_settings(output: str) -> dict | None:
             return json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, *JSON_ERRORS) as e:
         raise InputError(f"{path}: unreadable ({e}); delete {partial_dir(output)} to start the output afresh") \
             from None
 

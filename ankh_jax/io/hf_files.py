@@ -78,6 +78,12 @@ def read_model_json(path: str) -> object:
 # Weight files
 # ----------------------------------------------------------------------------------------------------------------
 
+# The safetensors dtypes that safe_open(framework="np") reads (bfloat16 through ml_dtypes); whether a model may
+# hold them (floats only) is checked after reading, with the model's own message.
+NUMPY_SAFETENSORS_DTYPES = frozenset({"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "BF16",
+                                      "F32", "F64"})
+
+
 def _open_safetensors(path: str) -> tuple[list[str], Callable[[str], np.ndarray]]:
     """The tensor names of a ``.safetensors`` file and a reader of one tensor as numpy (memory-mapped by
     ``safetensors.safe_open``; bfloat16 included: importing ``ml_dtypes`` gives numpy the ``bfloat16`` dtype that
@@ -96,9 +102,12 @@ def _open_safetensors(path: str) -> tuple[list[str], Callable[[str], np.ndarray]
         raise damaged(err) from None
 
     def get(name: str) -> np.ndarray:
+        dtype = handle.get_slice(name).get_dtype()
+        if dtype not in NUMPY_SAFETENSORS_DTYPES:  # safetensors would fail inside numpy (float8: AttributeError)
+            raise CheckpointError(f"{path}: tensor {name} is stored as {dtype}, which numpy cannot read")
         try:
             return handle.get_tensor(name)
-        except (SafetensorError, TypeError, ValueError) as err:
+        except SafetensorError as err:
             raise CheckpointError(f"{path}: tensor {name} is unreadable ({err})") from None
 
     return names, get

@@ -13,6 +13,7 @@ import os
 import re
 
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import try_int
 
 NUM_SHARDS_ENV = "JAX_NUM_PROCESSES"
 SHARD_INDEX_ENV = "JAX_PROCESS_ID"
@@ -22,10 +23,10 @@ def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value in (None, ""):
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InputError(f"{name}={value!r} is not an integer") from None
+    number = try_int(value)
+    if number is None:
+        raise InputError(f"{name}={value!r} is not an integer")
+    return number
 
 
 def resolve_shards(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
@@ -79,13 +80,14 @@ def find_shards(path: str) -> list[str]:
     return [shards[i] for i in range(count)]
 
 
-def add_flags(p) -> None:
-    """``--num_devices`` and ``--num_shards/--shard_index`` on an argparse parser (score, generate)."""
+def add_flags(p, output_ext: str = ".csv") -> None:
+    """``--num_devices`` and ``--num_shards/--shard_index`` on an argparse parser (embed, score, generate);
+    ``output_ext``: the extension of the command's output, named in the help."""
     p.add_argument("--num_devices", type=int, default=None,
                    help="local devices the batches are sharded over (default: all of this process's devices)")
     p.add_argument("--num_shards", type=int, default=None,
                    help="split the FASTA into N disjoint shards balanced by residues, one per host or job (default: "
-                        "JAX_NUM_PROCESSES, else 1); shard i writes OUT-0000i-of-0000N.csv")
+                        f"JAX_NUM_PROCESSES, else 1); shard i writes OUT-0000i-of-0000N{output_ext}")
     p.add_argument("--shard_index", type=int, default=None, help="this job's shard (default: JAX_PROCESS_ID)")
 
 

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from ankh_jax.parsing import JSON_ERRORS
 from ankh_jax.storage.paths import PathLike, as_path, is_remote, local
 
 
@@ -117,6 +118,6 @@ def read_marker(directory: PathLike, name: str) -> dict | None:
         return None
     try:
         value = json.loads(marker.read_text())
-    except ValueError:
+    except JSON_ERRORS:
         return {"complete": False}
     return value if isinstance(value, dict) else {"complete": False}

@@ -31,6 +31,7 @@ import time
 from typing import Self
 
 from ankh_jax.errors import InputError
+from ankh_jax.parsing import JSON_ERRORS
 from ankh_jax.storage.paths import PathLike, as_path, bucket_and_key, display, filesystem, is_remote, local
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class _FileLock:
         try:
             with open(os.path.join(self.directory, OWNER_FILE)) as f:
                 return json.load(f)
-        except (OSError, ValueError):
+        except (OSError, *JSON_ERRORS):
             return None
 
 
@@ -174,7 +175,7 @@ class _ObjectLock:
             owner = json.loads(fs.cat_file(self.url))
         except FileNotFoundError:
             return None
-        except ValueError:
+        except JSON_ERRORS:
             owner = {}
         beat = (info.get("metadata") or {}).get("heartbeat")
         heartbeat = float(beat) if beat else float(owner.get("started_unix", 0.0))

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 
+from ankh_jax.parsing import JSON_ERRORS
 from ankh_jax.storage.home import ankh_jax_home
 from ankh_jax.storage.paths import PathLike, bucket_and_key, filesystem
 
@@ -37,7 +38,7 @@ def local_copy(url: PathLike, target: str | None = None) -> str:
         try:
             with open(manifest_path) as f:
                 manifest = json.load(f)
-        except (OSError, ValueError):
+        except (OSError, *JSON_ERRORS):
             manifest = {}
         for name, info in sorted(objects.items()):
             if name.startswith(".lock"):

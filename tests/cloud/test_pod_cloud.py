@@ -6,28 +6,11 @@ one agreed step, and the run moves from 2 hosts to 1 (elastic restore)."""
 import os
 import signal
 
+import pod_runs as pod
 import pytest
 from harness import REPO, host_dirs
-from pod_runs import (
-    KILL_AFTER_SAVE_STARTS,
-    TIMEOUT,
-    assert_bit_identical,
-    last_step,
-    launch,
-    meta,
-    rows,
-    run,
-    state,
-)
 
 from ankh_jax.storage.paths import as_path
-
-NO_EVAL = "--gin.EvalConfig.every_steps=0"
-
-
-def _committed(model_dir) -> list[int]:
-    folder = as_path(model_dir) / "checkpoints"
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
 def _no_local_gs_dir(log_dir, processes: int = 2) -> None:
@@ -42,7 +25,7 @@ def reference(gcs, tmp_path_factory):
     """12 uninterrupted steps on 2 hosts, checkpoints at 4, 8 and 12, all in the bucket."""
     model_dir = gcs.create_bucket("pod-reference") + "/run"
     logs = tmp_path_factory.mktemp("reference_logs")
-    run(model_dir, NO_EVAL, log_dir=str(logs))
+    pod.run(model_dir, pod.NO_EVAL, log_dir=str(logs))
     _no_local_gs_dir(logs)
     return model_dir
 
@@ -50,18 +33,15 @@ def reference(gcs, tmp_path_factory):
 def test_sigkill_every_host_then_the_same_command_is_bit_identical(reference, bucket, tmp_path):
     model_dir = f"{bucket}/run"
     # 1st life: both hosts die right after starting the async write of step 8 to the bucket.
-    job = launch(model_dir, NO_EVAL, script=KILL_AFTER_SAVE_STARTS.format(step=8), log_dir=str(tmp_path / "life1"))
-    assert job.wait(TIMEOUT) == [-signal.SIGKILL] * 2, job.tail()
-    assert 4 in _committed(model_dir)
+    job = pod.launch(model_dir, pod.NO_EVAL, script=pod.KILL_AFTER_SAVE_STARTS.format(step=8),
+                     log_dir=str(tmp_path / "life1"))
+    assert job.wait(pod.TIMEOUT) == [-signal.SIGKILL] * 2, job.tail()
+    assert 4 in pod.committed_steps(model_dir)
     # 2nd life, on hosts with fresh local disks: the lock left in the bucket belongs to a dead pid of this host.
-    job = run(model_dir, NO_EVAL, log_dir=str(tmp_path / "life2"))
+    job = pod.run(model_dir, pod.NO_EVAL, log_dir=str(tmp_path / "life2"))
     assert "resumed from the checkpoint at step" in job.log(0), job.tail()
-    step, params, opt_state = state(model_dir)
-    _, ref_params, ref_opt = state(reference)
-    assert step == 12
-    assert_bit_identical(params, ref_params, "params")
-    assert_bit_identical(opt_state, ref_opt, "opt_state")
-    a, b = rows(reference), rows(model_dir)  # rows() fails on a step written twice
+    assert pod.assert_same_checkpoint(model_dir, reference) == 12
+    a, b = pod.rows(reference), pod.rows(model_dir)  # rows() fails on a step written twice
     assert sorted(b) == list(range(1, 13)) and all(a[s]["loss"] == b[s]["loss"] for s in b)
     assert not as_path(f"{model_dir}/.lock").exists()  # released at the end
     _no_local_gs_dir(tmp_path / "life1")
@@ -70,20 +50,20 @@ def test_sigkill_every_host_then_the_same_command_is_bit_identical(reference, bu
 
 def test_sigterm_to_one_host_then_an_elastic_restore_on_one_host(reference, bucket, tmp_path):
     model_dir = f"{bucket}/run"
-    job = launch(model_dir, NO_EVAL, "--gin.CheckpointConfig.every_steps=1000", log_dir=str(tmp_path / "pod"))
-    job.wait_for(lambda: last_step(model_dir) >= 3, TIMEOUT, "step 3")
+    job = pod.launch(model_dir, pod.NO_EVAL, "--gin.CheckpointConfig.every_steps=1000", log_dir=str(tmp_path / "pod"))
+    job.wait_for(lambda: pod.last_step(model_dir) >= 3, pod.TIMEOUT, "step 3")
     job.kill(signal.SIGTERM, which=[1])  # host 1 alone is preempted
     assert job.wait(120) == [0, 0], job.tail()
-    saved = _committed(model_dir)
+    saved = pod.committed_steps(model_dir)
     assert len(saved) == 1 and 3 <= saved[0] < 12, saved
-    assert len(meta(model_dir, saved[0])["input_states"]) == 2
+    assert len(pod.meta(model_dir, saved[0])["input_states"]) == 2
     # The slice comes back smaller: 1 host with 8 devices reads both data shards and continues them exactly.
-    job = run(model_dir, NO_EVAL, "--gin.CheckpointConfig.every_steps=1000", "--gin.DataConfig.num_data_shards=2",
-              processes=1, devices=8, log_dir=str(tmp_path / "one"))
+    job = pod.run(model_dir, pod.NO_EVAL, "--gin.CheckpointConfig.every_steps=1000",
+                  "--gin.DataConfig.num_data_shards=2", processes=1, devices=8, log_dir=str(tmp_path / "one"))
     log = job.log(0)
     assert f"resumed from the checkpoint at step {saved[0]}" in log
     assert "written by 2 process(es), this run has 1" in log and "2 data shards continue exactly" in log
-    a, b = rows(reference), rows(model_dir)
+    a, b = pod.rows(reference), pod.rows(model_dir)
     assert sorted(b) == list(range(1, 13))
     for s in range(1, 13):  # another process count reduces in another order: equal within 1e-5, as 1 vs 2 hosts
         assert abs(a[s]["loss"] - b[s]["loss"]) <= 1e-5, s

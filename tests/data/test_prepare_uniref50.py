@@ -3,7 +3,6 @@
 before anything is written."""
 
 import gzip
-import importlib.util
 import json
 import re
 import shutil
@@ -12,14 +11,6 @@ import pytest
 
 from ankh_jax.data.fasta import load_fasta, write_fasta
 from ankh_jax.data.splits import validation_score
-
-
-@pytest.fixture(scope="module")
-def prepare(repo_root):
-    spec = importlib.util.spec_from_file_location("prepare_uniref50", repo_root / "scripts" / "prepare_uniref50.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_prepare_sample_writes_dataset_and_stats(prepare, sample_fasta, tmp_path, capsys):

@@ -2,7 +2,6 @@
 same statistics, on ~10^5 synthetic records in several files and on the shipped proteins through the command; a
 worker's error names the file and the record."""
 
-import importlib.util
 import json
 import re
 
@@ -91,14 +90,6 @@ def test_beam_and_one_process_agree_on_100k_records_in_4_files(synthetic):
     assert skipped["too_short"]["count"] == sum(len(s) < 5 and "7" not in s for s in written.values())
     assert meta["train_stats"]["records"] + meta["validation_stats"]["records"] == len(kept)
     assert {s.num_shards for s in beam.info.splits.values()} == {2}
-
-
-@pytest.fixture(scope="module")
-def prepare(repo_root):
-    spec = importlib.util.spec_from_file_location("prepare_uniref50", repo_root / "scripts" / "prepare_uniref50.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_command_with_direct_runner_matches_one_process_on_the_shipped_proteins(prepare, sample_fasta, tmp_path):

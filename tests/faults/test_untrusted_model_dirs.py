@@ -151,6 +151,19 @@ def test_integer_weights_are_refused_naming_the_tensor(hf_dir_a, tmp_path, capsy
     _refused(model, tmp_path, capsys, str(model / hf_files.TORCH_FILE), "tensor shared.weight is stored as int64")
 
 
+def test_float8_weights_numpy_cannot_read_are_one_line_naming_the_tensor(hf_dir_a, tmp_path, capsys):
+    """Before: safetensors failed inside numpy (AttributeError: no float8_e4m3fn), a traceback."""
+    import ml_dtypes
+    from safetensors.numpy import load_file, save_file
+
+    model = _copy(hf_dir_a, tmp_path)
+    state = load_file(str(model / hf_files.SAFETENSORS_FILE))
+    state["shared.weight"] = state["shared.weight"].astype(ml_dtypes.float8_e4m3fn)
+    save_file(state, str(model / hf_files.SAFETENSORS_FILE))
+    _refused(model, tmp_path, capsys, str(model / hf_files.SAFETENSORS_FILE),
+             "tensor shared.weight is stored as F8_E4M3, which numpy cannot read")
+
+
 def test_an_hf_cache_layout_of_symlinked_files_still_loads(hf_dir_a, sharded, tmp_path, capsys):
     """HF's cache keeps every file as ``snapshots/<rev>/<name> -> ../../blobs/<hash>``: links out of the model
     directory to regular files are how it works, and must load (single file and shards)."""

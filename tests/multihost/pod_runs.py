@@ -22,6 +22,7 @@ BASE_FLAGS = [
     "--gin.initialize_distributed.heartbeat_timeout_seconds=10",
 ]
 TIMEOUT = 420  # seconds for one multi-process run on a loaded 2-core machine
+NO_EVAL = "--gin.EvalConfig.every_steps=0"
 
 
 def flags(model_dir, *extra) -> list[str]:
@@ -69,6 +70,12 @@ def last_step(model_dir) -> int:
         return 0
 
 
+def committed_steps(model_dir) -> list[int]:
+    """The checkpoint steps under MODEL_DIR (local or gs://), in order."""
+    folder = as_path(model_dir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
 def meta(model_dir, step: int) -> dict:
     return json.loads((as_path(model_dir) / "checkpoints" / str(step) / "meta" / "metadata").read_text())
 
@@ -100,6 +107,17 @@ def assert_bit_identical(a, b, what: str) -> None:
     assert len(fa) == len(fb), what
     for path, x in fa:
         np.testing.assert_array_equal(x, fb[path], err_msg=f"{what} {jax.tree_util.keystr(path)}")
+
+
+def assert_same_checkpoint(model_dir, reference, step: int | None = None) -> int:
+    """MODEL_DIR's checkpoint at ``step`` (default: the newest) holds the same step, parameters and optimizer
+    state, bit for bit, as REFERENCE's; returns the step."""
+    step, params, opt_state = state(model_dir, step)
+    ref_step, ref_params, ref_opt = state(reference, step)
+    assert step == ref_step, (step, ref_step)
+    assert_bit_identical(params, ref_params, "params")
+    assert_bit_identical(opt_state, ref_opt, "opt_state")
+    return step
 
 
 KILL_AFTER_SAVE_STARTS = """
