@@ -85,15 +85,9 @@ def parse_gin(files: list[str], bindings: list[str], extra_search_paths: Iterabl
     """Imports ``modules`` (their configurables), then parses, checks and finalises the config.
 
     Raises FileNotFoundError or gin's ValueError/KeyError/... naming the bad file or binding."""
-    import importlib
-
     import gin
 
-    # A fresh, unlocked config per call, before any import can register a configurable: an earlier command in
-    # this process (tests call several main()s) finalised and locked the last one.
-    gin.clear_config()
-    for module in modules:
-        importlib.import_module(module)
+    import_configurables(modules)
     paths = search_paths(extra_search_paths)
     resolved = [find_gin_file(f, paths) for f in files]
     for path in paths:
@@ -102,6 +96,18 @@ def parse_gin(files: list[str], bindings: list[str], extra_search_paths: Iterabl
         gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
     check_macros_are_used(bindings)
     gin.finalize()
+
+
+def import_configurables(modules: Iterable[str]) -> None:
+    """Imports ``modules``, registering their configurables in a fresh, unlocked gin config: an earlier command in
+    this process (tests call several main()s) finalised and locked the last one."""
+    import importlib
+
+    import gin
+
+    gin.clear_config()
+    for module in modules:
+        importlib.import_module(module)
 
 
 @contextlib.contextmanager
@@ -160,9 +166,12 @@ def one_line(err: BaseException) -> str:
 
 
 def configure(prog: str, args: GinArgs, *, modules: Iterable[str] = ()) -> bool:
-    """:func:`parse_gin` for a command: False (after one line on stderr) when the configuration is invalid."""
+    """:func:`parse_gin` for a command: False (after one line on stderr) when the configuration is invalid. The
+    command's modules are imported first, outside that report: an error while importing them is a bug, and keeps
+    its traceback."""
+    import_configurables(modules)
     try:
-        parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths, modules=modules)
+        parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     except SyntaxError as err:
         print(f"{prog}: error: invalid gin configuration: {gin_syntax_error(err)}", file=sys.stderr)
         return False
