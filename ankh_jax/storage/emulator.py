@@ -91,9 +91,9 @@ class GcsEmulator:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = self._previous
-        if self._folder is not None:
-            self._folder.cleanup()
-            self._folder = None
+        folder, self._folder = self._folder, None
+        if folder is not None:
+            folder.cleanup()
 
     def __enter__(self) -> Self:
         return self.start()
