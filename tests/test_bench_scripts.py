@@ -57,15 +57,19 @@ def test_records_name_no_directory_of_the_machine():
         assert REPO not in text and '"/' not in text.replace('"/s"', ""), path
 
 
+_DURATIONS_REPORT = (
+    "============================= slowest durations ==============================",
+    "12.50s call     tests/a/test_x.py::test_one",
+    "2.00s setup    tests/a/test_x.py::test_one",
+    "30.30s call     tests/b/test_y.py::test_two[param::with::colons]",
+    "0.30s teardown tests/a/test_x.py::test_two",
+    "================== 3 passed, 1 skipped in 40.10s (0:00:40) ===================",
+)
+
+
 def test_test_durations_sums_each_files_phases(tmp_path):
     report = tmp_path / "report.txt"
-    report.write_text("\n".join([
-        "============================= slowest durations ==============================",
-        "12.50s call     tests/a/test_x.py::test_one",
-        "2.00s setup    tests/a/test_x.py::test_one",
-        "30.25s call     tests/b/test_y.py::test_two[param::with::colons]",
-        "0.25s teardown tests/a/test_x.py::test_two",
-        "================== 3 passed, 1 skipped in 40.10s (0:00:40) ==================="]))
+    report.write_text("\n".join(_DURATIONS_REPORT))
     out_dir = tmp_path / "out"
     done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "test_durations.py"), str(report),
                            f"--out_dir={out_dir}"], check=False, capture_output=True, text=True, timeout=120)
@@ -73,6 +77,6 @@ def test_test_durations_sums_each_files_phases(tmp_path):
     (name,) = os.listdir(out_dir)
     with open(out_dir / name) as f:
         record = json.load(f)
-    assert record["table"] == [{"file": "tests/b/test_y.py", "seconds": 30.2},
+    assert record["table"] == [{"file": "tests/b/test_y.py", "seconds": 30.3},
                                {"file": "tests/a/test_x.py", "seconds": 14.8}]
-    assert (record["wall_seconds"], record["passed"], record["summed_seconds"]) == (40.1, 3, 45.0)
+    assert (record["wall_seconds"], record["passed"], record["summed_seconds"]) == (40.1, 3, 45.1)
