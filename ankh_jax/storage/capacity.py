@@ -16,7 +16,7 @@ import sys
 import traceback
 
 from ankh_jax.errors import InputError
-from ankh_jax.storage.paths import PathLike, is_remote
+from ankh_jax.storage.paths import PathLike, is_remote, nearest_existing
 
 # The storage refused to grow a file: a full disk, a user's quota, or the process's file-size limit (ulimit -f).
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -34,10 +34,7 @@ def free_bytes(path: PathLike) -> int | None:
     object storage."""
     if is_remote(path):
         return None
-    probe = os.path.abspath(os.fspath(path))
-    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    return shutil.disk_usage(probe).free
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def full_storage_reason(err: BaseException | None) -> str | None:

@@ -110,6 +110,15 @@ def local(path: PathLike) -> str | None:
     return None if is_remote(text) else os.path.abspath(os.path.expanduser(text))
 
 
+def nearest_existing(path: PathLike) -> str:
+    """The local ``path`` made absolute, or its nearest existing parent when it does not exist yet (where a folder
+    about to be created would live: its disk, its permissions)."""
+    probe = os.path.abspath(os.fspath(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return probe
+
+
 def filesystem():
     """The gcsfs filesystem epath uses (the same cached instance), for what epath does not offer: preconditions,
     object metadata, generation numbers."""

@@ -18,7 +18,7 @@ from ankh_jax.io import checkpoints as ckpt_lib
 from ankh_jax.storage import atomic
 from ankh_jax.storage.lock import DirectoryInUseError, DirectoryLock
 from ankh_jax.storage.mirror import LocalMirror
-from ankh_jax.storage.paths import as_path, check_reachable, is_remote
+from ankh_jax.storage.paths import as_path, check_reachable, is_remote, nearest_existing
 from ankh_jax.training.metrics import METRICS_FILE, TENSORBOARD_SUBDIR
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,7 @@ def check_writable(model_dir) -> str:
             raise RunConfigError(f"MODEL_DIR {path}: cannot write objects there ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else ''})") from None
         return str(path)
-    probe_dir = str(path)
-    while not os.path.exists(probe_dir) and os.path.dirname(probe_dir) != probe_dir:
-        probe_dir = os.path.dirname(probe_dir)
+    probe_dir = nearest_existing(path)
     if not os.path.isdir(probe_dir):
         raise RunConfigError(f"MODEL_DIR {path}: cannot be created, {probe_dir} is a file")
     probe = os.path.join(probe_dir, name)
