@@ -56,6 +56,20 @@ def read_metrics(model_dir) -> list[dict]:
     return rows
 
 
+def _summary_writer_class():
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch, when it is installed,
+    only to recognise torch tensors (we pass floats), and that import costs a trainer process ~3 s at start-up."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX treats as "not installed"
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     def __init__(self, model_dir, *, total_steps: int, start_step: int = 0, tensorboard: bool = True,
                  progress: bool = True, progress_desc: str | None = None):
@@ -72,8 +86,7 @@ class MetricsWriter:
         # Rows beyond the restored step (and a partial last line) are dropped, so the file is one run.
         self._rows.keep(lambda r: r.get("step", 0) <= start_step, read_metrics(self.model_dir))
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             # Event files grow by appending: written locally, mirrored whole to gs:// (storage.mirror).
             self._tb_mirror = LocalMirror(self.model_dir / TENSORBOARD_SUBDIR)
             for kind in ("train", "eval"):
