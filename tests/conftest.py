@@ -12,8 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# The commands' persistent compilation cache (ankh_jax.storage.home) stays off unless a test turns it on.
-os.environ.setdefault("ANKH_JAX_COMPILATION_CACHE", "")
+# The commands' persistent compilation cache (ankh_jax.storage.home): one fresh folder per test run, shared by
+# both xdist workers and every process a test starts (``shared_compilation_cache``); never the user's own.
+_USER_CACHE = os.environ.get("ANKH_JAX_COMPILATION_CACHE")
 
 import pathlib
 
@@ -21,6 +22,26 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """jax's persistent compilation cache in a folder every worker of this run shares (pytest's run folder, which
+    it prunes), so a program compiled once, in any test or process, is loaded by the next one. jax keys entries by
+    program, shapes, shardings and devices, so nothing a test checks depends on it: a test about the cache names
+    its own folder. ``ANKH_JAX_COMPILATION_CACHE=''`` (or any folder) set by the caller wins."""
+    from ankh_jax.storage.home import enable_compilation_cache
+
+    if _USER_CACHE is not None:
+        directory = _USER_CACHE
+    else:  # under xdist each worker's folder is popen-gwN inside the run's folder
+        run_folder = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            run_folder = run_folder.parent
+        directory = str(run_folder / "xla_cache")
+    os.environ["ANKH_JAX_COMPILATION_CACHE"] = directory
+    enable_compilation_cache(directory)
+    yield directory
 
 
 @pytest.fixture(scope="session")
