@@ -32,7 +32,8 @@ NOISE = ("All log messages before absl::InitializeLog() is called are written to
          "Unable to register cuFFT factory", "Unable to register cuBLAS factory", "computation_placer.cc",
          "TF-TRT Warning: Could not find TensorRT", "oneDNN custom operations are on",
          "This TensorFlow binary is optimized to use available CPU instructions",
-         "To enable the following instructions:", "cuda_executor.cc", "gpu_device.cc")
+         "To enable the following instructions:", "cuda_executor.cc", "gpu_device.cc",
+         "failed call to cuInit")
 _QUIET_MODULES = ("tensorflow", "tensorflow_text")
 
 
@@ -107,6 +108,11 @@ class _QuietLoader:
         module.__loader__ = module.__spec__.loader = self._loader  # the module never sees the wrapper
         with _FilteredStderr():
             self._loader.exec_module(module)
+            if module.__name__ == "tensorflow":
+                # TensorFlow looks for a GPU at its first device query ("failed call to cuInit" on a machine without
+                # one), not at import: query now, inside the filter. Listing physical devices leaves them
+                # configurable (tf.config.set_visible_devices still works afterwards).
+                module.config.list_physical_devices()
 
 
 class _QuietImportFinder(importlib.abc.MetaPathFinder):

@@ -228,3 +228,18 @@ def test_a_refused_command_prints_exactly_one_line(tmp_path, repo_root):
                            f"--output={tmp_path / 'o.csv'}"], cwd=repo_root, env=_without_platform_choice(),
                           check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.splitlines() == ["score: error: nowhere.fasta: no such file"]
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="a GPU machine: TensorFlow finds its GPU quietly")
+def test_tensorflow_says_nothing_at_its_first_device_query_without_a_gpu(repo_root):
+    """Before: the data pipeline's first TensorFlow op printed 'E0000 ... cuda_platform.cc:52] failed call to cuInit'
+    (TensorFlow looks for a GPU at its first device query, after the import that ankh_jax.startup quiets).
+    TensorFlow's own log level is left at its default here, as a user's shell has it."""
+    env = {k: v for k, v in _without_platform_choice().items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
+    script = ("import ankh_jax, tensorflow as tf; tf.config.set_visible_devices([], 'GPU'); "
+              "print([int(x) for x in tf.data.Dataset.range(3).map(lambda x: x + 1).as_numpy_iterator()])")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo_root, env=env, check=False, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 2, 3]", proc.stderr
+    assert proc.stderr == "", proc.stderr
