@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from harness import xla_flags
 from pod_runs import BASE_FLAGS, KILL_AFTER_SAVE_STARTS, assert_bit_identical, rows, state
 
 from ankh_jax.storage.emulator import FaultProxy, GcsEmulator, free_port
@@ -24,7 +25,7 @@ ERROR_RATE, DROP_RATE = 0.05, 0.02
 def train(model_dir: str, cwd, *extra, script: str | None = None) -> subprocess.CompletedProcess:
     """The trainer in a fresh process, 4 fake devices, from ``cwd`` (outside the checkout)."""
     args = ["-c", script] if script else ["-m", "ankh_jax.train"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, *args, *FLAGS, f"--gin.MODEL_DIR='{model_dir}'", *extra], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,12 @@ class Job:
             time.sleep(0.1)
 
 
+def xla_flags(devices: int) -> str:
+    """This process's XLA_FLAGS (tests/conftest.py's compile settings) with ``devices`` fake CPU devices."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")).split()
+    return " ".join([f"--xla_force_host_platform_device_count={devices}", *flags])
+
+
 def host_dirs(log_dir: str, i: int) -> dict[str, str]:
     """Process ``i``'s own working directory, HOME, TMPDIR and data directory (``private_dirs``)."""
     base = os.path.join(os.path.abspath(log_dir), f"host_{i}")
@@ -85,7 +92,7 @@ def start(args: Sequence[str], *, num_processes: int, devices_per_process: int, 
         penv = dict(os.environ, **(env or {}))
         penv.update({
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+            "XLA_FLAGS": xla_flags(devices_per_process),
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": str(num_processes),
             "JAX_PROCESS_ID": str(i),

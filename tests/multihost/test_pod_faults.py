@@ -23,11 +23,10 @@ HEARTBEAT_S = 10  # pod_runs.BASE_FLAGS
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """12 steps on 2 processes without interruption (checkpoints at 4, 8, 12)."""
-    model_dir = tmp_path_factory.mktemp("reference") / "run"
-    run(model_dir, NO_EVAL)
-    return model_dir
+def reference(pod_reference):
+    """12 steps on 2 processes without interruption (checkpoints at 4, 8, 12): the run's shared ``pod_reference``
+    (tests/conftest.py), whose evaluation at 6 and 12 leaves the training state as it is without."""
+    return pod_reference
 
 
 def test_sigkill_every_host_even_during_an_async_save_then_rerun_is_bit_identical(reference, tmp_path):
