@@ -94,11 +94,10 @@ def _run_without_head(task: TaskSpec, mode: str):
     if where is None:
         return None
     module, name = where
-    try:
-        return gin.get_configurable(name)
-    except ValueError:
+    if f"ankh_jax.tasks.{module}" not in sys.modules:  # importing it is what registers the configurable
         raise InputError(f"{name} is not registered: the {task.kind} task's gin file must `import "
-                         f"ankh_jax.tasks.{module}`") from None
+                         f"ankh_jax.tasks.{module}`")
+    return gin.get_configurable(name)
 
 
 def _print_table(rows: list[tuple[str, dict]], title: str):

@@ -32,6 +32,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -173,6 +174,8 @@ class Checkpointer:
         """After a failed save: lets every thread orbax started finish (one failed part is reported while the
         others still write), closes the manager, then removes the unfinished step's files."""
         self._closed = True
+        # The write coroutines orbax abandons with the failure are reported at exit as never awaited.
+        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
         with contextlib.suppress(Exception):  # the same failure again, already being reported
             self.manager.close()
         deadline = time.monotonic() + timeout_seconds

@@ -71,8 +71,8 @@ def _size(n: float) -> str:
 
 
 class _FullStorageLogFilter(logging.Filter):
-    """orbax logs a failed save, traceback and all, from each of its background threads before the failure reaches
-    the caller; when the storage ran out of room the writer (``io.checkpoints.Checkpointer``) reports it in one
+    """orbax logs a failed save, traceback and all, from each of its background threads (and asyncio each of its
+    unawaited write tasks) before the failure reaches the caller; when the storage ran out of room the writer (``io.checkpoints.Checkpointer``) reports it in one
     line, so those are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -83,9 +83,12 @@ class _FullStorageLogFilter(logging.Filter):
 
 def quiet_write_failure_noise() -> None:
     """Installs (once) the two filters below, for a writer that reports its own full-storage failures in one line."""
-    absl_log = logging.getLogger("absl")  # orbax logs through absl, which logs here
-    if not any(isinstance(f, _FullStorageLogFilter) for f in absl_log.filters):
-        absl_log.addFilter(_FullStorageLogFilter())
+    # orbax logs through absl, which logs to "absl"; its write tasks whose failure nobody awaited any more are
+    # reported by asyncio ("Task exception was never retrieved").
+    for name in ("absl", "asyncio"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _FullStorageLogFilter) for f in log.filters):
+            log.addFilter(_FullStorageLogFilter())
     if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
         sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 

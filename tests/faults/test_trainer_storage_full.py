@@ -16,11 +16,13 @@ from ankh_jax.training.metrics import read_metrics
 
 # A file-size limit (ulimit -f) makes the OS refuse to grow any file past it, as a full disk refuses every write:
 # the same failure inside tensorstore's C++ writer, with "File too large" (EFBIG) for "No space left on device".
-# 100 kB admits the metrics, TensorBoard and config files of 4 steps and no checkpoint's array data (~190 kB).
+# 8 kB admits the metrics, TensorBoard and config files of 4 steps (each under 8 kB) and no checkpoint: its array
+# metadata alone is ~10 kB and ~40 kB. (The array data is no bound: tensorstore splits it into more, smaller files
+# when the machine is busy, 55-90 kB each where a quiet machine writes 150-420 kB.)
 _WITH_A_FILE_SIZE_LIMIT = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))
 from ankh_jax.train import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -36,7 +38,7 @@ def test_a_checkpoint_without_room_is_one_line_leaves_nothing_unfinished_and_the
     model_dir = tmp_path / "run"
     assert main(_flags(model_dir, "--gin.TRAIN_STEPS=2")) == 0  # a complete checkpoint at step 2
     proc = subprocess.run([sys.executable, "-c", _WITH_A_FILE_SIZE_LIMIT, *_flags(model_dir)], cwd=repo_root,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), check=False, capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", ANKH_JAX_COMPILATION_CACHE=""), check=False, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr
     # Before: 860 lines of stderr with 81 tracebacks (orbax's background threads, tensorstore's callbacks).
