@@ -20,7 +20,7 @@ install: $(PY)
 	$(PY) -c "import jax, flax, seqio, transformers; print('ankh_jax installed: jax', jax.__version__, 'flax', flax.__version__, 'transformers', transformers.__version__)"
 
 test:
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 demo:
 	$(PY) -m ankh_jax.train --gin_file=configs/pretrain_tiny_cpu.gin --gin.MODEL_DIR="'$(DEMO)/pretrain'"

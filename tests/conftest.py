@@ -30,6 +30,19 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest files first, by the newest per-file record (``scripts/test_durations.py``): with ``-n 2 --dist
+    loadfile --no-loadscope-reorder`` (the Makefile's) xdist hands out files in this order, so the multi-process
+    files start at once and the many short ones fill in at the end, instead of the long ones running last."""
+    import json
+
+    records = sorted((REPO / "benchmarks" / "results").glob("test_durations-*.json"))
+    if not records:
+        return
+    seconds = {row["file"]: row["seconds"] for row in json.loads(records[-1].read_text())["table"]}
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))  # stable: in-file order kept
+
+
 def _run_folder(tmp_path_factory) -> pathlib.Path:
     """pytest's folder for this run, shared by every xdist worker (each has its own popen-gwN inside it)."""
     folder = tmp_path_factory.getbasetemp()
