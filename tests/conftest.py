@@ -18,7 +18,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The commands' persistent compilation cache (ankh_jax.storage.home): one fresh folder per test run, shared by
-# both xdist workers and every process a test starts (``shared_compilation_cache``); never the user's own.
+# both xdist workers and every process a test starts (``shared_compilation_cache``), unless the caller set one.
 _USER_CACHE = os.environ.get("ANKH_JAX_COMPILATION_CACHE")
 
 import pathlib
