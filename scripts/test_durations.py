@@ -1,8 +1,9 @@
 """The suite's time per test file, from the report of ``pytest --durations=0``, as a record under
 benchmarks/results (issue 22 asks for the per-file durations before and after a change to the suite).
 
-    python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=0 > benchmarks/results/pytest-durations-<machine>-<date>.txt
-    python scripts/test_durations.py benchmarks/results/pytest-durations-<machine>-<date>.txt [--tag=after]
+    python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=0 > REPORT.txt
+    (REPORT: benchmarks/results/pytest-durations-<machine>-<date>.txt)
+    python scripts/test_durations.py REPORT.txt [--tag=after]
 
 The table lists every file's summed setup, call and teardown seconds, largest first, and the run's wall time and
 counts as pytest's last line states them.
@@ -16,6 +17,7 @@ import re
 import bench_common
 
 DURATION = re.compile(r"^([0-9.]+)s (setup|call|teardown)\s+(\S+?)::")
+PYTEST_COMMAND = "python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=0"  # the Makefile's
 SUMMARY = re.compile(r"(\d+) passed.*? in ([0-9.]+)s")
 
 
@@ -45,7 +47,7 @@ def main() -> None:
     bench_common.write_result("test_durations", "cpu", head=["file", "seconds"], rows=rows, settings=vars(args),
                               out_dir=args.out_dir, wall_seconds=float(summary.group(2)),
                               passed=int(summary.group(1)), summed_seconds=round(sum(files.values()), 1),
-                              pytest_command="python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=0")
+                              pytest_command=PYTEST_COMMAND)
 
 
 if __name__ == "__main__":

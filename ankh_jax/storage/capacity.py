@@ -72,8 +72,8 @@ def _size(n: float) -> str:
 
 class _FullStorageLogFilter(logging.Filter):
     """orbax logs a failed save, traceback and all, from each of its background threads (and asyncio each of its
-    unawaited write tasks) before the failure reaches the caller; when the storage ran out of room the writer (``io.checkpoints.Checkpointer``) reports it in one
-    line, so those are dropped."""
+    unawaited write tasks) before the failure reaches the caller; when the storage ran out of room the writer
+    (``io.checkpoints.Checkpointer``) reports it in one line, so those are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None

@@ -38,8 +38,8 @@ def test_a_checkpoint_without_room_is_one_line_leaves_nothing_unfinished_and_the
     model_dir = tmp_path / "run"
     assert main(_flags(model_dir, "--gin.TRAIN_STEPS=2")) == 0  # a complete checkpoint at step 2
     proc = subprocess.run([sys.executable, "-c", _WITH_A_FILE_SIZE_LIMIT, *_flags(model_dir)], cwd=repo_root,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu", ANKH_JAX_COMPILATION_CACHE=""), check=False, capture_output=True, text=True,
-                          timeout=300)
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", ANKH_JAX_COMPILATION_CACHE=""), check=False,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     # Before: 860 lines of stderr with 81 tracebacks (orbax's background threads, tensorstore's callbacks).
     assert "Traceback" not in proc.stderr, proc.stderr
