@@ -1,6 +1,6 @@
 """What the pretraining trainer survives: a changed configuration on resume, two trainers on one MODEL_DIR, a
 metrics file cut mid-line, checkpoints all set aside, a misspelled command-line macro, MODEL_DIR that is a file.
-(Kill, preemption and lost hosts: tests/training/test_train.py and tests/multihost/.)"""
+(Kill, preemption and lost hosts: tests/training/test_train.py, tests/multihost/ and tests/cloud/test_pod_cloud.py.)"""
 
 import os
 import shutil

@@ -4,6 +4,7 @@ writes, and a checkpoint moves between 2 hosts and 1 (elastic restart)."""
 
 import os
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -145,14 +146,30 @@ def test_elastic_restart_from_two_hosts_to_one_and_from_one_to_two(single, pod, 
     assert [(s["config"]["shard_id"], s["epoch"], s["position"]) for s in meta(one_to_two, 14)["input_states"]] \
         == [(0, 0, 56), (1, 0, 56)]
 
+    # 2 processes -> 1 reading both data shards: each continues exactly, so steps 13 and 14 see the batches the
+    # 1 -> 2 run saw, from a state equal within 1e-5: the same losses within 1e-5.
+    two_to_one = _continue_in_this_process(pod, tmp_path / "2to1", capsys, "--gin.DataConfig.num_data_shards=2")
+    assert "written by 2 process(es), this run has 1" in two_to_one.out
+    assert "2 data shards continue exactly" in two_to_one.out
+    assert [(s["config"]["shard_id"], s["epoch"], s["position"]) for s in meta(two_to_one.dir, 14)["input_states"]] \
+        == [(0, 0, 56), (1, 0, 56)]
+    a, b = rows(one_to_two), rows(two_to_one.dir)
+    assert all(abs(a[s]["loss"] - b[s]["loss"]) <= 1e-5 for s in (13, 14)), (a, b)
+
     # 2 processes -> 1 reading 1 data shard: no position maps onto the new shard, so it restarts epoch 0 (and says so).
-    two_to_one = tmp_path / "2to1"
-    shutil.copytree(pod, two_to_one)
+    restarted = _continue_in_this_process(pod, tmp_path / "2to1_one_shard", capsys)
+    assert "written by 2 process(es), this run has 1" in restarted.out
+    assert "restarts at the beginning of epoch 0" in restarted.out
+    assert [(s["config"]["num_shards"], s["epoch"], s["position"])
+            for s in meta(restarted.dir, 14)["input_states"]] == [(1, 0, 16)]
+
+
+def _continue_in_this_process(model_dir, copy, capsys, *extra):
+    """A copy of MODEL_DIR continued to step 14 by ``main`` in this process (8 devices): its folder and output."""
+    shutil.copytree(model_dir, copy)
     capsys.readouterr()
-    assert main(flags(two_to_one, "--gin.TRAIN_STEPS=14", "--gin.EvalConfig.every_steps=0")) == 0
+    assert main(flags(copy, "--gin.TRAIN_STEPS=14", "--gin.EvalConfig.every_steps=0", *extra)) == 0
     out = capsys.readouterr().out
     assert "resumed from the checkpoint at step 12" in out
-    assert "written by 2 process(es), this run has 1" in out and "restarts at the beginning of epoch 0" in out
-    assert sorted(rows(two_to_one)) == list(range(1, 15))
-    assert [(s["config"]["num_shards"], s["epoch"], s["position"]) for s in meta(two_to_one, 14)["input_states"]] \
-        == [(1, 0, 16)]
+    assert sorted(rows(copy)) == list(range(1, 15))
+    return types.SimpleNamespace(dir=copy, out=out)
