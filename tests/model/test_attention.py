@@ -19,6 +19,7 @@ from ankh_jax.model.attention import ChunkedBias, chunked_attention, dropout_kee
 from ankh_jax.model.layers import RelativePositionBias
 from ankh_jax.model.network import Transformer, attention_bias
 from ankh_jax.model.params_layout import stack_layers
+from ankh_jax.testing import apply_jitted, call_jitted
 
 TOL = 1e-5
 BF16_TOL = 2e-2
@@ -38,7 +39,11 @@ def _qkv(seed, b, lq, lk, dtype=jnp.float32):
     return jnp.asarray(q, dtype), jnp.asarray(k, dtype), jnp.asarray(v, dtype), jnp.asarray(table)
 
 
-def plain_attention(q, k, v, table, *, bidirectional=True, key_mask=None, q_positions=None, k_positions=None,
+def plain_attention(q, k, v, table, **kw):
+    return call_jitted(_plain_attention, q, k, v, table, **kw)
+
+
+def _plain_attention(q, k, v, table, *, bidirectional=True, key_mask=None, q_positions=None, k_positions=None,
                     q_segment_ids=None, k_segment_ids=None, causal=False, keep=None):
     """The model's path: materialised [b, h, q, k] bias + mask, softmax, (dropout factor ``keep``), mix."""
     b, _, lq, _ = q.shape
@@ -64,6 +69,10 @@ def plain_attention(q, k, v, table, *, bidirectional=True, key_mask=None, q_posi
 
 
 def chunked(q, k, v, table, **kw):
+    return call_jitted(_chunked, q, k, v, table, **kw)
+
+
+def _chunked(q, k, v, table, **kw):
     return chunked_attention(q, k, v, bias_table=table, num_buckets=BUCKETS, max_distance=MAX_DIST, **kw)
 
 
@@ -189,7 +198,7 @@ def test_memory_is_bounded_and_linear_at_8192():
 @pytest.fixture(scope="module")
 def encoder_params():
     x = jnp.ones((1, 8), jnp.int32)
-    return nn.unbox(EncoderOnly(T5Config.tiny()).init(jax.random.PRNGKey(0), x)["params"])
+    return nn.unbox(jax.jit(EncoderOnly(T5Config.tiny()).init)(jax.random.PRNGKey(0), x)["params"])
 
 
 def _tokens(seed, b, n):
@@ -207,7 +216,7 @@ def test_encoder_with_chunked_attention_equals_plain(encoder_params, chunk, scan
     cfg = T5Config.tiny(scan_layers=scan)
     params = stack_layers(encoder_params, cfg) if scan else encoder_params
     x = _tokens(10, 2, 37)
-    ref = EncoderOnly(T5Config.tiny()).apply({"params": encoder_params}, x)
+    ref = apply_jitted(EncoderOnly(T5Config.tiny()), {"params": encoder_params}, x)
     out = jax.jit(lambda p, x: EncoderOnly(cfg.replace(attention_chunk_size=chunk)).apply({"params": p}, x))(params, x)
     _close(out, ref)
 
@@ -260,7 +269,7 @@ def test_chunked_bias_is_a_pytree_with_static_settings():
 @pytest.fixture(scope="module")
 def model_params():
     x = jnp.ones((1, 8), jnp.int32)
-    return nn.unbox(Transformer(T5Config.tiny()).init(jax.random.PRNGKey(1), x, x)["params"])
+    return nn.unbox(jax.jit(Transformer(T5Config.tiny()).init)(jax.random.PRNGKey(1), x, x)["params"])
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -281,8 +290,8 @@ def test_transformer_with_chunked_attention_equals_plain(model_params, packed):
 
 def test_collecting_attention_weights_takes_the_plain_path(encoder_params):
     x = _tokens(16, 1, 20)
-    _, state = EncoderOnly(T5Config.tiny(attention_chunk_size=8)).apply(
-        {"params": encoder_params}, x, mutable=["intermediates"])
+    _, state = apply_jitted(EncoderOnly(T5Config.tiny(attention_chunk_size=8)), {"params": encoder_params}, x,
+                            mutable=["intermediates"])
     weights = jax.tree_util.tree_leaves(state["intermediates"])
     assert len(weights) == T5Config.tiny().num_encoder_layers and weights[0].shape[-2:] == (20, 20)
 

@@ -9,6 +9,7 @@ from flax import linen as nn
 from ankh_jax.model import EncoderOnly, T5Config, Transformer, shift_right
 from ankh_jax.model.layers import relative_position_bucket
 from ankh_jax.model.params_layout import stack_layers, unstack_layers
+from ankh_jax.testing import apply_jitted
 
 CFG = T5Config.tiny()
 TOL = 1e-5  # float32, tiny model: differences are pure reassociation round-off
@@ -26,17 +27,17 @@ def _tokens(rng, b, n, pad_from=None):
 @pytest.fixture(scope="module")
 def params():
     x = jnp.ones((1, 8), jnp.int32)
-    return nn.unbox(Transformer(CFG).init(jax.random.PRNGKey(0), x, x)["params"])
+    return nn.unbox(jax.jit(Transformer(CFG).init)(jax.random.PRNGKey(0), x, x)["params"])
 
 
 def test_scanned_layers_match_unrolled(params):
     rng = np.random.default_rng(0)
     x, y = _tokens(rng, 2, 20, pad_from=12), _tokens(rng, 2, 9)
-    ref = Transformer(CFG).apply({"params": params}, x, shift_right(y))
+    ref = apply_jitted(Transformer(CFG), {"params": params}, x, shift_right(y))
     scfg = CFG.replace(scan_layers=True)
     stacked = stack_layers(params, scfg)
     assert stacked["encoder"]["layers"]["attention"]["query"]["kernel"].shape[0] == CFG.num_encoder_layers
-    out = Transformer(scfg).apply({"params": stacked}, x, shift_right(y))
+    out = apply_jitted(Transformer(scfg), {"params": stacked}, x, shift_right(y))
     np.testing.assert_allclose(out, ref, atol=TOL, rtol=TOL)
     back = unstack_layers(stacked, scfg)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), back, params))
@@ -50,8 +51,8 @@ def test_remat_changes_nothing_but_memory(params, policy):
     def loss(p, cfg):
         return Transformer(cfg).apply({"params": p}, x, shift_right(y)).sum()
 
-    g_ref = jax.grad(loss)(params, CFG)
-    g = jax.grad(loss)(params, CFG.replace(remat_policy=policy))
+    g_ref = jax.jit(jax.grad(loss), static_argnums=1)(params, CFG)
+    g = jax.jit(jax.grad(loss), static_argnums=1)(params, CFG.replace(remat_policy=policy))
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -64,8 +65,8 @@ def test_padding_never_changes_the_encoding(params):
     batch[0] = long[0]
     batch[1, :17] = short[0]
     enc = {"params": {k: params[k] for k in ("token_embedder", "encoder")}}
-    alone = EncoderOnly(CFG).apply(enc, short)
-    padded = EncoderOnly(CFG).apply(enc, batch)
+    alone = apply_jitted(EncoderOnly(CFG), enc, short)
+    padded = apply_jitted(EncoderOnly(CFG), enc, batch)
     np.testing.assert_allclose(padded[1, :17], alone[0], atol=TOL, rtol=TOL)
 
 
@@ -75,15 +76,15 @@ def test_packed_rows_equal_separate_examples(params):
     xa, ya = _tokens(rng, 1, 11), _tokens(rng, 1, 5)
     xb, yb = _tokens(rng, 1, 9), _tokens(rng, 1, 4)
     m = Transformer(CFG)
-    la = m.apply({"params": params}, xa, shift_right(ya))
-    lb = m.apply({"params": params}, xb, shift_right(yb))
+    la = apply_jitted(m, {"params": params}, xa, shift_right(ya))
+    lb = apply_jitted(m, {"params": params}, xb, shift_right(yb))
     x = np.concatenate([xa, xb, np.zeros((1, 4), np.int32)], 1)
     xseg = np.array([[1] * 11 + [2] * 9 + [0] * 4])
     xpos = np.array([list(range(11)) + list(range(9)) + [0] * 4])
     dec = np.concatenate([shift_right(ya), shift_right(yb), np.zeros((1, 3), np.int32)], 1)
     yseg = np.array([[1] * 5 + [2] * 4 + [0] * 3])
     ypos = np.array([list(range(5)) + list(range(4)) + [0] * 3])
-    packed = m.apply({"params": params}, x, dec, encoder_segment_ids=xseg, decoder_segment_ids=yseg,
+    packed = apply_jitted(m, {"params": params}, x, dec, encoder_segment_ids=xseg, decoder_segment_ids=yseg,
                      encoder_positions=xpos, decoder_positions=ypos)
     np.testing.assert_allclose(packed[0, :5], la[0], atol=TOL, rtol=TOL)
     np.testing.assert_allclose(packed[0, 5:9], lb[0], atol=TOL, rtol=TOL)
@@ -139,18 +140,18 @@ def test_dropout_only_when_enabled(params):
     rng = np.random.default_rng(4)
     x, y = _tokens(rng, 2, 12), _tokens(rng, 2, 6)
     m = Transformer(cfg)
-    a = m.apply({"params": params}, x, shift_right(y))
-    b = m.apply({"params": params}, x, shift_right(y))
+    a = apply_jitted(m, {"params": params}, x, shift_right(y))
+    b = apply_jitted(m, {"params": params}, x, shift_right(y))
     np.testing.assert_array_equal(a, b)
-    c = m.apply({"params": params}, x, shift_right(y), enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    c = apply_jitted(m, {"params": params}, x, shift_right(y), enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(1)})
     assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-3
 
 
 def test_bfloat16_compute_stays_close_to_float32(params):
     rng = np.random.default_rng(5)
     x, y = _tokens(rng, 2, 24), _tokens(rng, 2, 8)
-    ref = Transformer(CFG).apply({"params": params}, x, shift_right(y))
-    out = Transformer(CFG.replace(dtype="bfloat16")).apply({"params": params}, x, shift_right(y))
+    ref = apply_jitted(Transformer(CFG), {"params": params}, x, shift_right(y))
+    out = apply_jitted(Transformer(CFG.replace(dtype="bfloat16")), {"params": params}, x, shift_right(y))
     assert out.dtype == jnp.float32
     # bf16 keeps 8 bits of mantissa: logits of O(1) agree to a few percent of their spread.
     assert np.abs(np.asarray(out) - np.asarray(ref)).max() < 0.05 * np.abs(np.asarray(ref)).max()
@@ -160,7 +161,7 @@ def test_attention_weights_are_sown(params):
     rng = np.random.default_rng(6)
     x = _tokens(rng, 2, 10, pad_from=6)
     enc = {"params": {k: params[k] for k in ("token_embedder", "encoder")}}
-    _, state = EncoderOnly(CFG).apply(enc, x, mutable=["intermediates"])
+    _, state = apply_jitted(EncoderOnly(CFG), enc, x, mutable=["intermediates"])
     w = state["intermediates"]["encoder"]["layers_0"]["attention"]["attention_weights"][0]
     assert w.shape == (2, CFG.num_heads, 10, 10)
     np.testing.assert_allclose(np.asarray(w).sum(-1), 1.0, atol=1e-5)
@@ -225,7 +226,7 @@ def test_attention_layer_equals_float64_softmax_reference(monkeypatch):
     # gradient w.r.t. the input: float64 central differences of the numpy reference along a random direction
     direction = rng.normal(size=x.shape)
     cot = rng.normal(size=ref.shape)
-    grad = jax.grad(lambda v: jnp.sum(layer.apply({"params": params}, v, v, bias) * cot))(x)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(layer.apply({"params": params}, v, v, bias) * cot)))(x)
     eps = 1e-4
     x64 = np.asarray(x, np.float64)
     numeric = (np.sum(_numpy_attention(x64 + eps * direction, params, bias)[0] * cot)
