@@ -33,7 +33,7 @@ def decoding_params(seed: int = 0, eos_boost: float = 0.0) -> dict:
     """Random :data:`DECODING_CFG` params with every parameter perturbed (norm scales too, so no mapping error can
     hide) and the ``</s>`` column of the LM head scaled by ``1 + eos_boost`` (generations end at varied lengths)."""
     x = jnp.ones((1, 4), jnp.int32)
-    params = nn.unbox(Transformer(DECODING_CFG).init(jax.random.PRNGKey(seed), x, x)["params"])
+    params = nn.unbox(jax.jit(Transformer(DECODING_CFG).init)(jax.random.PRNGKey(seed), x, x)["params"])
     rng = np.random.default_rng(seed)
     params = jax.tree_util.tree_map(lambda a: np.asarray(a) + rng.normal(0, 0.2, a.shape).astype(np.float32),
                                     params)

@@ -23,7 +23,8 @@ SEQS = ["MKALCLLLLPVLGLLVSSKTLCSMEEAINERIQ", "GSHMSLFDFF", "WYC"]
 
 @pytest.fixture(scope="module")
 def params():
-    variables = Transformer(CFG).init(jax.random.PRNGKey(5), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
+    variables = jax.jit(Transformer(CFG).init)(jax.random.PRNGKey(5), jnp.ones((1, 4), jnp.int32),
+                                               jnp.ones((1, 4), jnp.int32))
     return jax.tree_util.tree_map(np.asarray, nn.unbox(variables["params"]))
 
 

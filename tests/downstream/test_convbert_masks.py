@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import ankh_jax.downstream as ds
+from ankh_jax.testing import apply_jitted, call_jitted
 
 D = 32
 HEADS = {
@@ -36,10 +37,10 @@ def test_alone_equals_padded(name):
         batch[i, :n] = s
         batch[i, n:] = rng.normal(size=(width - n, D))  # garbage in padding must not leak
         mask[i, :n] = 1
-    params = head.init(jax.random.key(1), batch, mask)["params"]
-    together = np.asarray(head.apply({"params": params}, batch, attention_mask=mask))
+    params = call_jitted(head.init, jax.random.key(1), batch, mask)["params"]
+    together = np.asarray(apply_jitted(head, {"params": params}, batch, attention_mask=mask))
     for i, s in enumerate(seqs):
-        alone = np.asarray(head.apply({"params": params}, s[None]))[0]
+        alone = np.asarray(apply_jitted(head, {"params": params}, s[None]))[0]
         n = lengths[i]
         if head.task_kind == "contact":
             got = together[i, :n, :n]
@@ -53,11 +54,11 @@ def test_alone_equals_padded(name):
 def test_dropout_is_active_only_when_not_deterministic():
     head = HEADS["binary_max"]
     x = np.random.default_rng(2).normal(size=(2, 10, D)).astype(np.float32)
-    params = head.init(jax.random.key(0), x)["params"]
-    a = head.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
-    b = head.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
-    c = head.apply({"params": params}, x)
-    d = head.apply({"params": params}, x)
+    params = call_jitted(head.init, jax.random.key(0), x)["params"]
+    a = apply_jitted(head, {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    b = apply_jitted(head, {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    c = apply_jitted(head, {"params": params}, x)
+    d = apply_jitted(head, {"params": params}, x)
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(c, d)
 

@@ -11,6 +11,7 @@ import torch
 from transformers.models.convbert import ConvBertConfig, ConvBertLayer
 
 import ankh_jax.downstream as ds
+from ankh_jax.testing import apply_jitted, call_jitted
 
 torch.manual_seed(0)
 INPUT_DIM, NHEAD, HIDDEN, KERNEL = 32, 4, 16, 7
@@ -74,7 +75,7 @@ def compare(torch_head, flax_head, x):
     params = ds.params_from_torch(state, flax_head)
     with torch.no_grad():
         expected = torch_head(torch.from_numpy(x.astype(np.float64))).numpy()
-    got = np.asarray(flax_head.apply({"params": params}, x.astype(np.float32)))
+    got = np.asarray(apply_jitted(flax_head, {"params": params}, x.astype(np.float32)))
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     return got
@@ -119,7 +120,7 @@ def test_regression_matches_ankh_and_bias_starts_at_label_mean():
                                          training_labels_mean=0.38145)
     compare(randomise(TorchAnkhHead(1, 1, "max")), flax_head, x)
     import jax
-    fresh = flax_head.init(jax.random.key(0), x.astype(np.float32))["params"]
+    fresh = call_jitted(flax_head.init, jax.random.key(0), x.astype(np.float32))["params"]
     assert float(fresh["decoder"]["bias"][0]) == pytest.approx(0.38145)
     kernel = np.asarray(fresh["decoder"]["kernel"])
     assert np.abs(kernel).max() <= 0.1 and np.abs(kernel).max() > 0.05  # U(-0.1, 0.1)
@@ -175,7 +176,7 @@ def compare_with_ankh(ankh_head, flax_head, x):
     params = ds.params_from_torch(dict(ankh_head.state_dict()), flax_head)
     with torch.no_grad():
         expected = ankh_head(torch.from_numpy(x.astype(np.float64))).logits.numpy()
-    got = np.asarray(flax_head.apply({"params": params}, x.astype(np.float32)))
+    got = np.asarray(apply_jitted(flax_head, {"params": params}, x.astype(np.float32)))
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     return got

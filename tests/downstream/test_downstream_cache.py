@@ -9,7 +9,7 @@ import pytest
 from ankh_jax.downstream.embedding_cache import build_cache
 from ankh_jax.downstream.encoder_source import load_encoder
 from ankh_jax.inference.embedding import embed_sequences
-from ankh_jax.testing import random_encoder
+from ankh_jax.testing import apply_jitted, random_encoder
 
 
 def test_cache_reuses_embeddings_and_refuses_another_encoder(tmp_path, random_encoder_dir):
@@ -45,8 +45,8 @@ def test_encoder_from_an_hf_directory_matches_the_model_it_was_exported_from(tmp
     loaded = load_encoder(str(tmp_path / "hf"))
     assert loaded.source == str(tmp_path / "hf") and loaded.config.d_model == enc.config.d_model
     tokens = np.array([[5, 6, 7, 9, 1, 0]], np.int32)
-    np.testing.assert_array_equal(loaded.module().apply({"params": loaded.params}, tokens),
-                                  enc.module().apply({"params": enc.params}, tokens))
+    np.testing.assert_array_equal(apply_jitted(loaded.module(), {"params": loaded.params}, tokens),
+                                  apply_jitted(enc.module(), {"params": enc.params}, tokens))
 
 
 def test_cache_is_keyed_by_weights_and_dtypes_not_by_path(tmp_path):

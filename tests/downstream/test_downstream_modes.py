@@ -11,7 +11,7 @@ import pytest
 
 from ankh_jax import finetune
 from ankh_jax.downstream import lora
-from ankh_jax.testing import random_encoder
+from ankh_jax.testing import apply_jitted, random_encoder
 
 ALPHABET = list("ACDEFGHIKLMNPQRSTVWY")
 
@@ -40,12 +40,12 @@ def test_lora_starts_as_the_unchanged_encoder():
     assert len(adapters) == 3 * enc.config.num_encoder_layers
     tokens = np.array([[5, 8, 3, 9, 12, 1, 0, 0]], np.int32)
     module = enc.module()
-    before = module.apply({"params": enc.params}, tokens)
+    before = apply_jitted(module, {"params": enc.params}, tokens)
     merged = lora.merge(enc.params, adapters, alpha=16.0, rank=4)
-    np.testing.assert_array_equal(module.apply({"params": merged}, tokens), before)
+    np.testing.assert_array_equal(apply_jitted(module, {"params": merged}, tokens), before)
     bumped = jax.tree_util.tree_map(lambda x: x + 0.01, adapters)
-    assert not np.allclose(module.apply({"params": lora.merge(enc.params, bumped, alpha=16.0, rank=4)}, tokens),
-                           before)
+    bumped_params = lora.merge(enc.params, bumped, alpha=16.0, rank=4)
+    assert not np.allclose(apply_jitted(module, {"params": bumped_params}, tokens), before)
     with pytest.raises(ValueError, match="not projections"):
         lora.init(enc.params, rank=4, targets=("qkv",), key=jax.random.key(0))
 

@@ -21,6 +21,7 @@ from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.inference import embedding
 from ankh_jax.io import embeddings_h5, hf_export
 from ankh_jax.model import EncoderOnly, T5Config, Transformer
+from ankh_jax.testing import apply_jitted
 
 CFG = T5Config.tiny(d_model=32, d_ff=64, num_heads=4, d_kv=8, num_encoder_layers=2, num_decoder_layers=1,
                     relative_attention_num_buckets=16, relative_attention_max_distance=32)
@@ -35,7 +36,8 @@ def assert_agree(ours, ref, tol=ALONE_TOL):
 
 @pytest.fixture(scope="module")
 def params():
-    variables = Transformer(CFG).init(jax.random.PRNGKey(3), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
+    variables = jax.jit(Transformer(CFG).init)(jax.random.PRNGKey(3), jnp.ones((1, 4), jnp.int32),
+                                               jnp.ones((1, 4), jnp.int32))
     leaves, tree = jax.tree_util.tree_flatten(nn.unbox(variables["params"]))
     rng = np.random.default_rng(3)
     return jax.tree_util.tree_unflatten(tree, [np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(np.float32)
@@ -61,7 +63,7 @@ def reference(params, seq):
     """The encoder on the sequence alone, unpadded, unscanned: [L, d] with </s> dropped."""
     ids = AnkhTokenizer().encode(seq)[None]
     enc = {k: params[k] for k in ("token_embedder", "encoder")}
-    return np.asarray(EncoderOnly(CFG).apply({"params": enc}, ids))[0, :-1]
+    return np.asarray(apply_jitted(EncoderOnly(CFG), {"params": enc}, ids))[0, :-1]
 
 
 def test_alone_and_inside_a_padded_batch_agree(params, records):

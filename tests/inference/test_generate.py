@@ -18,6 +18,7 @@ from ankh_jax.inference import decoding
 from ankh_jax.model import Transformer
 from ankh_jax.testing import DECODING_CFG as CFG
 from ankh_jax.testing import DECODING_SEQS as SEQS
+from ankh_jax.testing import apply_jitted
 
 torch = pytest.importorskip("torch")
 
@@ -44,7 +45,7 @@ def test_cached_steps_equal_the_full_decoder(params, scan_layers):
     rng = np.random.default_rng(0)
     dec = rng.integers(3, 144, (enc.shape[0], 16)).astype(np.int32)  # longer than the max distance 12
     dec[:, 0] = 0
-    full = np.asarray(Transformer(cfg).apply({"params": p}, enc, jnp.asarray(dec)))
+    full = np.asarray(apply_jitted(Transformer(cfg), {"params": p}, enc, jnp.asarray(dec)))
     encoded = decoding.encode(cfg, p, enc)
     cache = decoding.init_cache(cfg, p, encoded, enc, 20)  # longer than used: unused slots stay masked
     step = jax.jit(functools.partial(decoding.decode_step, cfg))

@@ -6,6 +6,7 @@ import numpy as np
 
 from ankh_jax.data.tokenizer import AnkhTokenizer
 from ankh_jax.model import EncoderOnly, Transformer
+from ankh_jax.testing import apply_jitted
 
 SEQS = ["MKALCLLLLPVLGLLVSSKTLCSMEEAINERIQEVAGSLIFRAISS", "GSHMSLFDFFKNKG", "WYCHQ"]
 REL_TOL = 1e-4  # fp32, max |difference| over max |reference|
@@ -20,13 +21,13 @@ def batch():
 
 def ours_logits(config, params):
     ids, _, dec_in = batch()
-    return np.asarray(Transformer(config).apply({"params": params}, ids, dec_in))
+    return np.asarray(apply_jitted(Transformer(config), {"params": params}, ids, dec_in))
 
 
 def ours_hidden(config, params):
     ids, _, _ = batch()
     enc = {k: params[k] for k in ("token_embedder", "encoder")}
-    return np.asarray(EncoderOnly(config).apply({"params": enc}, ids))
+    return np.asarray(apply_jitted(EncoderOnly(config), {"params": enc}, ids))
 
 
 def torch_logits(model):

@@ -34,8 +34,8 @@ CFG = T5Config.tiny(d_model=48, d_ff=80, num_heads=4, d_kv=8, num_encoder_layers
 
 def random_params(config: T5Config, seed: int = 0) -> dict:
     """Initialised params with every leaf (norm scales too) perturbed, so no mapping error can hide."""
-    variables = Transformer(config).init(jax.random.PRNGKey(seed), jnp.ones((1, 4), jnp.int32),
-                                         jnp.ones((1, 4), jnp.int32))
+    variables = jax.jit(Transformer(config).init)(jax.random.PRNGKey(seed), jnp.ones((1, 4), jnp.int32),
+                                                  jnp.ones((1, 4), jnp.int32))
     leaves, tree = jax.tree_util.tree_flatten(nn.unbox(variables["params"]))
     rng = np.random.default_rng(seed)
     leaves = [np.asarray(x) + rng.normal(0, 0.2, x.shape).astype(np.float32) for x in leaves]

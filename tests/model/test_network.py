@@ -183,7 +183,7 @@ def test_projections_run_as_joined_matmuls_over_separate_kernels():
     stay the separate kernels HF, LoRA and the optimizer see."""
     x = jnp.ones((2, 8), jnp.int32)
     model = Transformer(CFG)
-    variables = model.init(jax.random.PRNGKey(0), x, x)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x, x)
     layer = variables["params"]["encoder"]["layers_0"]
     assert set(layer["attention"]) == {"query", "key", "value", "out"} and set(layer["mlp"]) == {"wi_0", "wi_1", "wo"}
     dots = str(jax.make_jaxpr(lambda v: model.apply(v, x, x))(variables)).count("dot_general")
