@@ -25,12 +25,12 @@ def test_pfam_family_frozen_beats_majority_baseline(tmp_path, capsys, random_enc
     model_dir = tmp_path / "pfam"
     finetune.main(["--gin_file=configs/downstream/pfam_family.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.ENCODER='{random_encoder_dir()}'",
-                   "--gin.run.progress=False", "--gin.StoppingConfig.max_epochs=5",
+                   "--gin.run.progress=False", "--gin.StoppingConfig.max_epochs=3",
                    "--gin.pfam_family_task.max_length=128"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracy = results["tests"]["pfam_family"]["accuracy"]
     print(f"Pfam family test accuracy (random tiny encoder, frozen): {accuracy:.3f}")
-    assert accuracy > MAJORITY_BASELINE + 0.2                 # ~0.83 on this data and seed
+    assert accuracy > MAJORITY_BASELINE + 0.2                 # 0.77 after 3 epochs on this data and seed
     rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r and "steps_per_s" in r for r in rows)
     assert sum(r.get("split") == "valid" for r in rows) == results["epochs_run"]
@@ -52,7 +52,8 @@ def test_per_residue_function_of_neighbours_is_learned(tmp_path, random_encoder_
     """Labels depend on the residues before and after (frozen random tiny encoder, two ConvBERT layers).
 
     One layer sits near 89% for ~10 epochs (the next-residue rule needs a sharp softmax over the convolution
-    taps: attention alone has no positions) before it too reaches 100%; two layers get there in ~3 epochs.
+    taps: attention alone has no positions) before it too reaches 100%; two layers get there in ~3 epochs
+    (validation accuracy 0.57, 0.94, 1.0 after epochs 1-3 here), so 4 are run.
     """
     rng = np.random.default_rng(0)
     alphabet = list("ACDEFGHIKLMNPQRSTVWY")
@@ -74,8 +75,8 @@ def test_per_residue_function_of_neighbours_is_learned(tmp_path, random_encoder_
     finetune.main(["--gin_file=configs/downstream/ssp3.gin", f"--gin.MODEL_DIR='{model_dir}'",
                    f"--gin.DATA_DIR='{tmp_path}'", f"--gin.ENCODER='{random_encoder_dir()}'",
                    "--gin.run.progress=False",
-                   "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.StoppingConfig.max_epochs=8",
-                   "--gin.StoppingConfig.patience=8", "--gin.HeadConfig.dropout=0.0",
+                   "--gin.OptimizerConfig.learning_rate=3e-3", "--gin.StoppingConfig.max_epochs=4",
+                   "--gin.StoppingConfig.patience=4", "--gin.HeadConfig.dropout=0.0",
                    "--gin.HeadConfig.num_layers=2"])
     results = json.loads((model_dir / "results.json").read_text())
     accuracies = [results["tests"][name]["accuracy"] for name in ("CASP12", "CASP14", "CB513", "TS115")]
