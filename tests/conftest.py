@@ -38,10 +38,11 @@ def pytest_collection_modifyitems(config, items):
     files start at once and the many short ones fill in at the end, instead of the long ones running last."""
     import json
 
-    records = sorted((REPO / "benchmarks" / "results").glob("test_durations-*.json"))
+    records = [json.loads(p.read_text()) for p in (REPO / "benchmarks" / "results").glob("test_durations-*.json")]
     if not records:
         return
-    seconds = {row["file"]: row["seconds"] for row in json.loads(records[-1].read_text())["table"]}
+    newest = max(records, key=lambda r: (r["date"], r.get("time", "")))  # records before "time" was kept: 00:00
+    seconds = {row["file"]: row["seconds"] for row in newest["table"]}
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))  # stable: in-file order kept
 
 
