@@ -29,6 +29,7 @@ BASE_FLAGS = [
     "--gin.INPUTS_LENGTH=64", "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=8", "--gin.WARMUP_STEPS=2",
     "--gin.LoopConfig.log_every_steps=1", "--gin.CheckpointConfig.every_steps=4", "--gin.EvalConfig.every_steps=0",
     "--gin.LoopConfig.progress_bar=False", "--gin.make_input.shuffle_buffer_size=64",
+    "--gin.LoopConfig.draw_plots=False",  # drawn (and checked) in the uninterrupted run only
 ]
 COMPARED = ("loss", "accuracy", "learning_rate", "grad_norm", "z_loss", "target_tokens")
 
@@ -93,7 +94,7 @@ def test_meshes_give_the_same_losses_as_one_device():
 def uninterrupted(tmp_path_factory):
     """(a): 8 steps without interruption; checkpoints at 4 and 8."""
     model_dir = tmp_path_factory.mktemp("a") / "run"
-    assert main(_flags(model_dir)) == 0
+    assert main(_flags(model_dir, "--gin.LoopConfig.draw_plots=True")) == 0
     return model_dir
 
 
