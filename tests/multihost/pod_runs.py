@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import time
 
 import jax
 import numpy as np
@@ -21,6 +23,8 @@ BASE_FLAGS = [
     # A lost host ends the job after this long (the default is 100 s).
     "--gin.initialize_distributed.heartbeat_timeout_seconds=10",
 ]
+HEARTBEAT_S = 10  # the binding above
+LOST_HOST_BOUND_S = HEARTBEAT_S + 50  # how long the other host may take to stop (a loaded 2-core machine)
 TIMEOUT = 420  # seconds for one multi-process run on a loaded 2-core machine
 NO_EVAL = "--gin.EvalConfig.every_steps=0"
 
@@ -43,6 +47,20 @@ def launch(model_dir, *extra, processes: int = 2, devices: int = 4, script: str 
         run_flags = [f.replace("--gin_file=configs/", "--gin_file=") for f in run_flags]
     return start([*args, *run_flags], num_processes=processes, devices_per_process=devices,
                  log_dir=log_dir or f"{model_dir}_logs", private_dirs=private)
+
+
+def lose_host(job: Job, sig: int) -> tuple[int | None, float]:
+    """Host 1 lost (``sig``: SIGKILL or SIGSTOP): process 0's exit code (None if it was still running after
+    :data:`LOST_HOST_BOUND_S`) and the seconds it took; every process is killed afterwards."""
+    job.kill(sig, which=[1])
+    started = time.time()
+    try:
+        code = job.procs[0].wait(timeout=LOST_HOST_BOUND_S)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        job.kill(signal.SIGKILL)
+    return code, time.time() - started
 
 
 def run(model_dir, *extra, **kw) -> Job:
