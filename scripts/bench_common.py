@@ -1,9 +1,10 @@
 """What every bench script records with its numbers, and where: ``benchmarks/results/<script>-<device>-<date>.json``.
 
-One document per run: the table (a list of rows, each a dict), the command that produced it, when (UTC date and
-time), the commit (with ``+dirty`` when the working tree had changes), the versions of jax / flax / torch /
-transformers, the CPU model and core count, the accelerator where one was used, and the script's settings. ``--quick`` runs (smoke tests)
-write under ``benchmarks/results/quick/`` (ignored by git) so they never replace a real measurement.
+One document per run: the table (a list of rows, each a dict), the command that produced it, when (UTC date
+and time), the commit (with ``+dirty`` when the working tree had changes), the versions of jax / flax / torch /
+transformers, the CPU model and core count, the accelerator where one was used, and the script's settings.
+``--quick`` runs (smoke tests) write under ``benchmarks/results/quick/`` (ignored by git) so they never replace a
+real measurement.
 
 Also what every bench script sets up the same way: importing this module puts the repository first on
 ``sys.path`` (a script runs the checkout's ``ankh_jax``), :func:`make_parser` makes the script's parser with the common
@@ -113,8 +114,8 @@ def write_result(script: str, device: str, *, head: list[str], rows: list[list],
     out_dir = out_dir or (os.path.join(RESULTS_DIR, "quick") if quick else RESULTS_DIR)
     clean = {k: _portable(v) for k, v in settings.items() if not k.startswith("_")}
     doc = {"script": script, "command": " ".join(["python", f"scripts/{script}.py"] + sys.argv[1:]),
-           "commit": commit(), "date": today, "time": now.strftime("%H:%M:%S"), "device": device, "versions": versions(), "cpu_model": cpu_model(),
-           "cpu_count": os.cpu_count(), "accelerators": accelerators(), "quick": quick, "settings": clean,
+           "commit": commit(), "date": today, "time": now.strftime("%H:%M:%S"), "device": device,
+           "versions": versions(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "accelerators": accelerators(), "quick": quick, "settings": clean,
            "table": [dict(zip(head, r)) for r in rows], **extra}
     os.makedirs(out_dir, exist_ok=True)
     tag = settings.get("tag")

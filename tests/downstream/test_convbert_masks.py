@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ankh_jax.downstream as ds
-from ankh_jax.testing import apply_jitted, call_jitted
+from ankh_jax.testing import apply_jitted
 
 D = 32
 HEADS = {
@@ -37,7 +37,7 @@ def test_alone_equals_padded(name):
         batch[i, :n] = s
         batch[i, n:] = rng.normal(size=(width - n, D))  # garbage in padding must not leak
         mask[i, :n] = 1
-    params = call_jitted(head.init, jax.random.key(1), batch, mask)["params"]
+    params = jax.jit(head.init)(jax.random.key(1), batch, mask)["params"]
     together = np.asarray(apply_jitted(head, {"params": params}, batch, attention_mask=mask))
     for i, s in enumerate(seqs):
         alone = np.asarray(apply_jitted(head, {"params": params}, s[None]))[0]
@@ -54,7 +54,7 @@ def test_alone_equals_padded(name):
 def test_dropout_is_active_only_when_not_deterministic():
     head = HEADS["binary_max"]
     x = np.random.default_rng(2).normal(size=(2, 10, D)).astype(np.float32)
-    params = call_jitted(head.init, jax.random.key(0), x)["params"]
+    params = jax.jit(head.init)(jax.random.key(0), x)["params"]
     a = apply_jitted(head, {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
     b = apply_jitted(head, {"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
     c = apply_jitted(head, {"params": params}, x)

@@ -11,7 +11,7 @@ import torch
 from transformers.models.convbert import ConvBertConfig, ConvBertLayer
 
 import ankh_jax.downstream as ds
-from ankh_jax.testing import apply_jitted, call_jitted
+from ankh_jax.testing import apply_jitted
 
 torch.manual_seed(0)
 INPUT_DIM, NHEAD, HIDDEN, KERNEL = 32, 4, 16, 7
@@ -120,7 +120,7 @@ def test_regression_matches_ankh_and_bias_starts_at_label_mean():
                                          training_labels_mean=0.38145)
     compare(randomise(TorchAnkhHead(1, 1, "max")), flax_head, x)
     import jax
-    fresh = call_jitted(flax_head.init, jax.random.key(0), x.astype(np.float32))["params"]
+    fresh = jax.jit(flax_head.init)(jax.random.key(0), x.astype(np.float32))["params"]
     assert float(fresh["decoder"]["bias"][0]) == pytest.approx(0.38145)
     kernel = np.asarray(fresh["decoder"]["kernel"])
     assert np.abs(kernel).max() <= 0.1 and np.abs(kernel).max() > 0.05  # U(-0.1, 0.1)

@@ -85,7 +85,7 @@ def test_packed_rows_equal_separate_examples(params):
     yseg = np.array([[1] * 5 + [2] * 4 + [0] * 3])
     ypos = np.array([list(range(5)) + list(range(4)) + [0] * 3])
     packed = apply_jitted(m, {"params": params}, x, dec, encoder_segment_ids=xseg, decoder_segment_ids=yseg,
-                     encoder_positions=xpos, decoder_positions=ypos)
+                          encoder_positions=xpos, decoder_positions=ypos)
     np.testing.assert_allclose(packed[0, :5], la[0], atol=TOL, rtol=TOL)
     np.testing.assert_allclose(packed[0, 5:9], lb[0], atol=TOL, rtol=TOL)
 
@@ -143,7 +143,8 @@ def test_dropout_only_when_enabled(params):
     a = apply_jitted(m, {"params": params}, x, shift_right(y))
     b = apply_jitted(m, {"params": params}, x, shift_right(y))
     np.testing.assert_array_equal(a, b)
-    c = apply_jitted(m, {"params": params}, x, shift_right(y), enable_dropout=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    c = apply_jitted(m, {"params": params}, x, shift_right(y), enable_dropout=True,
+                     rngs={"dropout": jax.random.PRNGKey(1)})
     assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-3
 
 
